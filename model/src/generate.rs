@@ -1,0 +1,187 @@
+//! Batched generation: prompts of different lengths are left-padded into one batch, the
+//! KV cache (optional, for checking) grows by one position per step, and each row samples
+//! with its own seeded RNG so a row's tokens do not depend on its neighbours. Returns the
+//! tokens exactly as generated and the log-probability of each under the model's own
+//! distribution (temperature 1, no filtering): the numbers `score` would give, which is
+//! what RL's importance ratios need.
+use crate::qwen3::{AttnMask, KvCache, Qwen3};
+use crate::tokenizer::Tokenizer;
+use burn::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Clone)]
+pub struct SamplingConfig {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 1.0 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    pub seed: u64,
+    pub stop_token_ids: Vec<u32>,
+    /// Generation of a row ends once its decoded text contains one of these (`</Code>`).
+    pub stop_strings: Vec<String>,
+    /// Reuse keys/values of earlier positions (false recomputes everything each step).
+    pub use_cache: bool,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+            stop_token_ids: vec![],
+            stop_strings: vec![],
+            use_cache: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    StopToken(u32),
+    StopString(String),
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Generated ids, including the stop token when one ended the row.
+    pub tokens: Vec<u32>,
+    /// `log p(token)` of each generated token under the unmodified model distribution.
+    pub logprobs: Vec<f32>,
+    pub finish: Finish,
+}
+
+/// Generates a continuation of every prompt. `tokenizer` is needed only for stop strings.
+pub fn generate<B: Backend>(
+    model: &Qwen3<B>,
+    tokenizer: Option<&Tokenizer>,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+) -> Vec<Generation> {
+    assert!(prompts.iter().all(|p| !p.is_empty()), "every prompt needs at least one token");
+    assert!(cfg.stop_strings.is_empty() || tokenizer.is_some(), "stop strings need a tokenizer");
+    let device = model.device();
+    let n = prompts.len();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    // The whole batch so far, left-padded with id 0 (masked out).
+    let mut seqs: Vec<Vec<u32>> = prompts.iter().zip(&pads).map(|(p, &pad)| [vec![0; pad], p.clone()].concat()).collect();
+    let mut rngs: Vec<StdRng> = (0..n).map(|i| StdRng::seed_from_u64(cfg.seed.wrapping_add(i as u64))).collect();
+    let mut out: Vec<Generation> =
+        (0..n).map(|_| Generation { tokens: vec![], logprobs: vec![], finish: Finish::Length }).collect();
+    let mut done = vec![false; n];
+    let mut cache = cfg.use_cache.then(|| KvCache::new(model.num_layers()));
+    let padded = pads.iter().any(|&p| p > 0);
+    let max_stop_chars = cfg.stop_strings.iter().map(|s| s.chars().count()).max().unwrap_or(0);
+
+    for _ in 0..cfg.max_new_tokens {
+        let total = seqs[0].len();
+        // With a cache only the newest position is fed, except on the first step.
+        let start = match &cache {
+            Some(c) if !c.is_empty() => c.len(),
+            _ => 0,
+        };
+        let ids: Vec<i64> = seqs.iter().flat_map(|s| s[start..].iter().map(|&t| t as i64)).collect();
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, total - start]), &device);
+        let positions: Vec<Vec<usize>> =
+            pads.iter().map(|&pad| (start..total).map(|j| j.saturating_sub(pad)).collect()).collect();
+        let mask = if padded {
+            let valid: Vec<bool> = pads.iter().flat_map(|&pad| (0..total).map(move |j| j >= pad)).collect();
+            AttnMask::KeyPadding(Tensor::from_data(TensorData::new(valid, [n, total]), &device))
+        } else {
+            AttnMask::Causal
+        };
+        let hidden = model.forward_hidden(tokens, &positions, &mask, cache.as_mut());
+        let [_, t, h] = hidden.dims();
+        let last = hidden.slice([0..n, t - 1..t, 0..h]);
+        let logits = model.logits(last).into_data().convert::<f32>().to_vec::<f32>().expect("f32 logits");
+        let vocab = logits.len() / n;
+        for i in 0..n {
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            if done[i] {
+                seqs[i].push(0);
+                continue;
+            }
+            let token = sample(row, cfg, &mut rngs[i]);
+            seqs[i].push(token);
+            let g = &mut out[i];
+            g.tokens.push(token);
+            g.logprobs.push(logprob(row, token as usize));
+            if cfg.stop_token_ids.contains(&token) {
+                g.finish = Finish::StopToken(token);
+                done[i] = true;
+            } else if let (Some(tok), true) = (tokenizer, max_stop_chars > 0) {
+                // Decode a tail long enough to hold any stop string (a token is >= 1 char
+                // once complete) and look for one that the newest token completed.
+                let tail = &g.tokens[g.tokens.len().saturating_sub(max_stop_chars + 8)..];
+                let text = tok.decode(tail).unwrap_or_default();
+                if let Some(s) = cfg.stop_strings.iter().find(|s| text.contains(s.as_str())) {
+                    g.finish = Finish::StopString(s.clone());
+                    done[i] = true;
+                }
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+    }
+    out
+}
+
+/// log-softmax of `logits` at `index`, computed stably in f64.
+pub fn logprob(logits: &[f32], index: usize) -> f32 {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    (logits[index] as f64 - lse) as f32
+}
+
+/// Greedy (first maximum, like torch.argmax) at temperature 0; otherwise temperature,
+/// then top-k, then top-p (the smallest set whose mass reaches p, at least one token).
+pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u32 {
+    if cfg.temperature <= 0.0 {
+        let mut best = 0;
+        for (i, &x) in logits.iter().enumerate() {
+            if x > logits[best] {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
+    let mut cand: Vec<(usize, f32)> = logits.iter().map(|&x| x / cfg.temperature).enumerate().collect();
+    if cfg.top_k > 0 && cfg.top_k < cand.len() {
+        cand.select_nth_unstable_by(cfg.top_k - 1, |a, b| b.1.total_cmp(&a.1));
+        cand.truncate(cfg.top_k);
+    }
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let max = cand[0].1;
+    let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
+    let z: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= z);
+    if cfg.top_p < 1.0 {
+        let mut mass = 0.0;
+        let keep = probs
+            .iter()
+            .position(|p| {
+                mass += p;
+                mass >= cfg.top_p as f64
+            })
+            .map_or(probs.len(), |i| i + 1);
+        probs.truncate(keep);
+    }
+    let z: f64 = probs.iter().sum();
+    let mut u = rng.random::<f64>() * z;
+    for (p, c) in probs.iter().zip(&cand) {
+        u -= p;
+        if u <= 0.0 {
+            return c.0 as u32;
+        }
+    }
+    cand[probs.len() - 1].0 as u32
+}

@@ -1,0 +1,180 @@
+//! The `model` crate: the Qwen3 decoder in burn, Hugging Face checkpoint folders in and
+//! out, the checkpoint's tokenizer and chat template, and batched generation.
+pub mod chat;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod qwen3;
+pub mod rope;
+pub mod tokenizer;
+
+pub use chat::ChatTemplate;
+pub use config::Qwen3Config;
+pub use error::{Error, Result};
+pub use generate::{generate, Finish, Generation, SamplingConfig};
+pub use qwen3::{AttnMask, KvCache, Qwen3};
+pub use tokenizer::{Tokenizer, DEEPANALYZE_TAGS};
+
+use burn::module::Param;
+use burn::nn::{EmbeddingConfig, Initializer, LinearConfig, RmsNormConfig};
+use burn::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// The backend this build computes on: burn's Flex on CPU by default, CUDA with
+/// `--features cuda`.
+#[cfg(not(feature = "cuda"))]
+pub type DefaultBackend = burn::backend::Flex;
+#[cfg(feature = "cuda")]
+pub type DefaultBackend = burn::backend::Cuda<f32>;
+
+/// Default shard size when saving (transformers' default is 5 GB, we use 4 GiB).
+pub const DEFAULT_MAX_SHARD_BYTES: usize = 4 << 30;
+
+/// An HF checkpoint folder, loaded: config, weights, and tokenizer + template when present.
+pub struct Checkpoint<B: Backend> {
+    pub dir: PathBuf,
+    pub config: Qwen3Config,
+    pub model: Qwen3<B>,
+    pub tokenizer: Option<Tokenizer>,
+}
+
+impl<B: Backend> Checkpoint<B> {
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Invalid(format!("{}: not a checkpoint folder", dir.display())));
+        }
+        let config = Qwen3Config::from_dir(dir)?;
+        let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::from_dir(dir)?) } else { None };
+        let model = checkpoint::load(dir, &config, device)?;
+        Ok(Self { dir: dir.to_path_buf(), config, model, tokenizer })
+    }
+
+    /// The tokenizer, or an error naming the folder.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::Tokenizer {
+            path: self.dir.join("tokenizer.json"),
+            reason: "missing (this command needs the checkpoint's tokenizer)".into(),
+        })
+    }
+
+    pub fn chat_template(&self) -> Result<ChatTemplate> {
+        ChatTemplate::from_dir(&self.dir, &self.tokenizer()?.config)
+    }
+
+    /// Token ids that end generation: config.json's and generation_config.json's
+    /// `eos_token_id`, and the tokenizer's `eos_token`.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        let mut ids = self.config.eos_token_ids.clone();
+        let gen = self.dir.join("generation_config.json");
+        if let Some(v) = std::fs::read_to_string(gen).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
+            match &v["eos_token_id"] {
+                serde_json::Value::Array(a) => ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+                x => ids.extend(x.as_u64().map(|x| x as u32)),
+            }
+        }
+        if let Some(t) = &self.tokenizer {
+            ids.extend(t.special_token("eos_token").and_then(|s| t.token_to_id(&s)));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Adds the DeepAnalyze tags the tokenizer lacks and gives each new id an embedding
+    /// (and LM-head row) equal to the mean of the existing vocabulary's rows, growing the
+    /// matrices when the ids exceed them. Returns the added ids.
+    pub fn add_deepanalyze_tags(&mut self) -> Result<Vec<u32>> {
+        let tok = self.tokenizer.as_mut().ok_or_else(|| Error::Invalid("no tokenizer to add tags to".into()))?;
+        let old_len = tok.len();
+        let added = tok.add_deepanalyze_tags();
+        if !added.is_empty() {
+            let new_rows = tok.len().max(self.config.vocab_size);
+            let old_rows = old_len.min(self.config.vocab_size);
+            self.model.init_rows_with_mean(&added, old_rows, new_rows);
+            self.config.vocab_size = new_rows;
+        }
+        Ok(added)
+    }
+
+    /// Writes an HF folder: weights, config.json, tokenizer files, and any other small
+    /// files of the source folder (generation_config.json, chat_template.jinja).
+    pub fn save(&self, dir: &Path, max_shard_bytes: usize) -> Result<()> {
+        checkpoint::save(&self.model, &self.config, dir, max_shard_bytes)?;
+        if let Some(t) = &self.tokenizer {
+            t.save(dir)?;
+        }
+        for name in ["generation_config.json", "chat_template.jinja"] {
+            let src = self.dir.join(name);
+            if src.exists() && src != dir.join(name) {
+                std::fs::copy(&src, dir.join(name)).map_err(|e| Error::io(&src, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Qwen3<B> {
+    /// A randomly initialised model (normal, std 0.02, as transformers), norms at one.
+    pub fn init(cfg: &Qwen3Config, device: &B::Device) -> Self {
+        let init = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let linear = |i: usize, o: usize, bias: bool| {
+            LinearConfig::new(i, o).with_bias(bias).with_initializer(init.clone()).init(device)
+        };
+        let norm = |d: usize| RmsNormConfig::new(d).with_epsilon(cfg.rms_norm_eps).init(device);
+        let (h, d, bias) = (cfg.hidden_size, cfg.head_dim, cfg.attention_bias);
+        let (qd, kvd) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+        Qwen3 {
+            embed_tokens: EmbeddingConfig::new(cfg.vocab_size, h).with_initializer(init.clone()).init(device),
+            layers: (0..cfg.num_hidden_layers)
+                .map(|_| qwen3::DecoderLayer {
+                    self_attn: qwen3::Attention {
+                        q_proj: linear(h, qd, bias),
+                        k_proj: linear(h, kvd, bias),
+                        v_proj: linear(h, kvd, bias),
+                        o_proj: linear(qd, h, bias),
+                        q_norm: norm(d),
+                        k_norm: norm(d),
+                        num_heads: cfg.num_attention_heads,
+                        num_kv_heads: cfg.num_key_value_heads,
+                        head_dim: d,
+                    },
+                    mlp: qwen3::Mlp {
+                        gate_proj: linear(h, cfg.intermediate_size, false),
+                        up_proj: linear(h, cfg.intermediate_size, false),
+                        down_proj: linear(cfg.intermediate_size, h, false),
+                    },
+                    input_layernorm: norm(h),
+                    post_attention_layernorm: norm(h),
+                })
+                .collect(),
+            norm: norm(h),
+            lm_head: (!cfg.tie_word_embeddings).then(|| linear(h, cfg.vocab_size, false)),
+            rope: rope::Rope::new(cfg),
+        }
+    }
+
+    /// Sets rows `ids` of the embedding (and untied LM head) to the mean of rows
+    /// `0..old_rows`, first growing both to `new_rows`.
+    fn init_rows_with_mean(&mut self, ids: &[u32], old_rows: usize, new_rows: usize) {
+        let set = |m: Tensor<B, 2>| -> Tensor<B, 2> {
+            let [rows, d] = m.dims();
+            let mean = m.clone().slice([0..old_rows, 0..d]).mean_dim(0);
+            let mut m = if new_rows > rows {
+                Tensor::cat(vec![m, mean.clone().repeat_dim(0, new_rows - rows)], 0)
+            } else {
+                m
+            };
+            for &id in ids {
+                let id = id as usize;
+                m = m.slice_assign([id..id + 1, 0..d], mean.clone());
+            }
+            m
+        };
+        self.embed_tokens.weight = Param::from_tensor(set(self.embed_tokens.weight.val()));
+        if let Some(head) = &mut self.lm_head {
+            // burn's Linear is [in, out]: vocabulary rows are columns here.
+            head.weight = Param::from_tensor(set(head.weight.val().transpose()).transpose());
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The Qwen3 decoder, field names mirroring the checkpoint (`model.layers.N.self_attn.q_proj`
+//! ...). A pure function of (weights, tokens, positions, cache): the KV cache lives outside
+//! the modules so one set of weights serves training, scoring and many rollouts.
+use crate::config::Qwen3Config;
+use crate::rope::{apply_rotary, Rope};
+use burn::module::Param;
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub q_norm: RmsNorm<B>,
+    pub k_norm: RmsNorm<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub self_attn: Attention<B>,
+    pub mlp: Mlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Qwen3<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// `None` when the checkpoint ties the LM head to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    pub rope: Rope,
+}
+
+/// Keys and values of every layer for the tokens seen so far (after QK-norm and RoPE,
+/// with the checkpoint's KV heads, before they are repeated for GQA).
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: vec![None; num_layers] }
+    }
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let (k, v) = match self.layers[layer].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        (k, v)
+    }
+}
+
+/// Which keys each query may see.
+#[derive(Debug, Clone)]
+pub enum AttnMask<B: Backend> {
+    /// Every row is real tokens: plain causal attention (aligned to the end of the cache).
+    Causal,
+    /// `[batch, keys]`, true where the key is a real token (left padding is false);
+    /// combined with causality here.
+    KeyPadding(Tensor<B, 2, Bool>),
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        mask: Option<Tensor<B, 4, Bool>>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]);
+        let q = self.q_norm.forward(heads(self.q_proj.forward(x.clone()), h)).swap_dims(1, 2);
+        let k = self.k_norm.forward(heads(self.k_proj.forward(x.clone()), kvh)).swap_dims(1, 2);
+        let v = heads(self.v_proj.forward(x), kvh).swap_dims(1, 2);
+        let q = apply_rotary(q, cos.clone(), sin.clone());
+        let k = apply_rotary(k, cos, sin);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v),
+            None => (k, v),
+        };
+        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: mask.is_none() };
+        let mask = mask.map(|m| {
+            let [_, _, q, kl] = m.dims();
+            m.expand([b, h, q, kl])
+        });
+        let out = attention::<B>(q, k, v, mask, None, options);
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
+    }
+}
+
+/// GQA: each KV head serves `n_rep` query heads.
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, kvh, s, d] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, kvh, n_rep, s, d]).reshape([b, kvh * n_rep, s, d])
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+impl<B: Backend> Qwen3<B> {
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed_tokens.weight.dims()[0]
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.weight.device()
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` for `tokens` at `positions`
+    /// (`[batch][seq]`), appending to `cache` when given.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: &[Vec<usize>],
+        mask: &AttnMask<B>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let device = tokens.device();
+        let [_, t] = tokens.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let (cos, sin) = self.rope.cos_sin::<B>(positions, &device);
+        let mask = match mask {
+            AttnMask::Causal => None,
+            AttnMask::KeyPadding(valid) => Some(padding_causal_mask(valid.clone(), t, past)),
+        };
+        let mut x = self.embed_tokens.forward(tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn_in = layer.input_layernorm.forward(x.clone());
+            let c = cache.as_deref_mut().map(|c| (c, i));
+            x = x + layer.self_attn.forward(attn_in, cos.clone(), sin.clone(), mask.clone(), c);
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+        }
+        self.norm.forward(x)
+    }
+
+    /// Logits `[batch, seq, vocab]` from hidden states.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.embed_tokens.weight.val().transpose().unsqueeze()),
+        }
+    }
+
+    /// Logits for unpadded sequences starting at position 0.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
+        let positions = vec![(0..t).collect::<Vec<_>>(); b];
+        self.logits(self.forward_hidden(tokens, &positions, &AttnMask::Causal, None))
+    }
+
+    /// Teacher-forced log-probability of each next token: `[batch, seq-1]`, entry `i` is
+    /// `log p(tokens[i+1] | tokens[..=i])`. Also returns the logits for inspection.
+    pub fn next_token_logprobs(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 2>, Tensor<B, 3>) {
+        let [b, t] = tokens.dims();
+        let logits = self.forward(tokens.clone());
+        let logp = log_softmax(logits.clone().slice([0..b, 0..t - 1]), 2);
+        let targets = tokens.slice([0..b, 1..t]).unsqueeze_dim::<3>(2);
+        (logp.gather(2, targets).squeeze_dim::<2>(2), logits)
+    }
+
+    pub fn config_shapes(cfg: &Qwen3Config) -> Vec<(String, Vec<usize>)> {
+        crate::checkpoint::expected_tensors(cfg)
+    }
+}
+
+/// `[batch, 1, t, past + t]`, true = masked: a padding key, or a key after the query.
+fn padding_causal_mask<B: Backend>(valid: Tensor<B, 2, Bool>, t: usize, past: usize) -> Tensor<B, 4, Bool> {
+    let [b, keys] = valid.dims();
+    let device = valid.device();
+    let q_pos = Tensor::<B, 1, Int>::arange(past as i64..(past + t) as i64, &device).reshape([1, 1, t, 1]);
+    let k_pos = Tensor::<B, 1, Int>::arange(0..keys as i64, &device).reshape([1, 1, 1, keys]);
+    let future = k_pos.greater(q_pos); // [1,1,t,keys] via broadcast
+    let padding = valid.bool_not().reshape([b, 1, 1, keys]);
+    future.expand([b, 1, t, keys]).bool_or(padding.expand([b, 1, t, keys]))
+}
+
+/// Used by the loader: a `Linear` from a Hugging Face `[out, in]` weight given as host data.
+pub(crate) fn linear_from_hf<B: Backend>(w: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Linear<B> {
+    Linear { weight: Param::from_tensor(w), bias: bias.map(Param::from_tensor) }
+}
+
+pub(crate) fn rms_norm<B: Backend>(gamma: Tensor<B, 1>, eps: f64) -> RmsNorm<B> {
+    RmsNorm { gamma: Param::from_tensor(gamma), epsilon: eps }
+}

@@ -1,0 +1,105 @@
+//! Rotary position embeddings as transformers computes them for Qwen3: `rotate_half`
+//! layout (first half / second half of each head), inverse frequencies in f32, and
+//! YaRN's blended frequencies with its attention scaling on cos/sin.
+use crate::config::{Qwen3Config, RopeScaling};
+use burn::prelude::*;
+
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// `head_dim / 2` inverse frequencies.
+    pub inv_freq: Vec<f32>,
+    /// Multiplies cos and sin (1.0 unless YaRN).
+    pub attention_scaling: f32,
+}
+
+impl Rope {
+    pub fn new(cfg: &Qwen3Config) -> Self {
+        let dim = cfg.head_dim;
+        let base = cfg.rope_theta;
+        // transformers: 1 / base ** (arange(0, dim, 2).float() / dim), in f32.
+        let pos_freqs: Vec<f32> =
+            (0..dim / 2).map(|i| (base as f32).powf((2 * i) as f32 / dim as f32)).collect();
+        match &cfg.rope_scaling {
+            RopeScaling::Default => {
+                Rope { inv_freq: pos_freqs.iter().map(|p| 1.0 / p).collect(), attention_scaling: 1.0 }
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                mscale,
+                mscale_all_dim,
+                truncate,
+            } => {
+                let get_mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+                let attention_factor = attention_factor.unwrap_or_else(|| match (mscale, mscale_all_dim) {
+                    (Some(m), Some(ma)) if *m != 0.0 && *ma != 0.0 => get_mscale(*factor, *m) / get_mscale(*factor, *ma),
+                    _ => get_mscale(*factor, 1.0),
+                });
+                let orig = *original_max_position_embeddings as f64;
+                let correction_dim = |rot: f64| {
+                    (dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln())
+                };
+                let (mut low, mut high) = (correction_dim(*beta_fast), correction_dim(*beta_slow));
+                if *truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let low = low.max(0.0) as f32;
+                let mut high = high.min(dim as f64 - 1.0) as f32;
+                if low == high {
+                    high += 0.001;
+                }
+                let inv_freq = pos_freqs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                        let extrapolation_factor = 1.0 - ramp;
+                        let extrapolation = 1.0 / p;
+                        let interpolation = 1.0 / (*factor as f32 * p);
+                        interpolation * (1.0 - extrapolation_factor) + extrapolation * extrapolation_factor
+                    })
+                    .collect();
+                Rope { inv_freq, attention_scaling: attention_factor as f32 }
+            }
+        }
+    }
+
+    /// cos and sin for the given positions (`[batch][seq]`), shaped `[batch, 1, seq, head_dim]`
+    /// to broadcast over heads.
+    pub fn cos_sin<B: Backend>(&self, positions: &[Vec<usize>], device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let (b, t) = (positions.len(), positions[0].len());
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(b * t * half * 2);
+        let mut sin = Vec::with_capacity(b * t * half * 2);
+        for row in positions {
+            for &p in row {
+                // emb = cat(freqs, freqs): the same angles for both halves.
+                for _ in 0..2 {
+                    for f in &self.inv_freq {
+                        let angle = f * p as f32;
+                        cos.push(angle.cos() * self.attention_scaling);
+                        sin.push(angle.sin() * self.attention_scaling);
+                    }
+                }
+            }
+        }
+        let shape = [b, 1, t, half * 2];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = cat(-x2, x1)`.
+pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, t, d] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos + rotated * sin
+}

@@ -1,0 +1,121 @@
+//! The checkpoint's own tokenizer (`tokenizer.json`, via `tokenizers`), plus the ten
+//! DeepAnalyze tags as plain added tokens. Tag ids are always read back from the
+//! tokenizer: the published DeepAnalyze vocabulary and a fresh Qwen3 one differ.
+use crate::error::{Error, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tokenizers::AddedToken;
+
+/// The trajectory tags, in the order the published checkpoint added them.
+pub const DEEPANALYZE_TAGS: [&str; 10] = [
+    "<Analyze>", "</Analyze>", "<Understand>", "</Understand>", "<Code>", "</Code>", "<Execute>",
+    "</Execute>", "<Answer>", "</Answer>",
+];
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+    /// `tokenizer_config.json` as read (empty when absent).
+    pub config: serde_json::Map<String, Value>,
+}
+
+impl Tokenizer {
+    /// Reads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(Error::Tokenizer { path, reason: "missing".into() });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| Error::Tokenizer { path: path.clone(), reason: e.to_string() })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let config = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+            match serde_json::from_str(&text).map_err(|source| Error::Json { path: cfg_path.clone(), source })? {
+                Value::Object(m) => m,
+                _ => return Err(Error::config(&cfg_path, "(root)", "expected a JSON object")),
+            }
+        } else {
+            Default::default()
+        };
+        Ok(Self { inner, path, config })
+    }
+
+    /// Number of ids the tokenizer can produce (base vocabulary plus added tokens).
+    pub fn len(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Encodes `text` exactly as given: no chat template, no special tokens added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })
+    }
+
+    /// Decodes ids back to text, special tokens included (what the model wrote).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// `bos_token` / `eos_token` etc. from tokenizer_config.json (string or `{content: ..}`).
+    pub fn special_token(&self, key: &str) -> Option<String> {
+        match self.config.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
+            _ => None,
+        }
+    }
+
+    /// Adds whichever DeepAnalyze tags the vocabulary lacks, as plain (non-special) tokens
+    /// the way transformers' `add_tokens` does; returns the ids of the tags it added.
+    pub fn add_deepanalyze_tags(&mut self) -> Vec<u32> {
+        let missing: Vec<AddedToken> = DEEPANALYZE_TAGS
+            .iter()
+            .filter(|t| self.inner.token_to_id(t).is_none())
+            .map(|t| AddedToken::from(*t, false).normalized(true))
+            .collect();
+        self.inner.add_tokens(&missing);
+        missing.iter().map(|t| self.inner.token_to_id(&t.content).expect("just added")).collect()
+    }
+
+    /// Ids of the ten tags, in `DEEPANALYZE_TAGS` order; None if any is missing.
+    pub fn deepanalyze_tag_ids(&self) -> Option<Vec<u32>> {
+        DEEPANALYZE_TAGS.iter().map(|t| self.inner.token_to_id(t)).collect()
+    }
+
+    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`, recording any added
+    /// tags in `added_tokens_decoder` so transformers sees the same vocabulary.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("tokenizer.json");
+        self.inner.save(&path, false).map_err(|e| Error::Tokenizer { path: path.clone(), reason: e.to_string() })?;
+        if self.config.is_empty() {
+            return Ok(());
+        }
+        let mut config = self.config.clone();
+        if let Some(Value::Object(decoder)) = config.get_mut("added_tokens_decoder") {
+            for tag in DEEPANALYZE_TAGS {
+                if let Some(id) = self.inner.token_to_id(tag) {
+                    decoder.entry(id.to_string()).or_insert_with(|| {
+                        serde_json::json!({"content": tag, "lstrip": false, "normalized": true,
+                                           "rstrip": false, "single_word": false, "special": false})
+                    });
+                }
+            }
+        }
+        let path = dir.join("tokenizer_config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&Value::Object(config)).unwrap())
+            .map_err(|e| Error::io(&path, e))
+    }
+}

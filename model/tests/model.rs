@@ -1,0 +1,386 @@
+//! The model crate against independent references: transformers' numbers on random
+//! checkpoints (scripts/make_parity_fixtures.py), Python tokenizers / transformers chat
+//! rendering on the real Qwen3 tokenizer (scripts/make_tokenizer_fixtures.py), and
+//! llama.cpp's tokenizer test cases. Assets come from scripts/setup-assets.sh.
+use burn::prelude::*;
+use model::{generate, Checkpoint, DefaultBackend as B, Error, Finish, Qwen3, Qwen3Config, SamplingConfig};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn asset(rel: &str) -> PathBuf {
+    let p = root().join("assets").join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/setup-assets.sh", p.display());
+    p
+}
+
+fn parity_cases() -> Vec<PathBuf> {
+    let mut cases: Vec<PathBuf> =
+        std::fs::read_dir(fixtures().join("parity")).unwrap().map(|e| e.unwrap().path()).collect();
+    cases.sort();
+    assert_eq!(cases.len(), 4, "expected the four parity fixtures");
+    cases
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn load(dir: &Path) -> Checkpoint<B> {
+    Checkpoint::load(dir, &Default::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn logprobs(model: &Qwen3<B>, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let t = rows[0].len();
+    let flat: Vec<i64> = rows.iter().flatten().map(|&x| x as i64).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [rows.len(), t]), &Default::default());
+    let lp = model.next_token_logprobs(tokens).0.into_data().to_vec::<f32>().unwrap();
+    lp.chunks(t - 1).map(|c| c.to_vec()).collect()
+}
+
+// ---------------------------------------------------------------- parity with transformers
+
+#[test]
+fn logprobs_match_transformers_on_every_shape() {
+    for dir in parity_cases() {
+        let ck = load(&dir);
+        let exp = read_json(&dir.join("expected.json"));
+        let rows: Vec<Vec<u32>> = exp["input_ids"].as_array().unwrap().iter().map(ids_of).collect();
+        let ours = logprobs(&ck.model, &rows);
+        let mut worst = 0f32;
+        for (b, row) in exp["next_token_logprobs"].as_array().unwrap().iter().enumerate() {
+            for (i, v) in row.as_array().unwrap().iter().enumerate() {
+                worst = worst.max((ours[b][i] - v.as_f64().unwrap() as f32).abs());
+            }
+        }
+        assert!(worst < 1e-4, "{}: max |Δ log-prob| = {worst}", dir.display());
+
+        // Top-5 logits at the last position.
+        let t = rows[0].len();
+        let flat: Vec<i64> = rows.iter().flatten().map(|&x| x as i64).collect();
+        let logits = ck.model.forward(Tensor::from_data(TensorData::new(flat, [2, t]), &Default::default()));
+        let v = ck.config.vocab_size;
+        let last = logits.slice([0..2, t - 1..t, 0..v]).into_data().to_vec::<f32>().unwrap();
+        for (b, top) in exp["last_top5"].as_array().unwrap().iter().enumerate() {
+            for pair in top.as_array().unwrap() {
+                let (id, val) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+                assert!((last[b * v + id] - val).abs() < 1e-4, "{}: logit of {id}", dir.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers_with_and_without_cache() {
+    for dir in parity_cases() {
+        let ck = load(&dir);
+        let exp = read_json(&dir.join("expected.json"));
+        let prompt = ids_of(&exp["greedy_prompt"]);
+        let want = ids_of(&exp["greedy_tokens"]);
+        for use_cache in [true, false] {
+            let cfg = SamplingConfig { max_new_tokens: want.len(), use_cache, ..Default::default() };
+            let got = generate(&ck.model, None, &[prompt.clone()], &cfg);
+            assert_eq!(got[0].tokens, want, "{} (cache: {use_cache})", dir.display());
+            assert_eq!(got[0].finish, Finish::Length);
+        }
+    }
+}
+
+#[test]
+fn batched_sampling_with_cache_equals_recompute_and_single_rows() {
+    let ck = load(&fixtures().join("parity/gqa4_yarn_f16"));
+    let prompts = vec![vec![5, 9, 13, 40, 41, 7, 8], vec![17], vec![3, 4, 60, 61]];
+    let cfg = SamplingConfig { max_new_tokens: 12, temperature: 0.9, top_p: 0.95, top_k: 40, seed: 7, ..Default::default() };
+    let cached = generate(&ck.model, None, &prompts, &cfg);
+    let recomputed = generate(&ck.model, None, &prompts, &SamplingConfig { use_cache: false, ..cfg.clone() });
+    for (a, b) in cached.iter().zip(&recomputed) {
+        assert_eq!(a.tokens, b.tokens);
+        for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+    }
+    // Left padding must not change a row: each prompt alone (seed offset = its row) agrees.
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = generate(&ck.model, None, &[p.clone()], &SamplingConfig { seed: cfg.seed + i as u64, ..cfg.clone() });
+        assert_eq!(alone[0].tokens, cached[i].tokens, "row {i}");
+    }
+    // Sampling is seeded: another seed gives another continuation somewhere.
+    let other = generate(&ck.model, None, &prompts, &SamplingConfig { seed: 8, ..cfg.clone() });
+    assert!(other.iter().zip(&cached).any(|(a, b)| a.tokens != b.tokens));
+}
+
+#[test]
+fn generated_logprobs_equal_teacher_forced_scores() {
+    let ck = load(&fixtures().join("parity/untied_gqa2_headdim_bf16_sharded"));
+    let prompt = vec![10, 20, 30, 40];
+    let cfg = SamplingConfig { max_new_tokens: 8, temperature: 1.0, seed: 3, ..Default::default() };
+    let g = &generate(&ck.model, None, &[prompt.clone()], &cfg)[0];
+    let full: Vec<u32> = prompt.iter().chain(&g.tokens).cloned().collect();
+    let scored = &logprobs(&ck.model, &[full])[0][prompt.len() - 1..];
+    for (a, b) in g.logprobs.iter().zip(scored) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn stop_token_ends_a_row_and_is_kept() {
+    let ck = load(&fixtures().join("parity/tied_gqa1_f32"));
+    let exp = read_json(&fixtures().join("parity/tied_gqa1_f32/expected.json"));
+    let want = ids_of(&exp["greedy_tokens"]);
+    let stop = want[4];
+    let cfg = SamplingConfig { max_new_tokens: 10, stop_token_ids: vec![stop], ..Default::default() };
+    let g = &generate(&ck.model, None, &[ids_of(&exp["greedy_prompt"])], &cfg)[0];
+    let end = want.iter().position(|&t| t == stop).unwrap() + 1;
+    assert_eq!(g.tokens, want[..end]);
+    assert_eq!(g.finish, Finish::StopToken(stop));
+}
+
+// ---------------------------------------------------------------- save / load
+
+/// name -> (dtype, shape, bytes) of every tensor in a checkpoint folder.
+fn tensors_on_disk(dir: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            let bytes = std::fs::read(&p).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for (name, view) in st.tensors() {
+                out.insert(name, (format!("{:?}", view.dtype()), view.shape().to_vec(), view.data().to_vec()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn save_then_load_is_bit_identical_to_the_transformers_files() {
+    for dir in parity_cases() {
+        let ck = load(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        // Shard small so every case exercises the index, whatever the source was.
+        ck.save(tmp.path(), 16 * 1024).unwrap();
+        assert!(tmp.path().join("model.safetensors.index.json").exists());
+        assert_eq!(tensors_on_disk(&dir), tensors_on_disk(tmp.path()), "{}", dir.display());
+        let index = read_json(&tmp.path().join("model.safetensors.index.json"));
+        for (name, file) in index["weight_map"].as_object().unwrap() {
+            let f = std::fs::read(tmp.path().join(file.as_str().unwrap())).unwrap();
+            assert!(safetensors::SafeTensors::deserialize(&f).unwrap().tensor(name).is_ok(), "{name} not in {file}");
+        }
+        // And back: the reloaded model gives the same numbers and saves the same bytes.
+        let again = load(tmp.path());
+        let rows = vec![vec![3u32, 50, 7, 9, 11, 90]];
+        assert_eq!(logprobs(&ck.model, &rows), logprobs(&again.model, &rows));
+        let tmp2 = tempfile::tempdir().unwrap();
+        again.save(tmp2.path(), usize::MAX).unwrap();
+        assert!(tmp2.path().join("model.safetensors").exists());
+        assert_eq!(tensors_on_disk(&dir), tensors_on_disk(tmp2.path()));
+        let (a, b) = (read_json(&dir.join("config.json")), read_json(&tmp2.path().join("config.json")));
+        assert_eq!(a, b, "config.json must round-trip");
+    }
+}
+
+// ---------------------------------------------------------------- bad input
+
+fn copy_dir(src: &Path) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    tmp
+}
+
+fn load_err(dir: &Path) -> String {
+    match Checkpoint::<B>::load(dir, &Default::default()) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let p = dir.join("config.json");
+    let mut v = read_json(&p);
+    f(v.as_object_mut().unwrap());
+    std::fs::write(&p, v.to_string()).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_get_errors_naming_file_and_field() {
+    let src = fixtures().join("parity/tied_gqa1_f32");
+
+    let d = copy_dir(&src);
+    std::fs::remove_file(d.path().join("config.json")).unwrap();
+    let e = load_err(d.path());
+    assert!(e.contains("config.json") && e.contains("cannot read"), "{e}");
+
+    let d = copy_dir(&src);
+    std::fs::write(d.path().join("config.json"), "{\"vocab_size\": 96,").unwrap();
+    let e = load_err(d.path());
+    assert!(e.contains("config.json") && e.contains("invalid JSON"), "{e}");
+
+    let d = copy_dir(&src);
+    edit_config(d.path(), |c| {
+        c.insert("hidden_size".into(), "wide".into());
+    });
+    let e = load_err(d.path());
+    assert!(e.contains("config.json") && e.contains("`hidden_size`"), "{e}");
+
+    let d = copy_dir(&src);
+    edit_config(d.path(), |c| {
+        c.remove("num_hidden_layers");
+    });
+    assert!(load_err(d.path()).contains("`num_hidden_layers`: missing"));
+
+    let d = copy_dir(&src);
+    edit_config(d.path(), |c| {
+        c.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+        c.insert("model_type".into(), "llama".into());
+    });
+    let e = load_err(d.path());
+    assert!(e.contains("unsupported architecture `LlamaForCausalLM`"), "{e}");
+
+    // Shape disagreeing with config.json: the tensor and both shapes are named.
+    let d = copy_dir(&src);
+    edit_config(d.path(), |c| {
+        c.insert("intermediate_size".into(), 80.into());
+    });
+    let e = load_err(d.path());
+    assert!(e.contains("model.safetensors") && e.contains("mlp.gate_proj.weight") && e.contains("[64, 32]"), "{e}");
+
+    // A tensor missing: one more layer than the file holds.
+    let d = copy_dir(&src);
+    edit_config(d.path(), |c| {
+        c.insert("num_hidden_layers".into(), 3.into());
+    });
+    let e = load_err(d.path());
+    assert!(e.contains("model.layers.2.") && e.contains("missing"), "{e}");
+
+    // A truncated file.
+    let d = copy_dir(&src);
+    let p = d.path().join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_err(d.path());
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+
+    // A shard listed in the index but gone.
+    let d = copy_dir(&fixtures().join("parity/untied_gqa2_headdim_bf16_sharded"));
+    std::fs::remove_file(d.path().join("model-00003-of-00006.safetensors")).unwrap();
+    let e = load_err(d.path());
+    assert!(e.contains("model-00003-of-00006.safetensors"), "{e}");
+
+    // No weights at all.
+    let d = copy_dir(&src);
+    std::fs::remove_file(d.path().join("model.safetensors")).unwrap();
+    assert!(load_err(d.path()).contains("no model.safetensors"));
+
+    assert!(matches!(Qwen3Config::from_dir(Path::new("/nonexistent")), Err(Error::Io { .. })));
+}
+
+// ---------------------------------------------------------------- tokenizer and chat template
+
+fn qwen3_checkpoint_dir() -> tempfile::TempDir {
+    // A tiny random Qwen3 whose vocabulary is the real tokenizer's.
+    let tok = asset("qwen3-tokenizer");
+    let d = tempfile::tempdir().unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tok.join(f), d.path().join(f)).unwrap();
+    }
+    let cfg = serde_json::json!({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151669,
+        "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "head_dim": 4, "tie_word_embeddings": false, "dtype": "float32",
+        "rope_theta": 1000000.0, "eos_token_id": 151645});
+    std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
+    let config = Qwen3Config::from_dir(d.path()).unwrap();
+    model::checkpoint::save(&Qwen3::<B>::init(&config, &Default::default()), &config, d.path(), usize::MAX).unwrap();
+    d
+}
+
+#[test]
+fn qwen3_tokenizer_encodes_like_python_tokenizers_and_llama_cpp() {
+    let fx = read_json(&fixtures().join("tokenizer.json"));
+    let mut tok = model::Tokenizer::from_dir(&asset("qwen3-tokenizer")).unwrap();
+    assert_eq!(tok.len(), fx["base_vocab_len"].as_u64().unwrap() as usize);
+    for case in fx["encodings"].as_array().unwrap() {
+        assert_eq!(tok.encode(case["text"].as_str().unwrap()).unwrap(), ids_of(&case["ids"]), "{}", case["text"]);
+    }
+    // llama.cpp's qwen2 vocabulary test cases.
+    let dir = asset("llama-cpp-vocab");
+    let inp = std::fs::read_to_string(dir.join("ggml-vocab-qwen2.gguf.inp")).unwrap();
+    let out = std::fs::read_to_string(dir.join("ggml-vocab-qwen2.gguf.out")).unwrap();
+    let texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    let expected: Vec<&str> = out.split('\n').collect();
+    let n = texts.len() - 1; // the file ends with a separator
+    assert!(n >= 40, "only {n} llama.cpp cases");
+    for i in 0..n {
+        let want: Vec<u32> = expected[i].split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(tok.encode(texts[i]).unwrap(), want, "llama.cpp case {i}: {:?}", texts[i]);
+        assert_eq!(tok.decode(&want).unwrap(), texts[i], "decode case {i}");
+    }
+    // The ten tags, added as transformers' add_tokens does: same ids, same encodings.
+    let added = tok.add_deepanalyze_tags();
+    assert_eq!(added, ids_of(&fx["tag_ids"]));
+    assert_eq!(tok.deepanalyze_tag_ids().unwrap(), added);
+    assert!(tok.add_deepanalyze_tags().is_empty(), "adding twice must be a no-op");
+    for case in fx["encodings_with_tags"].as_array().unwrap() {
+        assert_eq!(tok.encode(case["text"].as_str().unwrap()).unwrap(), ids_of(&case["ids"]), "{}", case["text"]);
+    }
+}
+
+#[test]
+fn chat_templates_render_like_transformers() {
+    let fx = read_json(&fixtures().join("tokenizer.json"));
+    let tok = model::Tokenizer::from_dir(&asset("qwen3-tokenizer")).unwrap();
+    let qwen3 = model::ChatTemplate::from_dir(&asset("qwen3-tokenizer"), &tok.config).unwrap();
+    assert!(!qwen3.knows_execute());
+    let da = model::ChatTemplate::deepanalyze();
+    for (i, conv) in fx["chat"].as_array().unwrap().iter().enumerate() {
+        let msgs = conv["messages"].as_array().unwrap();
+        let tools = conv.get("tools").filter(|t| !t.is_null());
+        let gen = conv["add_generation_prompt"].as_bool().unwrap();
+        assert_eq!(qwen3.render(msgs, tools, gen).unwrap(), conv["qwen3"].as_str().unwrap(), "qwen3 #{i}");
+        assert_eq!(da.render(msgs, tools, gen).unwrap(), conv["deepanalyze"].as_str().unwrap(), "deepanalyze #{i}");
+    }
+    // A checkpoint without a template gets the DeepAnalyze one.
+    let none = model::ChatTemplate::from_dir(Path::new("/nonexistent"), &Default::default()).unwrap();
+    assert!(none.origin.contains("DeepAnalyze"));
+}
+
+#[test]
+fn adding_tags_grows_embeddings_with_the_mean_row_and_saves_loadably() {
+    let d = qwen3_checkpoint_dir();
+    let mut ck = load(d.path());
+    let old_embed = ck.model.embed_tokens.weight.val().into_data().to_vec::<f32>().unwrap();
+    let added = ck.add_deepanalyze_tags().unwrap();
+    assert_eq!(added.len(), 10);
+    assert_eq!(ck.config.vocab_size, 151679);
+    let h = 8;
+    let embed = ck.model.embed_tokens.weight.val().into_data().to_vec::<f32>().unwrap();
+    assert_eq!(embed.len(), 151679 * h);
+    assert_eq!(&embed[..old_embed.len()], &old_embed[..], "existing rows untouched");
+    for c in 0..h {
+        let mean = (0..151669).map(|r| old_embed[r * h + c] as f64).sum::<f64>() / 151669.0;
+        for &id in &added {
+            assert!((embed[id as usize * h + c] as f64 - mean).abs() < 1e-6);
+        }
+    }
+    let [hin, vout] = ck.model.lm_head.as_ref().unwrap().weight.dims();
+    assert_eq!((hin, vout), (h, 151679));
+    let out = tempfile::tempdir().unwrap();
+    ck.save(out.path(), usize::MAX).unwrap();
+    let back = load(out.path());
+    assert_eq!(back.config.vocab_size, 151679);
+    assert_eq!(back.tokenizer.as_ref().unwrap().deepanalyze_tag_ids().unwrap(), added);
+}
