@@ -65,6 +65,17 @@ pub fn generate<B: Backend>(
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
 ) -> Vec<Generation> {
+    generate_with(model, tokenizer, prompts, cfg, |_| {})
+}
+
+/// [`generate`], calling `on_step(step)` after each new position (for progress bars).
+pub fn generate_with<B: Backend>(
+    model: &Qwen3<B>,
+    tokenizer: Option<&Tokenizer>,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    mut on_step: impl FnMut(usize),
+) -> Vec<Generation> {
     assert!(prompts.iter().all(|p| !p.is_empty()), "every prompt needs at least one token");
     assert!(cfg.stop_strings.is_empty() || tokenizer.is_some(), "stop strings need a tokenizer");
     let device = model.device();
@@ -81,7 +92,7 @@ pub fn generate<B: Backend>(
     let padded = pads.iter().any(|&p| p > 0);
     let max_stop_chars = cfg.stop_strings.iter().map(|s| s.chars().count()).max().unwrap_or(0);
 
-    for _ in 0..cfg.max_new_tokens {
+    for step in 0..cfg.max_new_tokens {
         let total = seqs[0].len();
         // With a cache only the newest position is fed, except on the first step.
         let start = match &cache {
@@ -128,6 +139,7 @@ pub fn generate<B: Backend>(
                 }
             }
         }
+        on_step(step + 1);
         if done.iter().all(|&d| d) {
             break;
         }

@@ -1,0 +1,144 @@
+//! The `trainer` binary as users and scripts call it (shared/design/cli.md): `score` and
+//! `generate` against transformers' numbers and against the model crate, and one-line
+//! errors on bad input.
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn trainer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("run trainer")
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let out = trainer(args);
+    assert!(out.status.success(), "trainer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})"))
+}
+
+fn err_line(args: &[&str]) -> String {
+    let out = trainer(args);
+    assert!(!out.status.success(), "trainer {args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "one-line reason expected, got:\n{err}");
+    err
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap()
+}
+
+#[test]
+fn score_prints_transformers_logprobs_and_top5() {
+    let dir = root().join("model/tests/fixtures/parity/untied_gqa2_headdim_bf16_sharded");
+    let exp: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids: Vec<String> = exp["input_ids"][1].as_array().unwrap().iter().map(|x| x.to_string()).collect();
+    let got = ok_json(&["score", "--model", dir.to_str().unwrap(), "--ids", &ids.join(",")]);
+    assert_eq!(got["ids"].as_array().unwrap().len(), ids.len());
+    let want = exp["next_token_logprobs"][1].as_array().unwrap();
+    let ours = got["next_token_logprobs"].as_array().unwrap();
+    assert_eq!(ours.len(), want.len());
+    for (a, b) in ours.iter().zip(want) {
+        assert!((f(a) - f(b)).abs() < 1e-4, "{a} vs {b}");
+    }
+    let top = got["last_top5"].as_array().unwrap();
+    for (a, b) in top.iter().zip(exp["last_top5"][1].as_array().unwrap()) {
+        assert_eq!(a[0], b[0]);
+        assert!((f(&a[1]) - f(&b[1])).abs() < 1e-4);
+    }
+}
+
+/// A tiny random checkpoint on the real Qwen3 tokenizer, made by `trainer init-model`.
+fn tiny_checkpoint() -> tempfile::TempDir {
+    let tok = root().join("assets/qwen3-tokenizer");
+    assert!(tok.exists(), "run scripts/setup-assets.sh first");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("ck");
+    let o = trainer(&["init-model", "--config", root().join("configs/tiny-qwen3.json").to_str().unwrap(),
+                      "--tokenizer", tok.to_str().unwrap(), "--out", out.to_str().unwrap(), "--seed", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    d
+}
+
+#[test]
+fn generate_and_score_agree_on_a_real_tokenizer_and_stop_strings_stop() {
+    let d = tiny_checkpoint();
+    let ck = d.path().join("ck");
+    let ck = ck.to_str().unwrap();
+    // Text is encoded as given; the tags are single tokens after init-model added them.
+    let s = ok_json(&["score", "--model", ck, "--text", "<Code>\nprint(1)\n</Code>"]);
+    let ids = s["ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 7);
+    assert!(ids[0].as_u64().unwrap() >= 151669 && ids.last().unwrap().as_u64().unwrap() >= 151669);
+
+    let g = ok_json(&["generate", "--model", ck, "--prompt", "The mean of the column is", "--max-new-tokens", "12",
+                      "--temperature", "0.7", "--top-k", "50", "--top-p", "0.9", "--seed", "5", "--json"]);
+    let new: Vec<u64> = g["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(new.len(), 12);
+    assert_eq!(g["finish_reason"], "length");
+    // The reported log-probs are what `score` computes on prompt + output.
+    let all: Vec<String> = g["prompt_ids"].as_array().unwrap().iter().chain(g["ids"].as_array().unwrap())
+        .map(|x| x.to_string()).collect();
+    let s = ok_json(&["score", "--model", ck, "--ids", &all.join(",")]);
+    let scored = &s["next_token_logprobs"].as_array().unwrap()[all.len() - 13..];
+    for (a, b) in g["logprobs"].as_array().unwrap().iter().zip(scored) {
+        assert!((f(a) - f(b)).abs() < 1e-4, "{a} vs {b}");
+    }
+    // Same seed, same output; a stop string taken from the middle of it ends generation there.
+    let text = g["text"].as_str().unwrap().to_string();
+    let g2 = ok_json(&["generate", "--model", ck, "--prompt", "The mean of the column is", "--max-new-tokens", "12",
+                       "--temperature", "0.7", "--top-k", "50", "--top-p", "0.9", "--seed", "5", "--json"]);
+    assert_eq!(g2["ids"], g["ids"]);
+    let tok = tokenizers::Tokenizer::from_file(root().join("assets/qwen3-tokenizer/tokenizer.json")).unwrap();
+    let ids32: Vec<u32> = new.iter().map(|&x| x as u32).collect();
+    assert!(text.starts_with(&tok.decode(&ids32[..4], false).unwrap()));
+    // The first token from the 5th on whose text is non-blank and new to the output so far.
+    let cut = (4..12).find_map(|k| {
+        let before = tok.decode(&ids32[..k], false).unwrap();
+        let piece = tok.decode(&ids32[k..=k], false).unwrap();
+        let usable = !piece.trim().is_empty() && !piece.contains('\u{fffd}') && !before.contains(piece.as_str());
+        usable.then_some((k, piece))
+    });
+    let cut = cut.expect("some token of the output is a usable stop string");
+    let (k, stop) = cut;
+    let g3 = ok_json(&["generate", "--model", ck, "--prompt", "The mean of the column is", "--max-new-tokens", "12",
+                       "--temperature", "0.7", "--top-k", "50", "--top-p", "0.9", "--seed", "5", "--stop", &stop, "--json"]);
+    assert_eq!(g3["finish_reason"]["stop_string"], stop.as_str());
+    assert_eq!(g3["ids"].as_array().unwrap()[..], g["ids"].as_array().unwrap()[..=k]);
+}
+
+#[test]
+fn chat_messages_go_through_the_template() {
+    let d = tiny_checkpoint();
+    let ck = d.path().join("ck");
+    let msgs = d.path().join("m.json");
+    std::fs::write(&msgs, r#"{"messages": [{"role": "user", "content": "hi"}]}"#).unwrap();
+    let g = ok_json(&["generate", "--model", ck.to_str().unwrap(), "--messages", msgs.to_str().unwrap(),
+                      "--max-new-tokens", "2", "--json"]);
+    // Qwen3's template: <|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n
+    let want = [151644u64, 872, 198, 6023, 151645, 198, 151644, 77091, 198];
+    let got: Vec<u64> = g["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn bad_input_gets_a_one_line_error() {
+    let fixture = root().join("model/tests/fixtures/parity/tied_gqa1_f32");
+    let fx = fixture.to_str().unwrap();
+    assert!(err_line(&["score", "--model", "/nonexistent", "--ids", "1,2"]).contains("/nonexistent"));
+    assert!(err_line(&["score", "--model", fx, "--ids", "1,500"]).contains("outside the vocabulary"));
+    assert!(err_line(&["score", "--model", fx, "--text", "hi"]).contains("tokenizer.json"));
+    assert!(err_line(&["generate", "--model", fx, "--prompt", "x", "--top-p", "0"]).contains("--top-p"));
+    let d = tempfile::tempdir().unwrap();
+    let msgs = d.path().join("m.json");
+    std::fs::write(&msgs, r#"[{"role": "user"}]"#).unwrap();
+    let tiny = tiny_checkpoint();
+    let ck = tiny.path().join("ck");
+    let e = err_line(&["generate", "--model", ck.to_str().unwrap(), "--messages", msgs.to_str().unwrap()]);
+    assert!(e.contains("m.json") && e.contains("messages[0]"), "{e}");
+    let e = err_line(&["--stage", "rl", "configs/stage3.toml"]);
+    assert!(e.contains("configs/stage3.toml"), "{e}");
+}
