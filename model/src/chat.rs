@@ -22,11 +22,7 @@ impl ChatTemplate {
     /// `chat_template` (a string, or a list whose `default` entry is used); the built-in
     /// DeepAnalyze template when neither has one.
     pub fn from_dir(dir: &Path, tokenizer_config: &serde_json::Map<String, Value>) -> Result<Self> {
-        let token = |k: &str| match tokenizer_config.get(k) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(String::from),
-            _ => None,
-        };
+        let token = |k: &str| crate::tokenizer::special_token(tokenizer_config, k);
         let (bos_token, eos_token) = (token("bos_token"), token("eos_token"));
         let jinja = dir.join("chat_template.jinja");
         let (source, origin) = if jinja.exists() {

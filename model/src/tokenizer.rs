@@ -69,13 +69,9 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// `bos_token` / `eos_token` etc. from tokenizer_config.json (string or `{content: ..}`).
+    /// `bos_token` / `eos_token` etc. from tokenizer_config.json.
     pub fn special_token(&self, key: &str) -> Option<String> {
-        match self.config.get(key)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
-            _ => None,
-        }
+        special_token(&self.config, key)
     }
 
     /// Adds whichever DeepAnalyze tags the vocabulary lacks, as plain (non-special) tokens
@@ -117,5 +113,14 @@ impl Tokenizer {
         let path = dir.join("tokenizer_config.json");
         std::fs::write(&path, serde_json::to_string_pretty(&Value::Object(config)).unwrap())
             .map_err(|e| Error::io(&path, e))
+    }
+}
+
+/// A special token of a tokenizer_config.json: a string or `{"content": ..}`.
+pub fn special_token(config: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
+    match config.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
+        _ => None,
     }
 }
