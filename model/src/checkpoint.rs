@@ -105,10 +105,12 @@ fn read_tensors(dir: &Path, cfg: &Qwen3Config) -> Result<HashMap<String, HostTen
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let st = SafeTensors::deserialize(&mmap)
             .map_err(|e| Error::Safetensors { path: path.clone(), reason: e.to_string() })?;
-        let names: Vec<String> = match listed {
+        let mut names: Vec<String> = match listed {
             Some(names) => names,
             None => st.names().into_iter().map(String::from).collect(),
         };
+        names.sort(); // a deterministic first error
+
         for name in names {
             let view = st
                 .tensor(&name)

@@ -257,7 +257,8 @@ fn bad_checkpoints_get_errors_naming_file_and_field() {
         c.insert("intermediate_size".into(), 80.into());
     });
     let e = load_err(d.path());
-    assert!(e.contains("model.safetensors") && e.contains("mlp.gate_proj.weight") && e.contains("[64, 32]"), "{e}");
+    let want = "tensor `model.layers.0.mlp.down_proj.weight`: shape [32, 64], but config.json implies [32, 80]";
+    assert!(e.contains("model.safetensors") && e.contains(want), "{e}");
 
     // A tensor missing: one more layer than the file holds.
     let d = copy_dir(&src);
