@@ -6,8 +6,7 @@ use std::path::PathBuf;
 /// What the published environment answers when a `<Code>` block has no code in it.
 pub const NO_CODE_OBSERVATION: &str = "[Error]:\nNo code is provided, so the execution results is empty.";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Ok,
     /// An exception; `error_type` is its class name.
@@ -22,7 +21,7 @@ pub enum Status {
     WorkerLost,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Execution {
     pub status: Status,
     /// Exactly what goes between `<Execute>\n` and `\n</Execute>`.
@@ -34,8 +33,43 @@ pub struct Execution {
     pub files_changed: Vec<PathBuf>,
 }
 
+impl Status {
+    /// One word for logs and JSON: ok, error, timeout, memory_exceeded, exited, killed, worker_lost.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error { .. } => "error",
+            Status::Timeout => "timeout",
+            Status::MemoryExceeded => "memory_exceeded",
+            Status::Exited => "exited",
+            Status::Killed { .. } => "killed",
+            Status::WorkerLost => "worker_lost",
+        }
+    }
+}
+
 impl Execution {
     pub fn is_ok(&self) -> bool {
         self.status == Status::Ok
+    }
+}
+
+/// Flat JSON: `{"status": "error", "error_type": "KeyError", "observation": ..., "wall_ms": ...}`.
+impl Serialize for Execution {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("status", self.status.name())?;
+        match &self.status {
+            Status::Error { error_type } => m.serialize_entry("error_type", error_type)?,
+            Status::Killed { signal } => m.serialize_entry("signal", signal)?,
+            _ => {}
+        }
+        m.serialize_entry("observation", &self.observation)?;
+        m.serialize_entry("truncated", &self.truncated)?;
+        m.serialize_entry("wall_ms", &self.wall_ms)?;
+        m.serialize_entry("cpu_ms", &self.cpu_ms)?;
+        m.serialize_entry("files_changed", &self.files_changed)?;
+        m.end()
     }
 }

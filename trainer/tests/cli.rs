@@ -142,3 +142,59 @@ fn bad_input_gets_a_one_line_error() {
     let e = err_line(&["--stage", "rl", "configs/stage3.toml"]);
     assert!(e.contains("configs/stage3.toml"), "{e}");
 }
+
+fn sandbox_python() -> String {
+    std::env::var("DEEPANALYZE_SANDBOX_PYTHON")
+        .unwrap_or_else(|_| root().join(".venv-sandbox/bin/python").display().to_string())
+}
+
+fn exec(ws: &Path, code: &str, extra: &[&str]) -> Output {
+    use std::io::Write;
+    let py = sandbox_python();
+    let mut args = vec!["exec", "--workspace", ws.to_str().unwrap(), "--python", &py];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(code.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn exec_runs_a_cell_on_a_real_table_like_the_published_environment() {
+    let tables = root().join("../shared/data/dabench-dev/tables");
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::copy(tables.join("abalone.csv"), ws.path().join("abalone.csv")).unwrap();
+    let code = "import pandas as pd\ndf = pd.read_csv('abalone.csv')\nprint(df.shape)\nprint(df.describe().round(3))\ndf.head(5).to_csv('head.csv', index=False)\nprint(df['nope'])";
+    // The published way: a fresh interpreter formatting by the same rules.
+    let mut reference = Command::new(sandbox_python())
+        .arg(root().join("sandbox/reference/published_exec.py"))
+        .current_dir(ws.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    reference.stdin.take().unwrap().write_all(code.as_bytes()).unwrap();
+    let want = String::from_utf8(reference.wait_with_output().unwrap().stdout).unwrap();
+    std::fs::remove_file(ws.path().join("head.csv")).unwrap();
+    let out = exec(ws.path(), code, &["--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["observation"].as_str().unwrap(), want);
+    assert!(want.starts_with("[Error]:\nTraceback") && want.contains("KeyError: 'nope'"));
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["error_type"], "KeyError");
+    assert_eq!(v["files_changed"], serde_json::json!(["head.csv"]));
+    assert!(ws.path().join("head.csv").exists(), "files the cell wrote come back to the workspace");
+    // Plain mode prints just the observation.
+    let out = exec(ws.path(), "print('plain')", &[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "plain\n");
+    let out = exec(ws.path(), "while True: pass", &["--timeout", "1", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["observation"], "[Error]\nPython code execution timed out after 1.0 seconds.");
+}
