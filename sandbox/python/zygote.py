@@ -6,6 +6,7 @@ formats it. Speaks length-prefixed JSON on fds 0/1 with the Rust pool; never tru
 cell: every child is swept (all processes of its uid killed) when its cell ends.
 """
 import ctypes
+import gc
 import io
 import json
 import os
@@ -30,6 +31,23 @@ for _name in PRELOAD:
 try:
     import matplotlib
     matplotlib.use("Agg")
+except Exception:
+    pass
+
+# First use of many pandas/numpy/matplotlib paths imports and initialises more: pay it
+# once here, not in every forked cell.
+WARMUP = """
+import io, numpy as np, pandas as pd, matplotlib.pyplot as plt
+df = pd.read_csv(io.StringIO("a,b,c,d\\n1,x,2.5,2020-01-01\\n2,y,3.5,2020-02-01\\n3,x,1.0,2020-03-01\\n"))
+g = df.groupby('b')['a'].agg(['sum', 'mean', 'count']).round(2)
+str(g); str(df.describe()); str(df.head()); df.info(buf=io.StringIO()); df.to_csv(io.StringIO())
+df.sort_values('a').merge(df, on='b'); df.pivot_table(index='b', values='a'); df['b'].value_counts()
+df.corr(numeric_only=True); pd.to_datetime(df['d']); df.isnull().sum(); df.dropna().fillna(0)
+np.linalg.lstsq(np.eye(3), np.ones(3), rcond=None); np.percentile(np.arange(10), 50)
+fig, ax = plt.subplots(); ax.plot([1, 2], [3, 4]); fig.savefig(io.BytesIO(), format='png'); plt.close('all')
+"""
+try:
+    exec(WARMUP, {})
 except Exception:
     pass
 
@@ -192,12 +210,13 @@ def timeout_observation(t):
     return f"[Error]\nPython code execution timed out after {py_float(t)} seconds."
 
 
-def sweep(uid, keep=()):
-    """Kill every process of this uid (grandchildren, daemons, fork bombs) but `keep`."""
+def sweep(uid, keep=(), dying=None):
+    """Kill every process of this uid (grandchildren, daemons, fork bombs) but `keep`.
+    `dying` is the cell's own process, already SIGKILLed: no reason to sweep for it alone."""
     if uid is None or os.getuid() != 0:
         return
     for _ in range(200):
-        victims = uid_processes(uid, keep)
+        victims = [v for v in uid_processes(uid, keep) if v != dying]
         if not victims:
             return
         if keep:
@@ -276,34 +295,55 @@ def died(status):
             "observation": "[Error]\nUnknown execution error.", "truncated": False}
 
 
-def stateless(req):
-    r, w = os.pipe()
+SPARE = None  # a child forked ahead of time: forking a big interpreter costs ~15 ms
+
+
+def prefork():
+    req_r, req_w = os.pipe()
+    res_r, res_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(r)
         try:
-            become_cell(req, keep_fds={w})
-            me = os.getpid()
-            result = run_cell(req["code"], fresh_globals(), req["limits"]["max_output_bytes"])
-            if os.getpid() != me:
-                os._exit(0)  # a process the cell forked: only the cell itself reports
-            data = json.dumps(result).encode()
-            os.write(w, struct.pack("<I", len(data)))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(w, view):]
+            os.close(req_w)
+            os.close(res_r)
+            req = read_frame(os.fdopen(req_r, "rb", buffering=0))
+            if req is not None:
+                become_cell(req, keep_fds={res_w})
+                me = os.getpid()
+                result = run_cell(req["code"], fresh_globals(), req["limits"]["max_output_bytes"])
+                if os.getpid() != me:
+                    os._exit(0)  # a process the cell forked: only the cell itself reports
+                data = json.dumps(result).encode()
+                view = memoryview(struct.pack("<I", len(data)) + data)
+                while view:
+                    view = view[os.write(res_w, view):]
         finally:
             os._exit(0)
-    os.close(w)
-    got = wait_frame(r, time.monotonic() + req["timeout"])
-    os.close(r)
+    os.close(req_r)
+    os.close(res_w)
+    return pid, req_w, res_r
+
+
+def stateless(req, reply):
+    """Runs the cell in the spare child; replies as soon as every process of the cell is
+    killed, then reaps and forks the next spare while the pool is busy elsewhere."""
+    global SPARE
+    pid, req_w, res_r = SPARE or prefork()
+    SPARE = None
+    try:
+        write_frame(os.fdopen(req_w, "wb", buffering=0), req)
+    except OSError:
+        pass
+    got = wait_frame(res_r, time.monotonic() + req["timeout"])
+    os.close(res_r)
     try:
         os.killpg(pid, signal.SIGKILL)  # the cell is over, whatever it still runs
     except OSError:
         pass
-    _, status, usage = os.wait4(pid, 0)
-    sweep(req.get("uid"))
-    reap()
+    status = None
+    if got is None or got == "timeout":
+        _, status = os.waitpid(pid, 0)
+    sweep(req.get("uid"), dying=pid)
     if got == "timeout":
         result = {"status": "timeout", "error_type": None, "observation": timeout_observation(req["timeout"]),
                   "truncated": False}
@@ -311,8 +351,14 @@ def stateless(req):
         result = died(status)
     else:
         result = got
-    result["cpu_ms"] = (usage.ru_utime + usage.ru_stime) * 1000
-    return result
+    reply(result)
+    if status is None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    reap()
+    SPARE = prefork()
 
 
 def _alive(pid):
@@ -422,6 +468,10 @@ def _child_cpu(pid):
 
 
 def main():
+    global SPARE
+    gc.collect()
+    gc.freeze()  # forked cells then do not dirty every object's page when they collect
+    SPARE = prefork()
     write_frame(PROTO_OUT, {"ready": True, "preloaded": preloaded, "python": sys.version.split()[0],
                             "pid": os.getpid(), "uid": os.getuid()})
     while True:
@@ -431,15 +481,18 @@ def main():
                 end_session(sid)
             return
         t = time.monotonic()
+
+        def reply(result):
+            result["zygote_ms"] = (time.monotonic() - t) * 1000
+            write_frame(PROTO_OUT, result)
+
         if req.get("op") == "end_session":
             end_session(req["session"])
-            result = {"status": "ok", "observation": ""}
+            reply({"status": "ok", "observation": ""})
         elif req["mode"] == "session":
-            result = session(req)
+            reply(session(req))
         else:
-            result = stateless(req)
-        result["zygote_ms"] = (time.monotonic() - t) * 1000
-        write_frame(PROTO_OUT, result)
+            stateless(req, reply)
 
 
 if __name__ == "__main__":

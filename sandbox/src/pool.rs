@@ -21,7 +21,9 @@ struct Inner {
     owns_root: bool,
     script: PathBuf,
     workers: Vec<Mutex<Option<Worker>>>,
-    busy: Mutex<Vec<bool>>,
+    /// Per worker: busy, and when it was last handed out (least recently used goes first:
+    /// a zygote tidies up and forks its next child after replying).
+    busy: Mutex<(Vec<bool>, Vec<u64>, u64)>,
     freed: Condvar,
     next_uid: AtomicU32,
 }
@@ -64,7 +66,7 @@ impl Sandbox {
         let base = 2_000_000 + (std::process::id() % 4000) * 100_000;
         let inner = Inner {
             workers: (0..n).map(|_| Mutex::new(None)).collect(),
-            busy: Mutex::new(vec![false; n]),
+            busy: Mutex::new((vec![false; n], vec![0; n], 0)),
             freed: Condvar::new(),
             next_uid: AtomicU32::new(base),
             cfg,
@@ -114,22 +116,25 @@ impl Sandbox {
     }
 
     fn acquire(&self, want: Option<usize>) -> usize {
-        let mut busy = self.inner.busy.lock().unwrap();
+        let mut state = self.inner.busy.lock().unwrap();
         loop {
+            let (busy, used, clock) = &mut *state;
             let pick = match want {
                 Some(i) => (!busy[i]).then_some(i),
-                None => busy.iter().position(|b| !b),
+                None => (0..busy.len()).filter(|&i| !busy[i]).min_by_key(|&i| used[i]),
             };
             if let Some(i) = pick {
                 busy[i] = true;
+                *clock += 1;
+                used[i] = *clock;
                 return i;
             }
-            busy = self.inner.freed.wait(busy).unwrap();
+            state = self.inner.freed.wait(state).unwrap();
         }
     }
 
     fn release(&self, i: usize) {
-        self.inner.busy.lock().unwrap()[i] = false;
+        self.inner.busy.lock().unwrap().0[i] = false;
         self.inner.freed.notify_all();
     }
 
@@ -163,6 +168,13 @@ impl Sandbox {
         let guard = limits.timeout + Duration::from_secs(10);
         let reply = {
             let mut slot = self.inner.workers[i].lock().unwrap();
+            if !slot.as_mut().is_some_and(|w| w.is_alive()) {
+                // Died while idle (OOM killer, a stray signal): replace it before use.
+                *slot = None;
+                drop(slot);
+                let _ = self.start_worker(i);
+                slot = self.inner.workers[i].lock().unwrap();
+            }
             let reply = slot.as_mut().and_then(|w| w.call(&req, guard));
             if reply.is_none() {
                 // Dead or stuck: replace it; its sessions are gone with it.

@@ -82,6 +82,11 @@ impl Worker {
         }
     }
 
+    /// False once the zygote (or its bwrap/unshare wrapper) has exited.
+    pub(crate) fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
