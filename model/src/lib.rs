@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 /// The backend this build computes on: burn's Flex on CPU by default, CUDA with
 /// `--features cuda`.
-#[cfg(not(feature = "cuda"))]
+#[cfg(all(feature = "flex", not(feature = "cuda")))]
 pub type DefaultBackend = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type DefaultBackend = burn::backend::Cuda<f32>;

@@ -58,6 +58,15 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })
     }
 
+    /// [`encode`](Self::encode) plus each token's byte span in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let e = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
+        Ok((e.get_ids().to_vec(), e.get_offsets().to_vec()))
+    }
+
     /// Decodes ids back to text, special tokens included (what the model wrote).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

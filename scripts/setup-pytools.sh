@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Python tools the tests use to read our shards the way users do (polars, duckdb; pandas
+# and pyarrow come with the sandbox venv): .venv-tools, kept apart from the sandbox's
+# pinned environment.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=$root/.venv-tools
+py=/usr/bin/python3
+[ -x "$py" ] || py=$(command -v python3)
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check polars==1.37.1 duckdb==1.4.4 pyarrow==26.0.1
+echo "python tools ready: $venv/bin/python"
