@@ -1,5 +1,6 @@
 //! `trainer`: one binary for the whole curriculum. This file only parses the command line
 //! (shapes fixed by shared/design/cli.md) and dispatches; each command lives in its own file.
+mod data;
 mod exec;
 mod generate;
 mod init_model;
@@ -41,6 +42,9 @@ enum Command {
     Generate(generate::Args),
     /// Teacher-forced log-probabilities of a token sequence, as one JSON object.
     Score(score::Args),
+    /// Import published datasets into shards, or inspect shards.
+    #[command(subcommand)]
+    Data(data::Command),
     /// Run one Python cell in the sandbox (code on stdin); prints the observation.
     Exec(exec::Args),
     /// Write a randomly initialised Qwen3 checkpoint (HF folder) for a shape and tokenizer.
@@ -54,10 +58,11 @@ fn main() {
         Some(Command::Score(a)) => score::run(a),
         Some(Command::InitModel(a)) => init_model::run(a),
         Some(Command::Exec(a)) => exec::run(a),
+        Some(Command::Data(c)) => data::run(c),
         None => match (cli.stage, cli.config) {
             (Some(_), Some(config)) => Err(anyhow::anyhow!(
                 "{}: training stages are not in this build yet (the SFT and RL stages land with their issues); \
-                 available now: generate, score, exec, init-model",
+                 available now: generate, score, exec, data, init-model",
                 config.display()
             )),
             _ => Err(anyhow::anyhow!("nothing to do: give --stage STAGE CONFIG.toml or a command (see --help)")),
