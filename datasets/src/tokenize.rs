@@ -79,7 +79,7 @@ impl SampleTokenizer<'_> {
                 continue; // inside a stream already covered
             }
             let prompt = self.template.render(&msgs[..k], None, true)?;
-            let upto = self.template.render(&msgs[..end], None, false)?;
+            let upto = if end == msgs.len() { full.clone() } else { self.template.render(&msgs[..end], None, false)? };
             if full.starts_with(&upto) && upto.starts_with(&prompt) {
                 spans.push((prompt.len(), upto.len()));
             } else {

@@ -11,6 +11,8 @@ pub const DEEPANALYZE_TEMPLATE: &str = include_str!("../templates/deepanalyze.ji
 
 pub struct ChatTemplate {
     source: String,
+    /// Compiled once: rendering is on the data pipeline's hot path.
+    env: Environment<'static>,
     /// Where it came from, for error messages.
     pub origin: String,
     bos_token: Option<String>,
@@ -41,13 +43,17 @@ impl ChatTemplate {
                 _ => (DEEPANALYZE_TEMPLATE.to_string(), "built-in DeepAnalyze template".to_string()),
             }
         };
-        let t = Self { source, origin, bos_token, eos_token };
-        t.env()?; // report syntax errors now, not at first use
-        Ok(t)
+        Self::compile(source, origin, bos_token, eos_token)
     }
 
     pub fn deepanalyze() -> Self {
-        Self { source: DEEPANALYZE_TEMPLATE.into(), origin: "built-in DeepAnalyze template".into(), bos_token: None, eos_token: None }
+        Self::compile(DEEPANALYZE_TEMPLATE.into(), "built-in DeepAnalyze template".into(), None, None)
+            .expect("the built-in template compiles")
+    }
+
+    fn compile(source: String, origin: String, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self> {
+        let env = Self::env(&source, &origin)?; // syntax errors surface here, not at first use
+        Ok(Self { source, env, origin, bos_token, eos_token })
     }
 
     /// Whether the template handles the `execute` role itself.
@@ -55,7 +61,7 @@ impl ChatTemplate {
         self.source.contains("execute")
     }
 
-    fn env(&self) -> Result<Environment<'static>> {
+    fn env(source: &str, origin: &str) -> Result<Environment<'static>> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -64,8 +70,8 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> std::result::Result<JValue, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
-        env.add_template_owned("chat", self.source.clone())
-            .map_err(|e| Error::Template { source_name: self.origin.clone(), reason: e.to_string() })?;
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| Error::Template { source_name: origin.to_string(), reason: e.to_string() })?;
         Ok(env)
     }
 
@@ -74,7 +80,7 @@ impl ChatTemplate {
     /// stream first (see [`splice_execute`]).
     pub fn render(&self, messages: &[Value], tools: Option<&Value>, add_generation_prompt: bool) -> Result<String> {
         let messages = if self.knows_execute() { messages.to_vec() } else { splice_execute(messages) };
-        let env = self.env()?;
+        let env = &self.env;
         let ctx = minijinja::context! {
             messages => JValue::from_serialize(&messages),
             tools => tools.map(JValue::from_serialize),

@@ -198,3 +198,22 @@ fn exec_runs_a_cell_on_a_real_table_like_the_published_environment() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["observation"], "[Error]\nPython code execution timed out after 1.0 seconds.");
 }
+
+#[test]
+fn data_import_and_inspect_on_the_dabench_split() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dabench");
+    let o = trainer(&["data", "import", "--from", "dabench", root().join("../shared/data/dabench-dev").to_str().unwrap(),
+                      "--out", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("wrote 105 records"));
+    let o = trainer(&["data", "inspect", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("105 `rl_task` records") && text.contains("kinds: qa 105"), "{text}");
+    // Importing into a folder that already holds shards is refused, in one line.
+    let e = err_line(&["data", "import", "--from", "dabench", root().join("../shared/data/dabench-dev").to_str().unwrap(),
+                       "--out", dir.to_str().unwrap()]);
+    assert!(e.contains("_manifest.json") && e.contains("already holds shards"), "{e}");
+    let e = err_line(&["data", "inspect", "/nonexistent"]);
+    assert!(e.contains("/nonexistent"), "{e}");
+}
