@@ -3,7 +3,7 @@
 //! replaced and the cell reports `WorkerLost`, so no cell can take the trainer down.
 use crate::execution::{Execution, Status};
 use crate::worker::Worker;
-use crate::workspace::{kill_uid, Workspace};
+use crate::workspace::{kill_uid, Source, Workspace};
 use crate::{Error, Isolation, Mode, Result, SandboxConfig};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -25,7 +25,15 @@ struct Inner {
     /// a zygote tidies up and forks its next child after replying).
     busy: Mutex<(Vec<bool>, Vec<u64>, u64)>,
     freed: Condvar,
-    next_uid: AtomicU32,
+}
+
+/// Workspace uids, shared by every pool of this process (two pools must never hand out
+/// the same uid: dropping a workspace kills every process of its uid), in a range of its
+/// own per process so two trainers on one machine do not collide either.
+fn next_uid() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 2_000_000 + (std::process::id() % 4000) * 100_000;
+    base + NEXT.fetch_add(1, Ordering::Relaxed) % 100_000
 }
 
 /// A pool of sandboxed Python workers. Cheap to clone; shared across threads.
@@ -62,13 +70,10 @@ impl Sandbox {
         std::fs::write(&script, ZYGOTE).map_err(|e| io(&script, e))?;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).map_err(|e| io(&script, e))?;
         let n = cfg.workers.max(1);
-        // Per-process uid range so two trainers on one machine never share a uid.
-        let base = 2_000_000 + (std::process::id() % 4000) * 100_000;
         let inner = Inner {
             workers: (0..n).map(|_| Mutex::new(None)).collect(),
             busy: Mutex::new((vec![false; n], vec![0; n], 0)),
             freed: Condvar::new(),
-            next_uid: AtomicU32::new(base),
             cfg,
             isolation,
             python,
@@ -108,7 +113,16 @@ impl Sandbox {
 
     /// A fresh private workspace, holding a copy of `from`'s files when given.
     pub fn workspace(&self, from: Option<&Path>) -> Result<Workspace> {
-        let uid = self.inner.isolation.per_workspace_uid().then(|| self.inner.next_uid.fetch_add(1, Ordering::Relaxed));
+        self.new_workspace(from.map(Source::Folder))
+    }
+
+    /// A fresh private workspace holding copies of these files.
+    pub fn workspace_with_files(&self, files: &[&Path]) -> Result<Workspace> {
+        self.new_workspace(Some(Source::Files(files)))
+    }
+
+    fn new_workspace(&self, from: Option<Source>) -> Result<Workspace> {
+        let uid = self.inner.isolation.per_workspace_uid().then(next_uid);
         let mut ws = Workspace::create(&self.inner.root, from, uid)?;
         let me = self.clone();
         ws.on_drop = Some(Box::new(move |ws: &Workspace| me.end_session(ws)));

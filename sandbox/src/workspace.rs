@@ -13,6 +13,12 @@ pub struct FileInfo {
     pub bytes: u64,
 }
 
+/// What a new workspace starts with.
+pub(crate) enum Source<'a> {
+    Folder(&'a Path),
+    Files(&'a [&'a Path]),
+}
+
 pub struct Workspace {
     pub(crate) path: PathBuf,
     /// The uid its cells run as (None when the sandbox cannot switch uids).
@@ -25,17 +31,26 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    pub(crate) fn create(root: &Path, from: Option<&Path>, uid: Option<u32>) -> Result<Self> {
+    pub(crate) fn create(root: &Path, from: Option<Source>, uid: Option<u32>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ws-").tempdir_in(root).map_err(|e| io(root, e))?;
         let path = dir.keep();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).map_err(|e| io(&path, e))?;
-        if let Some(src) = from {
-            if !src.is_dir() {
-                let _ = std::fs::remove_dir_all(&path);
-                return Err(Error::Invalid(format!("{}: not a folder of task files", src.display())));
+        match from {
+            Some(Source::Folder(src)) => {
+                if !src.is_dir() {
+                    let _ = std::fs::remove_dir_all(&path);
+                    return Err(Error::Invalid(format!("{}: not a folder of task files", src.display())));
+                }
+                copy_tree(src, &path)?;
             }
-            copy_tree(src, &path)?;
+            Some(Source::Files(files)) => {
+                for f in files {
+                    let name = f.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file", f.display())))?;
+                    std::fs::copy(f, path.join(name)).map_err(|e| io(f, e))?;
+                }
+            }
+            None => {}
         }
         if let Some(uid) = uid {
             chown_tree(&path, uid)?;

@@ -235,6 +235,8 @@ fn a_killed_worker_is_replaced() {
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("sales.csv"), "region,revenue\nnorth,10\nsouth,32\nnorth,5\n").unwrap();
     let ws = own.workspace(Some(src.path())).unwrap();
+    // Two pools in one process never share a uid (dropping a workspace kills its uid).
+    assert_ne!(ws.uid(), task_workspace().uid());
     let run = |code: &str| own.run(&ws, code, Mode::Stateless);
     let still_works = |_: &Workspace| assert_eq!(run("print(sum([10, 32, 5]))").observation, "47\n");
     still_works(&ws);

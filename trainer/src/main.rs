@@ -5,6 +5,7 @@ mod exec;
 mod generate;
 mod init_model;
 mod score;
+mod synth;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ enum Command {
     /// Import published datasets into shards, or inspect shards.
     #[command(subcommand)]
     Data(data::Command),
+    /// Synthesize verified training data from real tables.
+    Synth(synth::Args),
     /// Run one Python cell in the sandbox (code on stdin); prints the observation.
     Exec(exec::Args),
     /// Write a randomly initialised Qwen3 checkpoint (HF folder) for a shape and tokenizer.
@@ -59,10 +62,11 @@ fn main() {
         Some(Command::InitModel(a)) => init_model::run(a),
         Some(Command::Exec(a)) => exec::run(a),
         Some(Command::Data(c)) => data::run(c),
+        Some(Command::Synth(a)) => synth::run(a),
         None => match (cli.stage, cli.config) {
             (Some(_), Some(config)) => Err(anyhow::anyhow!(
                 "{}: training stages are not in this build yet (the SFT and RL stages land with their issues); \
-                 available now: generate, score, exec, data, init-model",
+                 available now: generate, score, exec, data, synth, init-model",
                 config.display()
             )),
             _ => Err(anyhow::anyhow!("nothing to do: give --stage STAGE CONFIG.toml or a command (see --help)")),

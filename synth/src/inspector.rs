@@ -1,0 +1,36 @@
+//! The Inspector: a trajectory is kept only if its format is valid, its answer matches the
+//! ground truth, every checklist item holds, and re-running its code in a fresh workspace
+//! reproduces every observation. Rejections are counted by reason.
+use crate::grade::{correct, parse_answers};
+use crate::solver::Solved;
+use sandbox::{Mode, Sandbox, Workspace};
+
+pub const TAGS_REQUIRED: [&str; 4] = ["<Analyze>", "</Analyze>", "<Answer>", "</Answer>"];
+
+/// None when accepted, else the reason.
+pub fn inspect(s: &Solved, truth: &[(String, String)], names: &[String], sandbox: &Sandbox, fresh: &Workspace) -> Option<&'static str> {
+    if TAGS_REQUIRED.iter().any(|t| !s.response.contains(t)) {
+        return Some("format: missing <Analyze> or <Answer>");
+    }
+    let blocks = s.response.matches("<Code>").count();
+    if blocks != s.response.matches("</Code>").count() || blocks != s.cells.len() {
+        return Some("format: unbalanced <Code> blocks");
+    }
+    if s.response.split("<Code>").skip(1).any(|b| !b.trim_start().starts_with("```python")) {
+        return Some("format: a <Code> block without a ```python fence");
+    }
+    let answer = s.response.rsplit("<Answer>").next().unwrap_or("");
+    let given: Vec<String> = parse_answers(answer).into_iter().map(|(n, _)| n).collect();
+    if names.iter().any(|n| !given.contains(n)) {
+        return Some("checklist: a required @answer is missing");
+    }
+    if !correct(answer, truth) {
+        return Some("answer does not match the ground truth");
+    }
+    for (code, obs) in &s.cells {
+        if sandbox.run(fresh, code, Mode::Stateless).observation != *obs {
+            return Some("re-execution gave a different observation");
+        }
+    }
+    None
+}

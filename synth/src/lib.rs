@@ -1,0 +1,246 @@
+//! The `synth` crate: data-grounded synthesis. Real tables are profiled in the sandbox; the
+//! Questioner poses tasks whose ground truth comes from running a reference program; the
+//! expert Solver answers them through the five actions with real executions; the Inspector
+//! keeps only trajectories that are right, well-formed and reproducible. Output: parquet
+//! shards per stage and a statistics report. Deterministic by seed, parallel over tasks.
+pub mod grade;
+pub mod inspector;
+pub mod profile;
+pub mod questioner;
+pub mod solver;
+
+use datasets::{Message, RlTask, ShardWriter, SftSample, Trajectory};
+use profile::Table;
+use questioner::{Task, FAMILIES};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use sandbox::{Mode, Sandbox};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("profiling the tables failed: {0}")]
+    Profile(String),
+    #[error("{0}")]
+    Sandbox(#[from] sandbox::Error),
+    #[error("{0}")]
+    Data(#[from] datasets::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, Clone)]
+pub struct SynthConfig {
+    pub tables: PathBuf,
+    pub out: PathBuf,
+    /// Tasks to pose (each solved once).
+    pub tasks: usize,
+    pub seed: u64,
+    /// Share of trajectories where the expert first errs and recovers.
+    pub error_rate: f64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub tables: usize,
+    pub skipped: Vec<profile::Skipped>,
+    pub posed: usize,
+    pub ground_truth_failed: usize,
+    pub accepted: usize,
+    pub rejected: BTreeMap<String, usize>,
+    /// family → [posed, accepted]
+    pub families: BTreeMap<String, [usize; 2]>,
+    /// difficulty → [posed, accepted]
+    pub difficulties: BTreeMap<String, [usize; 2]>,
+    pub recovered_errors: usize,
+    /// `<Code>` turns per accepted trajectory → count.
+    pub turns: BTreeMap<usize, usize>,
+    pub mean_response_chars: f64,
+    pub single_ability_samples: usize,
+    pub seconds: f64,
+    pub sandbox_seconds: f64,
+}
+
+struct Outcome {
+    task: Task,
+    truth: Option<Vec<(String, String)>>,
+    solved: Option<solver::Solved>,
+    rejection: Option<&'static str>,
+}
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Io { path: path.to_path_buf(), source }
+}
+
+/// Poses `n` tasks over the profiled tables, deterministically from `seed`.
+pub fn pose_tasks(tables: &[Table], n: usize, seed: u64) -> Vec<Task> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tasks = vec![];
+    let mut attempts = 0;
+    while tasks.len() < n && attempts < n * 20 && !tables.is_empty() {
+        attempts += 1;
+        let t = tables.choose(&mut rng).unwrap();
+        let family = *FAMILIES.choose(&mut rng).unwrap();
+        if let Some(task) = questioner::pose(family, t, &mut rng, format!("synth-{seed}-{}", tasks.len())) {
+            tasks.push(task);
+        }
+    }
+    tasks
+}
+
+/// The reference program's answers, or None when it fails or misses a name.
+pub fn ground_truth(task: &Task, sandbox: &Sandbox, ws: &sandbox::Workspace) -> Option<Vec<(String, String)>> {
+    let ex = sandbox.run(ws, &task.reference, Mode::Stateless);
+    let answers = grade::parse_answers(&ex.observation);
+    (ex.is_ok() && task.answer_names.iter().all(|n| answers.iter().any(|(a, _)| a == n))).then_some(answers)
+}
+
+fn prompt(task: &Task, tables_dir: &Path) -> String {
+    let bytes = std::fs::metadata(tables_dir.join(&task.table.file)).map(|m| m.len()).unwrap_or(0);
+    datasets::import::deepanalyze_prompt(&task.instruction, &[(task.table.file.clone(), bytes)])
+}
+
+/// Single-ability samples (schema and structure understanding) straight from the profile.
+fn schema_samples(tables: &[Table], tables_dir: &Path) -> Vec<SftSample> {
+    tables
+        .iter()
+        .map(|t| {
+            let bytes = std::fs::metadata(tables_dir.join(&t.file)).map(|m| m.len()).unwrap_or(0);
+            let q = format!("Describe the structure of {}: its size, and each column's type and missing values.", t.label());
+            let cols: Vec<String> = t.columns.iter().map(|c| format!("- `{}`: {} ({}), {} missing, {} distinct", c.name, c.dtype, c.kind, c.missing, c.unique)).collect();
+            let answer = format!(
+                "<Analyze>\nA structural summary needs the row count and, per column, its type, how many values are missing and how varied it is.\n</Analyze>\n<Answer>\n{} has {} rows and {} columns{}.\n{}\n</Answer>",
+                t.label(), t.rows, t.columns.len(),
+                if t.keys.is_empty() { String::new() } else { format!("; {} identif{} each row", t.keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "), if t.keys.len() == 1 { "ies" } else { "y" }) },
+                cols.join("\n")
+            );
+            SftSample {
+                id: format!("schema-{}", t.label()),
+                ability: "schema-understanding".into(),
+                source: "synth".into(),
+                messages: vec![
+                    Message::new("user", datasets::import::deepanalyze_prompt(&q, &[(t.file.clone(), bytes)])),
+                    Message::new("assistant", answer),
+                ],
+                difficulty: Some(0.0),
+            }
+        })
+        .collect()
+}
+
+/// Runs the whole pipeline; `progress(done, total)` after each task.
+pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Report> {
+    let start = Instant::now();
+    if !cfg.tables.is_dir() {
+        return Err(Error::Invalid(format!("--tables {}: not a folder", cfg.tables.display())));
+    }
+    let ws = sandbox.workspace(Some(&cfg.tables))?;
+    let prof = profile::profile(sandbox, &ws)?;
+    drop(ws);
+    let tasks = pose_tasks(&prof.tables, cfg.tasks, cfg.seed);
+    let total = tasks.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: Vec<Outcome> = tasks
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, task)| {
+            let file = cfg.tables.join(&task.table.file);
+            let run = || -> Result<Outcome> {
+                let ws = sandbox.workspace_with_files(&[&file])?;
+                let Some(truth) = ground_truth(&task, sandbox, &ws) else {
+                    return Ok(Outcome { task, truth: None, solved: None, rejection: None });
+                };
+                let mut rng = StdRng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let solved = solver::solve(&task, sandbox, &ws, rng.random_bool(cfg.error_rate));
+                let fresh = sandbox.workspace_with_files(&[&file])?;
+                let rejection = inspector::inspect(&solved, &truth, &task.answer_names, sandbox, &fresh);
+                Ok(Outcome { task, truth: Some(truth), solved: Some(solved), rejection })
+            };
+            let out = run();
+            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
+            out
+        })
+        .collect::<Result<_>>()?;
+
+    std::fs::create_dir_all(&cfg.out).map_err(|e| io(&cfg.out, e))?;
+    let mut report = Report { tables: prof.tables.len(), skipped: prof.skipped.clone(), posed: total, ..Default::default() };
+    let mut traj = ShardWriter::<Trajectory>::create(&cfg.out.join("trajectories"), datasets::import::DEFAULT_SHARD_BYTES)?;
+    let mut rl = ShardWriter::<RlTask>::create(&cfg.out.join("rl_tasks"), datasets::import::DEFAULT_SHARD_BYTES)?;
+    let ws_dir = cfg.out.join("rl_tasks").join("_workspaces");
+    let mut chars = 0usize;
+    for o in &outcomes {
+        let fam = report.families.entry(o.task.family.into()).or_default();
+        fam[0] += 1;
+        report.difficulties.entry(o.task.difficulty.into()).or_default()[0] += 1;
+        let Some(truth) = &o.truth else {
+            report.ground_truth_failed += 1;
+            continue;
+        };
+        // Every task with a ground truth is an RL task, with its table as workspace.
+        let stem = o.task.table.file.replace(['.', '/'], "_");
+        let dst = ws_dir.join(&stem);
+        if !dst.exists() {
+            std::fs::create_dir_all(&dst).map_err(|e| io(&dst, e))?;
+            let src = cfg.tables.join(&o.task.table.file);
+            std::fs::copy(&src, dst.join(&o.task.table.file)).map_err(|e| io(&src, e))?;
+        }
+        let meta = serde_json::json!({"family": o.task.family, "difficulty": o.task.difficulty, "table": o.task.table.label(),
+                                      "checklist": o.task.checklist});
+        rl.write(RlTask {
+            id: o.task.id.clone(),
+            kind: "qa".into(),
+            prompt: prompt(&o.task, &cfg.tables),
+            workspace: format!("_workspaces/{stem}"),
+            files: vec![o.task.table.file.clone()],
+            ground_truth: Some(serde_json::to_string(truth).unwrap()),
+            judge: Some(serde_json::json!({"method": "dabench"}).to_string()),
+            source: "synth".into(),
+            metadata: meta.to_string(),
+        })?;
+        let solved = o.solved.as_ref().unwrap();
+        report.sandbox_seconds += solved.sandbox_secs;
+        if let Some(reason) = o.rejection {
+            *report.rejected.entry(reason.into()).or_default() += 1;
+            continue;
+        }
+        report.accepted += 1;
+        report.families.get_mut(o.task.family).unwrap()[1] += 1;
+        report.difficulties.get_mut(o.task.difficulty).unwrap()[1] += 1;
+        report.recovered_errors += usize::from(solved.recovered_error);
+        *report.turns.entry(solved.cells.len()).or_default() += 1;
+        chars += solved.response.len();
+        traj.write(Trajectory {
+            id: o.task.id.clone(),
+            task_id: o.task.id.clone(),
+            system: None,
+            prompt: prompt(&o.task, &cfg.tables),
+            response: solved.response.clone(),
+            reward: Some(1.0),
+            source: "synth-expert".into(),
+            metadata: serde_json::json!({"family": o.task.family, "difficulty": o.task.difficulty,
+                                         "recovered_error": solved.recovered_error, "turns": solved.cells.len()}).to_string(),
+        })?;
+    }
+    traj.finish()?;
+    rl.finish()?;
+    let mut sft = ShardWriter::<SftSample>::create(&cfg.out.join("sft_single"), datasets::import::DEFAULT_SHARD_BYTES)?;
+    for s in schema_samples(&prof.tables, &cfg.tables) {
+        sft.write(s)?;
+        report.single_ability_samples += 1;
+    }
+    sft.finish()?;
+    report.mean_response_chars = chars as f64 / report.accepted.max(1) as f64;
+    report.seconds = start.elapsed().as_secs_f64();
+    let path = cfg.out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).map_err(|e| io(&path, e))?;
+    Ok(report)
+}

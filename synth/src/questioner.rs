@@ -1,0 +1,209 @@
+//! The Questioner: task families over a profiled table, each with phrasing variants, a
+//! graded difficulty, DABench-style `@name[value]` answers, a checklist, a reference
+//! program (run in the sandbox for the ground truth) and the expert's own solution code,
+//! written differently from the reference so the two check each other.
+use crate::profile::{Column, Table};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::Rng;
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: String,
+    pub family: &'static str,
+    pub difficulty: &'static str,
+    pub table: Table,
+    /// The instruction the model sees (question + answer format).
+    pub instruction: String,
+    pub answer_names: Vec<String>,
+    /// Prints the ground truth as `@name[value]` lines.
+    pub reference: String,
+    /// The expert's computation (after loading `df`), printing `@name[value]` lines.
+    pub solution: String,
+    /// A column the expert may first get wrong (error-recovery trajectories).
+    pub focus: String,
+    /// What the expert checks once it has the result (reflective reasoning).
+    pub review: String,
+    pub checklist: Vec<String>,
+}
+
+pub const FAMILIES: [&str; 8] =
+    ["mean", "count_above", "missing", "group_top", "correlation", "max_row", "outliers", "filter_mean"];
+
+/// A Python string literal (JSON strings are valid Python literals).
+pub fn py(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// Python that loads the table into `df`.
+pub fn load_code(t: &Table) -> String {
+    let f = py(&t.file);
+    let ext = t.file.rsplit('.').next().unwrap_or("").to_lowercase();
+    match (ext.as_str(), &t.table) {
+        ("sqlite" | "db", Some(name)) => format!(
+            "import sqlite3\ncon = sqlite3.connect({f})\ndf = pd.read_sql({}, con)",
+            py(&format!("select * from \"{name}\""))
+        ),
+        ("tsv", _) => format!("df = pd.read_csv({f}, sep='\\t')"),
+        ("xlsx", _) => format!("df = pd.read_excel({f})"),
+        ("parquet", _) => format!("df = pd.read_parquet({f})"),
+        ("json", _) => format!("df = pd.read_json({f})"),
+        _ => format!("df = pd.read_csv({f})"),
+    }
+}
+
+fn slug(s: &str) -> String {
+    let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    s.trim_matches('_').to_string()
+}
+
+const HELPER: &str = "import pandas as pd\nimport numpy as np\ndef answer(name, value):\n    if isinstance(value, (float, np.floating)):\n        value = '%.2f' % value\n    elif isinstance(value, (np.integer,)):\n        value = int(value)\n    print('@%s[%s]' % (name, value))\n";
+
+fn fmt_num(x: f64, integer: bool) -> String {
+    if integer { format!("{}", x.round() as i64) } else { format!("{:.1}", x) }
+}
+
+fn pick<'a>(rng: &mut StdRng, cols: &[&'a Column]) -> Option<&'a Column> {
+    cols.choose(rng).copied()
+}
+
+fn vary(rng: &mut StdRng, options: &[String]) -> String {
+    options.choose(rng).unwrap().clone()
+}
+
+/// Numeric columns that are measurements, not row ids.
+fn measures(t: &Table) -> Vec<&Column> {
+    t.numeric().filter(|c| !t.keys.contains(&c.name) && c.unique > 2).collect()
+}
+
+/// One task of `family` on `t`, or None when the table has nothing it can ask about.
+pub fn pose(family: &'static str, t: &Table, rng: &mut StdRng, id: String) -> Option<Task> {
+    let label = t.label();
+    let nums = measures(t);
+    let cats: Vec<&Column> = t.categorical().filter(|c| c.unique <= 12).collect();
+    let load = load_code(t);
+    let two = "a number rounded to two decimal places";
+    let task = |difficulty, instruction: String, names: Vec<String>, reference: String, solution: String, focus: &str, review: String, formats: Vec<String>| {
+        let fmt = names.iter().zip(&formats).map(|(n, f)| format!("@{n}[value] where \"value\" is {f}")).collect::<Vec<_>>().join(", ");
+        Some(Task {
+            id: id.clone(),
+            family,
+            difficulty,
+            table: t.clone(),
+            instruction: format!("{instruction}\nAnswer format: {fmt}."),
+            checklist: vec![format!("answers {}", names.iter().map(|n| format!("@{n}")).collect::<Vec<_>>().join(", ")),
+                            "each code block in a ```python fence".into(), "reads the data from the file".into()],
+            answer_names: names,
+            reference: format!("{HELPER}{load}\n{reference}"),
+            solution,
+            focus: focus.to_string(),
+            review,
+        })
+    };
+    match family {
+        "mean" => {
+            let c = pick(rng, &nums)?;
+            let (q, n) = (py(&c.name), format!("mean_{}", slug(&c.name)));
+            let instruction = vary(rng, &[
+                format!("What is the average value of the `{}` column in {label}?", c.name),
+                format!("Compute the mean of `{}` in {label}, ignoring missing values.", c.name),
+                format!("Find the arithmetic mean of the `{}` values in {label}.", c.name),
+            ]);
+            task("easy", instruction, vec![n.clone()],
+                 format!("v = df[{q}].dropna().astype(float)\nanswer({}, float(v.sum() / len(v)))", py(&n)),
+                 format!("print('@{n}[%.2f]' % df[{q}].mean())"), &c.name,
+                 format!("missing values were left out, and {:.2} <= mean <= {:.2} holds for the column's range, so the value is plausible", c.min?, c.max?),
+                 vec![two.into()])
+        }
+        "count_above" => {
+            let c = pick(rng, &nums)?;
+            let thr = fmt_num(c.median?, c.integer.unwrap_or(false));
+            let (q, n) = (py(&c.name), format!("count_{}_above", slug(&c.name)));
+            let instruction = vary(rng, &[
+                format!("How many rows of {label} have `{}` greater than {thr}?", c.name),
+                format!("Count the records in {label} whose `{}` exceeds {thr}.", c.name),
+            ]);
+            task("easy", instruction, vec![n.clone()],
+                 format!("answer({}, int(sum(1 for x in df[{q}] if pd.notna(x) and x > {thr})))", py(&n)),
+                 format!("print('@{n}[%d]' % (df[{q}] > {thr}).sum())"), &c.name,
+                 format!("'greater than' is strict, so rows equal to {thr} are not counted, and missing values never compare as greater"),
+                 vec!["an integer".into()])
+        }
+        "missing" => {
+            let with: Vec<&Column> = t.columns.iter().filter(|c| c.missing > 0).collect();
+            let c = pick(rng, &with).or_else(|| pick(rng, &t.columns.iter().collect::<Vec<_>>()))?;
+            let (q, n) = (py(&c.name), format!("missing_{}", slug(&c.name)));
+            task("easy", format!("How many values are missing in the `{}` column of {label}?", c.name), vec![n.clone()],
+                 format!("answer({}, int(len(df) - df[{q}].count()))", py(&n)),
+                 format!("print('@{n}[%d]' % df[{q}].isna().sum())"), &c.name,
+                 format!("the table has {} rows, and the count cannot exceed that", t.rows),
+                 vec!["an integer".into()])
+        }
+        "group_top" => {
+            let (g, v) = (pick(rng, &cats)?, pick(rng, &nums)?);
+            let (qg, qv) = (py(&g.name), py(&v.name));
+            let (n1, n2) = (format!("top_{}", slug(&g.name)), format!("mean_{}", slug(&v.name)));
+            let instruction = vary(rng, &[
+                format!("Group {label} by `{}`. Which group has the highest average `{}`, and what is that average?", g.name, v.name),
+                format!("Which value of `{}` in {label} has the largest mean `{}`? Also give that mean.", g.name, v.name),
+            ]);
+            task("medium", instruction, vec![n1.clone(), n2.clone()],
+                 format!("s = {{}}\nfor k, x in zip(df[{qg}], df[{qv}]):\n    if pd.notna(k) and pd.notna(x):\n        s.setdefault(k, []).append(float(x))\nbest = max(s, key=lambda k: (sum(s[k]) / len(s[k])))\nanswer({}, best)\nanswer({}, sum(s[best]) / len(s[best]))", py(&n1), py(&n2)),
+                 format!("m = df.groupby({qg})[{qv}].mean()\nprint(m.sort_values(ascending=False))\nprint('@{n1}[%s]' % m.idxmax())\nprint('@{n2}[%.2f]' % m.max())"), &v.name,
+                 "the sorted means show the winner on top, and each group mean lies inside the column's range".to_string(),
+                 vec!["the group's value".into(), two.into()])
+        }
+        "correlation" => {
+            if nums.len() < 2 {
+                return None;
+            }
+            let mut pair: Vec<&Column> = nums.clone();
+            let a = pair.remove(rng.random_range(0..pair.len()));
+            let b = pair[rng.random_range(0..pair.len())];
+            let (qa, qb, n) = (py(&a.name), py(&b.name), format!("corr_{}_{}", slug(&a.name), slug(&b.name)));
+            task("medium", format!("What is the Pearson correlation coefficient between `{}` and `{}` in {label}, using rows where both are present?", a.name, b.name), vec![n.clone()],
+                 format!("d = df[[{qa}, {qb}]].dropna().astype(float)\nx, y = d[{qa}].to_numpy(), d[{qb}].to_numpy()\nanswer({}, float(np.corrcoef(x, y)[0, 1]))", py(&n)),
+                 format!("print('@{n}[%.2f]' % df[{qa}].corr(df[{qb}]))"), &a.name,
+                 "a correlation must lie between -1 and 1, and pandas drops rows with a missing value in either column".to_string(),
+                 vec![format!("{two}, between -1 and 1")])
+        }
+        "max_row" => {
+            let v = pick(rng, &nums)?;
+            let id_col = t.keys.first().cloned().or_else(|| t.columns.iter().find(|c| c.kind != "numeric").map(|c| c.name.clone()))?;
+            if id_col == v.name {
+                return None;
+            }
+            let (qv, qi, n) = (py(&v.name), py(&id_col), format!("max_{}_{}", slug(&v.name), slug(&id_col)));
+            task("medium", format!("Which `{id_col}` in {label} has the largest `{}`? If several tie, give the first in file order.", v.name), vec![n.clone()],
+                 format!("best = None\nfor k, x in zip(df[{qi}], df[{qv}]):\n    if pd.notna(x) and (best is None or x > best[1]):\n        best = (k, x)\nanswer({}, best[0])", py(&n)),
+                 format!("top = df.sort_values({qv}, ascending=False, kind='stable').iloc[0]\nprint(top)\nprint('@{n}[%s]' % top[{qi}])"), &v.name,
+                 "a stable sort keeps the first of any tied rows on top, as asked".to_string(),
+                 vec![format!("the `{id_col}` of that row")])
+        }
+        "outliers" => {
+            let c = pick(rng, &nums)?;
+            let q = py(&c.name);
+            let (n1, n2, n3) = ("n_outliers".to_string(), "lower_fence".to_string(), "upper_fence".to_string());
+            task("hard", format!("Using the 1.5 x IQR rule on `{}` in {label} (quartiles by linear interpolation), how many outliers are there, and what are the lower and upper fences?", c.name),
+                 vec![n1.clone(), n2.clone(), n3.clone()],
+                 format!("x = np.sort(df[{q}].dropna().astype(float).to_numpy())\nq1, q3 = np.percentile(x, 25), np.percentile(x, 75)\nlo, hi = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)\nanswer('n_outliers', int(((x < lo) | (x > hi)).sum()))\nanswer('lower_fence', float(lo))\nanswer('upper_fence', float(hi))"),
+                 format!("s = df[{q}].dropna()\nq1, q3 = s.quantile(0.25), s.quantile(0.75)\niqr = q3 - q1\nlo, hi = q1 - 1.5 * iqr, q3 + 1.5 * iqr\nprint('Q1 =', q1, 'Q3 =', q3)\nprint('@{n1}[%d]' % ((s < lo) | (s > hi)).sum())\nprint('@{n2}[%.2f]' % lo)\nprint('@{n3}[%.2f]' % hi)"),
+                 &c.name, "the fences bracket the quartiles, and points exactly on a fence are not outliers".to_string(),
+                 vec!["an integer".into(), two.into(), two.into()])
+        }
+        "filter_mean" => {
+            let (g, v) = (pick(rng, &cats)?, pick(rng, &nums)?);
+            let val = g.top.as_ref()?.first()?.0.clone();
+            let (qg, qv) = (py(&g.name), py(&v.name));
+            let lit = if g.dtype.starts_with("int") || g.dtype.starts_with("float") { val.clone() } else { py(&val) };
+            let (n1, n2) = ("count_rows".to_string(), format!("mean_{}", slug(&v.name)));
+            task("hard", format!("Among the rows of {label} where `{}` is {val}, how many are there and what is their mean `{}`?", g.name, v.name),
+                 vec![n1.clone(), n2.clone()],
+                 format!("rows = [x for k, x in zip(df[{qg}], df[{qv}]) if k == {lit}]\nanswer('count_rows', len(rows))\nvals = [float(x) for x in rows if pd.notna(x)]\nanswer({}, sum(vals) / len(vals))", py(&n2)),
+                 format!("sub = df[df[{qg}] == {lit}]\nprint(sub.shape)\nprint('@{n1}[%d]' % len(sub))\nprint('@{n2}[%.2f]' % sub[{qv}].mean())"),
+                 &v.name, "the subset is smaller than the table, and its mean skips missing values".to_string(),
+                 vec!["an integer".into(), two.into()])
+        }
+        _ => None,
+    }
+}

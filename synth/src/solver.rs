@@ -1,0 +1,70 @@
+//! The expert Solver: acts through the five actions the way an analyst would: look at the
+//! file, understand it, compute, check, answer; in some trajectories it first uses a wrong
+//! column name and recovers from the error it sees. Every `<Execute>` is the sandbox's real
+//! output for that code, run the way the published environment runs it (fresh per cell).
+use crate::questioner::{load_code, py, Task};
+use crate::grade::parse_answers;
+use sandbox::{Mode, Sandbox, Workspace};
+
+pub struct Solved {
+    pub response: String,
+    /// Each `<Code>` block's code and the observation it got.
+    pub cells: Vec<(String, String)>,
+    pub recovered_error: bool,
+    /// Seconds spent inside the sandbox.
+    pub sandbox_secs: f64,
+}
+
+fn cell(code: &str) -> String {
+    format!("<Code>\n```python\n{code}\n```\n</Code>\n")
+}
+
+pub fn solve(task: &Task, sandbox: &Sandbox, ws: &Workspace, with_error: bool) -> Solved {
+    let t = &task.table;
+    let load = load_code(t);
+    let mut out = Solved { response: String::new(), cells: vec![], recovered_error: false, sandbox_secs: 0.0 };
+    let run = |code: &str, out: &mut Solved| -> String {
+        let ex = sandbox.run(ws, code, Mode::Stateless);
+        out.sandbox_secs += ex.wall_ms / 1000.0;
+        out.cells.push((code.to_string(), ex.observation.clone()));
+        out.response += &cell(code);
+        out.response += &format!("<Execute>\n{}\n</Execute>\n", ex.observation);
+        ex.observation
+    };
+    out.response += &format!(
+        "<Analyze>\nThe task: {} Before computing anything I will look at {}: its shape, column names and types, and a few rows, so the code uses the exact column names and handles missing values correctly.\n</Analyze>\n",
+        task.instruction.lines().next().unwrap_or(""), t.label()
+    );
+    run(&format!("import pandas as pd\n{load}\nprint(df.shape)\nprint(df.dtypes)\nprint(df.head())"), &mut out);
+    let focus = t.columns.iter().find(|c| c.name == task.focus);
+    let about = focus.map(|c| format!(" `{}` is {} with {} missing value{}{}.", c.name, c.dtype, c.missing, if c.missing == 1 { "" } else { "s" },
+        match (c.min, c.max) { (Some(a), Some(b)) => format!(", ranging from {a} to {b}"), _ => String::new() })).unwrap_or_default();
+    out.response += &format!(
+        "<Understand>\n{} has {} rows and {} columns.{about} Looking closer at the table, the columns needed for this task are present.\n</Understand>\n",
+        t.label(), t.rows, t.columns.len()
+    );
+    let solution = format!("import pandas as pd\n{load}\n{}", task.solution);
+    if with_error {
+        // A plausible slip: the column name in lower case (or pluralised when it already is).
+        let lower = task.focus.to_lowercase() != task.focus;
+        let wrong = if lower { task.focus.to_lowercase() } else { format!("{}s", task.focus) };
+        let why = if lower { "names are case-sensitive" } else { "there is no trailing s" };
+        let broken = solution.replace(&py(&task.focus), &py(&wrong));
+        if broken != solution {
+            let obs = run(&broken, &mut out);
+            if obs.starts_with("[Error]") {
+                out.recovered_error = true;
+                out.response += &format!(
+                    "<Understand>\nThe code failed: reviewing the previous step, I wrote `{wrong}`, but the column is named `{}` exactly ({why}). I will rerun with the right name.\n</Understand>\n",
+                    task.focus
+                );
+            }
+        }
+    }
+    let obs = run(&solution, &mut out);
+    let answers = parse_answers(&obs);
+    out.response += &format!("<Understand>\nLet me check the boundaries of this result: {}.\n</Understand>\n", task.review);
+    let lines: Vec<String> = answers.iter().map(|(n, v)| format!("@{n}[{v}]")).collect();
+    out.response += &format!("<Answer>\n{}\n</Answer>", lines.join("\n"));
+    out
+}

@@ -1,0 +1,173 @@
+//! Synthesis on tables it has never seen (the DABench dev tables), checked independently:
+//! each accepted trajectory's code is re-run from its own text and must reproduce its
+//! observations; a sample of ground truths is recomputed with Python's csv and statistics
+//! modules; the DABench grader reproduces the benchmark's judgement on its dev labels.
+use datasets::{read_all, RlTask, Trajectory};
+use sandbox::{Mode, Sandbox, SandboxConfig};
+use std::path::{Path, PathBuf};
+use synth::grade::{correct, grade, parse_answers};
+use synth::{synthesize, SynthConfig};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn sandbox() -> Sandbox {
+    let python = root().join(".venv-sandbox/bin/python");
+    assert!(python.exists(), "run scripts/setup-sandbox.sh");
+    Sandbox::new(SandboxConfig { python, ..SandboxConfig::default() }).unwrap()
+}
+
+#[test]
+fn dabench_grader_reproduces_the_benchmark_on_its_dev_labels() {
+    let labels = std::fs::read_to_string(root().join("../shared/data/dabench-dev/labels.jsonl")).unwrap();
+    let mut n = 0;
+    for line in labels.lines() {
+        let l: serde_json::Value = serde_json::from_str(line).unwrap();
+        let truth: Vec<(String, String)> = l["common_answers"].as_array().unwrap().iter()
+            .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string())).collect();
+        let right: String = truth.iter().map(|(k, v)| format!("@{k}[{v}] ")).collect();
+        assert!(correct(&format!("The answers: {right}"), &truth), "{right}");
+        assert_eq!(parse_answers(&right).len(), truth.len());
+        // Perturb each sub-answer in turn: a number by one unit in its last place, a word by
+        // a letter; the question is then wrong, and only that sub-answer.
+        for i in 0..truth.len() {
+            let mut bad = truth.clone();
+            let v = &bad[i].1;
+            bad[i].1 = match v.parse::<f64>() {
+                Ok(x) => {
+                    let decimals = v.split('.').nth(1).map_or(0, str::len);
+                    format!("{:.*}", decimals, x + 10f64.powi(-(decimals as i32)))
+                }
+                Err(_) => format!("{v}x"),
+            };
+            let resp: String = bad.iter().map(|(k, v)| format!("@{k}[{v}] ")).collect();
+            assert!(!correct(&resp, &truth), "{resp} accepted for {truth:?}");
+            let per = grade(&resp, &truth);
+            assert_eq!(per.iter().filter(|&&ok| !ok).count(), 1);
+        }
+        // A missing sub-answer fails the question.
+        if truth.len() > 1 {
+            assert!(!correct(&format!("@{}[{}]", truth[0].0, truth[0].1), &truth));
+        }
+        n += 1;
+    }
+    assert_eq!(n, 105);
+    // Numbers compare as numbers; formatting differences do not matter.
+    assert!(correct("@x[3.60]", &[("x".into(), "3.6".into())]));
+    assert!(!correct("@x[3.61]", &[("x".into(), "3.6".into())]));
+}
+
+fn unseen_tables() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for f in ["abalone.csv", "auto-mpg.csv", "election2016.csv"] {
+        std::fs::copy(root().join("../shared/data/dabench-dev/tables").join(f), d.path().join(f)).unwrap();
+    }
+    d
+}
+
+/// (code, observation) pairs read back out of a trajectory's text.
+fn cells(response: &str) -> Vec<(String, String)> {
+    response
+        .split("<Code>\n```python\n")
+        .skip(1)
+        .map(|part| {
+            let (code, rest) = part.split_once("\n```\n</Code>\n<Execute>\n").unwrap();
+            let obs = &rest[..rest.find("\n</Execute>").unwrap()];
+            (code.to_string(), obs.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn accepted_trajectories_reproduce_and_ground_truth_agrees_with_a_second_computation() {
+    let sb = sandbox();
+    let tables = unseen_tables();
+    let out = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 24, seed: 7, error_rate: 0.3 };
+    let report = synthesize(&cfg, &sb, &|_, _| {}).unwrap();
+    assert_eq!(report.posed, 24);
+    assert!(report.accepted >= 18, "{report:?}");
+    let trajs: Vec<Trajectory> = read_all(&out.path().join("s/trajectories")).unwrap();
+    assert_eq!(trajs.len(), report.accepted);
+    let tasks: Vec<RlTask> = read_all(&out.path().join("s/rl_tasks")).unwrap();
+    for t in &trajs {
+        let task = tasks.iter().find(|x| x.id == t.task_id).unwrap();
+        let ws = sb.workspace(Some(&out.path().join("s/rl_tasks").join(&task.workspace))).unwrap();
+        let cs = cells(&t.response);
+        assert!(cs.len() >= 2, "{}", t.response);
+        for (code, obs) in cs {
+            assert_eq!(sb.run(&ws, &code, Mode::Stateless).observation, obs, "{}", t.id);
+        }
+        let truth: Vec<(String, String)> = serde_json::from_str(task.ground_truth.as_deref().unwrap()).unwrap();
+        let answer = t.response.rsplit("<Answer>").next().unwrap();
+        assert!(correct(answer, &truth), "{}: {answer} vs {truth:?}", t.id);
+    }
+    // A second computation of simple families, with the csv module instead of pandas.
+    let mut checked = 0;
+    for task in &tasks {
+        let meta: serde_json::Value = serde_json::from_str(&task.metadata).unwrap();
+        let family = meta["family"].as_str().unwrap();
+        if !["mean", "missing", "count_above"].contains(&family) {
+            continue;
+        }
+        let truth: Vec<(String, String)> = serde_json::from_str(task.ground_truth.as_deref().unwrap()).unwrap();
+        let col = task.prompt.split('`').nth(1).unwrap();
+        let thr = task.prompt.split(" than ").nth(1).or_else(|| task.prompt.split(" exceeds ").nth(1)).map(|s| {
+            let num: String = s.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-').collect();
+            num.trim_end_matches('.').to_string()
+        });
+        let code = format!(r#"import csv, statistics
+rows = list(csv.DictReader(open({file:?}, newline='')))
+vals = [r[{col:?}] for r in rows]
+num = [float(v) for v in vals if v not in ('', 'NA', 'nan', 'NaN', '?')]
+fam = {family:?}
+if fam == 'mean':
+    print('%.2f' % statistics.fmean(num))
+elif fam == 'missing':
+    print(sum(1 for v in vals if v in ('', 'NA', 'nan', 'NaN')))
+else:
+    print(sum(1 for x in num if x > float({thr:?})))
+"#, file = task.files[0], thr = thr.clone().unwrap_or_default());
+        let ws = sb.workspace(Some(&out.path().join("s/rl_tasks").join(&task.workspace))).unwrap();
+        let second = sb.run(&ws, &code, Mode::Stateless);
+        assert!(second.is_ok(), "{}", second.observation);
+        let want = &truth[0].1;
+        assert!(synth::grade::values_match(second.observation.trim(), want), "{}: {} vs {want} ({})", task.id, second.observation, task.prompt);
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} tasks recomputed");
+    let report_file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("s/report.json")).unwrap()).unwrap();
+    assert_eq!(report_file["accepted"], report.accepted);
+    // Deterministic by seed: the same run again gives the same trajectories.
+    let again = synthesize(&SynthConfig { out: out.path().join("s2"), ..cfg.clone() }, &sb, &|_, _| {}).unwrap();
+    let trajs2: Vec<Trajectory> = read_all(&out.path().join("s2/trajectories")).unwrap();
+    assert_eq!(again.accepted, report.accepted);
+    assert_eq!(trajs2.iter().map(|t| &t.response).collect::<Vec<_>>(), trajs.iter().map(|t| &t.response).collect::<Vec<_>>());
+}
+
+#[test]
+fn bad_tables_are_skipped_with_a_reason() {
+    let sb = sandbox();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(p.join("good.csv"), "a,b\n1,x\n2,y\n3,x\n4,y\n").unwrap();
+    std::fs::write(p.join("empty.csv"), "a,b\n").unwrap();
+    std::fs::write(p.join("onecol.csv"), "a\n1\n2\n").unwrap();
+    std::fs::write(p.join("latin1.csv"), b"name,city\nJos\xe9,M\xe1laga\nAna,Le\xf3n\n").unwrap();
+    std::fs::write(p.join("garbage.xlsx"), b"\x00\x01not a spreadsheet").unwrap();
+    let status = std::process::Command::new(root().join(".venv-sandbox/bin/python"))
+        .args(["-c", &format!("import sqlite3; sqlite3.connect({:?}).execute('pragma user_version = 1')", p.join("none.sqlite"))])
+        .status().unwrap();
+    assert!(status.success());
+    let out = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig { tables: p.into(), out: out.path().join("o"), tasks: 4, seed: 1, error_rate: 0.0 };
+    let report = synthesize(&cfg, &sb, &|_, _| {}).unwrap();
+    let reason = |f: &str| report.skipped.iter().find(|s| s.file == f).map(|s| s.reason.clone()).unwrap_or_else(|| panic!("{f} not skipped: {:?}", report.skipped));
+    assert_eq!(reason("empty.csv"), "empty table");
+    assert_eq!(reason("onecol.csv"), "only one column");
+    assert!(reason("latin1.csv").contains("not UTF-8"), "{}", reason("latin1.csv"));
+    assert!(reason("garbage.xlsx").starts_with("unreadable"), "{}", reason("garbage.xlsx"));
+    assert!(reason("none.sqlite").contains("no tables"), "{}", reason("none.sqlite"));
+    assert_eq!(report.tables, 1);
+}
