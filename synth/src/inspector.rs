@@ -7,8 +7,14 @@ use sandbox::{Mode, Sandbox, Workspace};
 
 pub const TAGS_REQUIRED: [&str; 4] = ["<Analyze>", "</Analyze>", "<Answer>", "</Answer>"];
 
-/// None when accepted, else the reason.
-pub fn inspect(s: &Solved, truth: &[(String, String)], names: &[String], sandbox: &Sandbox, fresh: &Workspace) -> Option<&'static str> {
+/// None when accepted, else the reason; and the seconds spent re-executing.
+pub fn inspect(s: &Solved, truth: &[(String, String)], names: &[String], sandbox: &Sandbox, fresh: &Workspace) -> (Option<&'static str>, f64) {
+    let mut secs = 0.0;
+    let verdict = check(s, truth, names, sandbox, fresh, &mut secs);
+    (verdict, secs)
+}
+
+fn check(s: &Solved, truth: &[(String, String)], names: &[String], sandbox: &Sandbox, fresh: &Workspace, secs: &mut f64) -> Option<&'static str> {
     if TAGS_REQUIRED.iter().any(|t| !s.response.contains(t)) {
         return Some("format: missing <Analyze> or <Answer>");
     }
@@ -28,7 +34,9 @@ pub fn inspect(s: &Solved, truth: &[(String, String)], names: &[String], sandbox
         return Some("answer does not match the ground truth");
     }
     for (code, obs) in &s.cells {
-        if sandbox.run(fresh, code, Mode::Stateless).observation != *obs {
+        let ex = sandbox.run(fresh, code, Mode::Stateless);
+        *secs += ex.wall_ms / 1000.0;
+        if ex.observation != *obs {
             return Some("re-execution gave a different observation");
         }
     }

@@ -67,7 +67,10 @@ pub struct Report {
     pub mean_response_chars: f64,
     pub single_ability_samples: usize,
     pub seconds: f64,
+    /// Wall time of every sandbox cell, summed over the tasks running in parallel.
     pub sandbox_seconds: f64,
+    /// Tasks solved at once (rayon threads).
+    pub parallel_tasks: usize,
 }
 
 struct Outcome {
@@ -75,6 +78,8 @@ struct Outcome {
     truth: Option<Vec<(String, String)>>,
     solved: Option<solver::Solved>,
     rejection: Option<&'static str>,
+    /// Every cell of this task: reference, solver and re-execution.
+    sandbox_secs: f64,
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
@@ -97,11 +102,12 @@ pub fn pose_tasks(tables: &[Table], n: usize, seed: u64) -> Vec<Task> {
     tasks
 }
 
-/// The reference program's answers, or None when it fails or misses a name.
-pub fn ground_truth(task: &Task, sandbox: &Sandbox, ws: &sandbox::Workspace) -> Option<Vec<(String, String)>> {
+/// The reference program's answers (None when it fails or misses a name), and its seconds.
+pub fn ground_truth(task: &Task, sandbox: &Sandbox, ws: &sandbox::Workspace) -> (Option<Vec<(String, String)>>, f64) {
     let ex = sandbox.run(ws, &task.reference, Mode::Stateless);
     let answers = grade::parse_answers(&ex.observation);
-    (ex.is_ok() && task.answer_names.iter().all(|n| answers.iter().any(|(a, _)| a == n))).then_some(answers)
+    let ok = ex.is_ok() && task.answer_names.iter().all(|n| answers.iter().any(|(a, _)| a == n));
+    (ok.then_some(answers), ex.wall_ms / 1000.0)
 }
 
 fn prompt(task: &Task, tables_dir: &Path) -> String {
@@ -156,14 +162,16 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
             let file = cfg.tables.join(&task.table.file);
             let run = || -> Result<Outcome> {
                 let ws = sandbox.workspace_with_files(&[&file])?;
-                let Some(truth) = ground_truth(&task, sandbox, &ws) else {
-                    return Ok(Outcome { task, truth: None, solved: None, rejection: None });
+                let (truth, truth_secs) = ground_truth(&task, sandbox, &ws);
+                let Some(truth) = truth else {
+                    return Ok(Outcome { task, truth: None, solved: None, rejection: None, sandbox_secs: truth_secs });
                 };
                 let mut rng = StdRng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let solved = solver::solve(&task, sandbox, &ws, rng.random_bool(cfg.error_rate));
                 let fresh = sandbox.workspace_with_files(&[&file])?;
-                let rejection = inspector::inspect(&solved, &truth, &task.answer_names, sandbox, &fresh);
-                Ok(Outcome { task, truth: Some(truth), solved: Some(solved), rejection })
+                let (rejection, check_secs) = inspector::inspect(&solved, &truth, &task.answer_names, sandbox, &fresh);
+                let sandbox_secs = truth_secs + solved.sandbox_secs + check_secs;
+                Ok(Outcome { task, truth: Some(truth), solved: Some(solved), rejection, sandbox_secs })
             };
             let out = run();
             progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
@@ -178,6 +186,7 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
     let ws_dir = cfg.out.join("rl_tasks").join("_workspaces");
     let mut chars = 0usize;
     for o in &outcomes {
+        report.sandbox_seconds += o.sandbox_secs;
         let fam = report.families.entry(o.task.family.into()).or_default();
         fam[0] += 1;
         report.difficulties.entry(o.task.difficulty.into()).or_default()[0] += 1;
@@ -207,7 +216,6 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
             metadata: meta.to_string(),
         })?;
         let solved = o.solved.as_ref().unwrap();
-        report.sandbox_seconds += solved.sandbox_secs;
         if let Some(reason) = o.rejection {
             *report.rejected.entry(reason.into()).or_default() += 1;
             continue;
@@ -240,6 +248,7 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
     sft.finish()?;
     report.mean_response_chars = chars as f64 / report.accepted.max(1) as f64;
     report.seconds = start.elapsed().as_secs_f64();
+    report.parallel_tasks = rayon::current_num_threads();
     let path = cfg.out.join("report.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).map_err(|e| io(&path, e))?;
     Ok(report)

@@ -69,7 +69,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("  rejected {n}: {reason}");
     }
     println!("{:.1} s ({:.0}% in the sandbox); report: {}", report.seconds,
-             100.0 * report.sandbox_seconds / (report.seconds * rayon::current_num_threads() as f64).max(1e-9),
+             100.0 * report.sandbox_seconds / (report.seconds * report.parallel_tasks as f64).max(1e-9),
              a.out.join("report.json").display());
     Ok(())
 }
