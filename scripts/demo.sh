@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The embedded default, end to end on a CPU: fetch the real Qwen3 tokenizer, build the
 # binary, create the tiny Qwen3 (configs/tiny-qwen3.json) with the DeepAnalyze tags, then
-# generate from it with the chat template, score a trajectory, and run a cell in the sandbox. The curriculum stages
+# generate from it with the chat template, score a trajectory, run a cell in the sandbox,
+# and synthesize verified trajectories from real tables. The curriculum stages
 # (`trainer --stage ...`) join this script as their issues land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +28,7 @@ echo "import pandas as pd
 df = pd.read_csv('prices.csv')
 print(df.groupby('city')['price'].mean().round(2))
 print(df['nope'])" | $bin exec --workspace runs/demo-workspace
+echo "--- trainer synth (verified trajectories and RL tasks from the default real tables) ---"
+rm -rf runs/demo-synth
+$bin synth --tables synth/tables --out runs/demo-synth --tasks 24 --seed 0
+$bin data inspect runs/demo-synth/trajectories --model "$run" --seq-len 4096 | head -n 40
