@@ -27,6 +27,18 @@ pub struct ImportReport {
 }
 
 impl ImportReport {
+    /// Writes a good row; a bad one is an error or a counted skip.
+    fn take<R: crate::Record>(&mut self, w: &mut ShardWriter<R>, row: Result<R>, on_bad: OnBad) -> Result<()> {
+        match row {
+            Ok(r) => {
+                w.write(r)?;
+                self.written += 1;
+                Ok(())
+            }
+            Err(e) => self.bad(on_bad, e),
+        }
+    }
+
     fn bad(&mut self, on_bad: OnBad, err: Error) -> Result<()> {
         match on_bad {
             OnBad::Error => Err(err),
@@ -108,22 +120,15 @@ pub fn import_sft(inputs: &[PathBuf], out: &Path, ability: Option<&str>, on_bad:
     for path in inputs {
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("sft").to_string();
         for (row, r) in read_rows(path)?.into_iter().enumerate() {
-            let messages = match messages_of(path, row, r.get("messages")) {
-                Ok(m) => m,
-                Err(e) => {
-                    report.bad(on_bad, e)?;
-                    continue;
-                }
-            };
             let s = |k: &str| r.get(k).and_then(Value::as_str).map(String::from);
-            w.write(SftSample {
+            let sample = messages_of(path, row, r.get("messages")).map(|messages| SftSample {
                 id: s("id").unwrap_or_else(|| format!("{stem}-{row}")),
                 ability: ability.map(String::from).or(s("ability")).or(s("category")).unwrap_or_else(|| stem.clone()),
                 source: s("source").unwrap_or_else(|| path.file_name().unwrap().to_string_lossy().into()),
                 messages,
                 difficulty: r.get("difficulty").and_then(Value::as_f64).map(|x| x as f32),
-            })?;
-            report.written += 1;
+            });
+            report.take(&mut w, sample, on_bad)?;
         }
     }
     w.finish()?;
@@ -188,13 +193,7 @@ pub fn import_dabench(dir: &Path, out: &Path, on_bad: OnBad) -> Result<ImportRep
                                  "concepts": q.get("concepts")}).to_string(),
             })
         })();
-        match task {
-            Ok(t) => {
-                w.write(t)?;
-                report.written += 1;
-            }
-            Err(e) => report.bad(on_bad, e)?,
-        }
+        report.take(&mut w, task, on_bad)?;
     }
     w.finish()?;
     Ok(report)
@@ -249,13 +248,7 @@ pub fn import_rl(input: &Path, workspaces: Option<&Path>, out: &Path, on_bad: On
                 metadata: json!({"data": data, "workspace_id": ws_id}).to_string(),
             })
         })();
-        match task {
-            Ok(t) => {
-                w.write(t)?;
-                report.written += 1;
-            }
-            Err(e) => report.bad(on_bad, e)?,
-        }
+        report.take(&mut w, task, on_bad)?;
     }
     w.finish()?;
     Ok(report)
