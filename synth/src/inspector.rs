@@ -2,19 +2,22 @@
 //! ground truth, every checklist item holds, and re-running its code in a fresh workspace
 //! reproduces every observation. Rejections are counted by reason.
 use crate::grade::{correct, parse_answers};
+use crate::questioner::Task;
 use crate::solver::Solved;
 use sandbox::{Mode, Sandbox, Workspace};
 
 pub const TAGS_REQUIRED: [&str; 4] = ["<Analyze>", "</Analyze>", "<Answer>", "</Answer>"];
 
-/// None when accepted, else the reason; and the seconds spent re-executing.
-pub fn inspect(s: &Solved, truth: &[(String, String)], names: &[String], sandbox: &Sandbox, fresh: &Workspace) -> (Option<&'static str>, f64) {
+/// None when accepted, else the reason; and the seconds spent checking. `solved_in` is
+/// the workspace the trajectory ran in (its output files are checked there).
+pub fn inspect(task: &Task, s: &Solved, truth: &[(String, String)], sandbox: &Sandbox, solved_in: &Workspace, fresh: &Workspace) -> (Option<&'static str>, f64) {
     let mut secs = 0.0;
-    let verdict = check(s, truth, names, sandbox, fresh, &mut secs);
+    let verdict = check(task, s, truth, sandbox, solved_in, fresh, &mut secs);
     (verdict, secs)
 }
 
-fn check(s: &Solved, truth: &[(String, String)], names: &[String], sandbox: &Sandbox, fresh: &Workspace, secs: &mut f64) -> Option<&'static str> {
+fn check(task: &Task, s: &Solved, truth: &[(String, String)], sandbox: &Sandbox, solved_in: &Workspace, fresh: &Workspace, secs: &mut f64) -> Option<&'static str> {
+    let names = &task.answer_names;
     if TAGS_REQUIRED.iter().any(|t| !s.response.contains(t)) {
         return Some("format: missing <Analyze> or <Answer>");
     }
@@ -32,6 +35,13 @@ fn check(s: &Solved, truth: &[(String, String)], names: &[String], sandbox: &San
     }
     if !correct(answer, truth) {
         return Some("answer does not match the ground truth");
+    }
+    if let Some(code) = &task.file_check {
+        let ex = sandbox.run(solved_in, code, Mode::Stateless);
+        *secs += ex.wall_ms / 1000.0;
+        if ex.observation.trim() != "OK" {
+            return Some("checklist: the output files do not satisfy the task");
+        }
     }
     for (code, obs) in &s.cells {
         let ex = sandbox.run(fresh, code, Mode::Stateless);

@@ -143,6 +143,42 @@ fn schema_samples(tables: &[Table], tables_dir: &Path) -> Vec<SftSample> {
         .collect()
 }
 
+const TABLE_QA_PY: &str = include_str!("../python/table_qa.py");
+
+/// Single-ability table QA with reasoning: a few rows inline, the values read off one by
+/// one, the total and the largest. Accepted only when the listed values re-add (in Rust)
+/// to the total pandas computed.
+fn table_qa_samples(sandbox: &Sandbox, tables_dir: &Path) -> Result<Vec<SftSample>> {
+    let ws = sandbox.workspace(Some(tables_dir))?;
+    let limits = sandbox::Limits { timeout: std::time::Duration::from_secs(300), max_output_bytes: 64 << 20, ..Default::default() };
+    let ex = sandbox.run_with(&ws, &format!("{}\n{TABLE_QA_PY}", profile::READ_TABLES_PY), Mode::Stateless, &limits);
+    let items: Vec<serde_json::Value> = serde_json::from_str(&ex.observation).map_err(|_| Error::Profile(ex.observation.clone()))?;
+    let mut out = vec![];
+    for it in items {
+        let (Some(col), Some(total), Some(text), Some(vals)) =
+            (it["column"].as_str(), it["total"].as_str(), it["table_text"].as_str(), it["values"].as_array()) else { continue };
+        let values: Vec<f64> = vals.iter().filter_map(|v| v.as_str()?.parse().ok()).collect();
+        let label = match it["table"].as_str() { Some(t) => format!("{}:{t}", it["file"].as_str().unwrap_or("")), None => it["file"].as_str().unwrap_or("").to_string() };
+        if (values.iter().sum::<f64>() - total.parse::<f64>().unwrap_or(f64::NAN)).abs() > 0.006 {
+            continue;
+        }
+        let argmax = it["argmax_row"].as_u64().unwrap_or(0);
+        let listed: Vec<String> = values.iter().map(|v| format!("{v}")).collect();
+        let name = col.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect::<String>();
+        let q = format!("Here are the first {} rows of {label}:\n\n{text}\n\nWhat is the total of `{col}` over these rows, and which row (counting from 1) has the largest `{col}`?\nAnswer format: @total_{name}[value] rounded to two decimal places, @max_row[row number].", values.len());
+        let a = format!("<Analyze>\nReading the `{col}` column row by row: {}. Adding them gives {total}. Looking closer for the largest, row {argmax} holds {}, and no later row is larger; checking the boundaries, the first row counts as row 1.\n</Analyze>\n<Answer>\n@total_{name}[{total}]\n@max_row[{argmax}]\n</Answer>",
+            listed.join(", "), listed.get(argmax.saturating_sub(1) as usize).cloned().unwrap_or_default());
+        out.push(SftSample {
+            id: format!("table-qa-{label}-{col}"),
+            ability: "table-qa".into(),
+            source: "synth".into(),
+            messages: vec![Message::new("user", q), Message::new("assistant", a)],
+            difficulty: Some(0.3),
+        });
+    }
+    Ok(out)
+}
+
 /// Runs the whole pipeline; `progress(done, total)` after each task.
 pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Report> {
     let start = Instant::now();
@@ -169,7 +205,7 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
                 let mut rng = StdRng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let solved = solver::solve(&task, sandbox, &ws, rng.random_bool(cfg.error_rate));
                 let fresh = sandbox.workspace_with_files(&[&file])?;
-                let (rejection, check_secs) = inspector::inspect(&solved, &truth, &task.answer_names, sandbox, &fresh);
+                let (rejection, check_secs) = inspector::inspect(&task, &solved, &truth, sandbox, &ws, &fresh);
                 let sandbox_secs = truth_secs + solved.sandbox_secs + check_secs;
                 Ok(Outcome { task, truth: Some(truth), solved: Some(solved), rejection, sandbox_secs })
             };
@@ -241,7 +277,7 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
     traj.finish()?;
     rl.finish()?;
     let mut sft = ShardWriter::<SftSample>::create(&cfg.out.join("sft_single"), datasets::import::DEFAULT_SHARD_BYTES)?;
-    for s in schema_samples(&prof.tables, &cfg.tables) {
+    for s in schema_samples(&prof.tables, &cfg.tables).into_iter().chain(table_qa_samples(sandbox, &cfg.tables)?) {
         sft.write(s)?;
         report.single_ability_samples += 1;
     }

@@ -1,10 +1,11 @@
-//! Table profiles, computed by python/profile.py inside the sandbox (pandas reads csv,
-//! tsv, xlsx, parquet, json and sqlite the same way the model's code will).
+//! Table profiles, computed by python/profile.py inside the sandbox (python/read_tables.py
+//! reads csv, tsv, xlsx, parquet, json and sqlite with pandas, as the model's code will).
 use crate::{Error, Result};
 use sandbox::{Limits, Mode, Sandbox, Workspace};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+pub(crate) const READ_TABLES_PY: &str = include_str!("../python/read_tables.py");
 const PROFILE_PY: &str = include_str!("../python/profile.py");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,7 +74,7 @@ impl Table {
 /// Profiles every data file of a workspace.
 pub fn profile(sandbox: &Sandbox, ws: &Workspace) -> Result<Profile> {
     let limits = Limits { timeout: Duration::from_secs(300), max_output_bytes: 64 << 20, ..Limits::default() };
-    let ex = sandbox.run_with(ws, PROFILE_PY, Mode::Stateless, &limits);
+    let ex = sandbox.run_with(ws, &format!("{READ_TABLES_PY}\n{PROFILE_PY}"), Mode::Stateless, &limits);
     if !ex.is_ok() {
         return Err(Error::Profile(ex.observation));
     }

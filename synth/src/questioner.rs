@@ -25,10 +25,13 @@ pub struct Task {
     /// What the expert checks once it has the result (reflective reasoning).
     pub review: String,
     pub checklist: Vec<String>,
+    /// Data-preparation tasks: a program run in the workspace after the trajectory that
+    /// prints `OK` when the files it had to write satisfy the checklist.
+    pub file_check: Option<String>,
 }
 
-pub const FAMILIES: [&str; 8] =
-    ["mean", "count_above", "missing", "group_top", "correlation", "max_row", "outliers", "filter_mean"];
+pub const FAMILIES: [&str; 9] =
+    ["mean", "count_above", "missing", "group_top", "correlation", "max_row", "outliers", "filter_mean", "clean"];
 
 /// A Python string literal (JSON strings are valid Python literals).
 pub fn py(s: &str) -> String {
@@ -98,6 +101,7 @@ pub fn pose(family: &'static str, t: &Table, rng: &mut StdRng, id: String) -> Op
             solution,
             focus: focus.to_string(),
             review,
+            file_check: None,
         })
     };
     match family {
@@ -203,6 +207,26 @@ pub fn pose(family: &'static str, t: &Table, rng: &mut StdRng, id: String) -> Op
                  format!("sub = df[df[{qg}] == {lit}]\nprint(sub.shape)\nprint('@{n1}[%d]' % len(sub))\nprint('@{n2}[%.2f]' % sub[{qv}].mean())"),
                  &v.name, "the subset is smaller than the table, and its mean skips missing values".to_string(),
                  vec!["an integer".into(), two.into()])
+        }
+        "clean" => {
+            // Data preparation with constraints on the output file.
+            let with: Vec<&Column> = t.columns.iter().filter(|c| c.missing > 0 && c.missing < t.rows).collect();
+            let c = pick(rng, &with)?;
+            let stem = t.file.rsplit_once('.').map_or(t.file.as_str(), |(a, _)| a);
+            let out = format!("{}_clean.csv", slug(stem));
+            let q = py(&c.name);
+            let mut task = task("medium",
+                 format!("Clean {label}: drop the rows where `{}` is missing, fill the remaining missing values of every numeric column with that column's median (computed after the drop), and save the result to `{out}` without the index. How many rows does the cleaned table have?", c.name),
+                 vec!["rows_kept".into()],
+                 format!("answer('rows_kept', int(df[{q}].notna().sum()))"),
+                 format!("df = df.dropna(subset=[{q}])\nnum = df.select_dtypes('number').columns\ndf[num] = df[num].fillna(df[num].median())\nprint(df.isna().sum())\ndf.to_csv({}, index=False)\nprint('@rows_kept[%d]' % len(df))", py(&out)),
+                 &c.name, format!("no value of `{}` is missing any more, and the file `{out}` keeps every column", c.name),
+                 vec!["an integer".into()])?;
+            task.checklist.push(format!("writes {out} with the same columns, no missing `{}`, no missing numeric values", c.name));
+            task.file_check = Some(format!(
+                "{HELPER}{load}\nout = pd.read_csv({})\nkept = df.dropna(subset=[{q}])\nproblems = []\nif list(out.columns) != [str(c) for c in df.columns]:\n    problems.append('columns differ')\nif len(out) != len(kept):\n    problems.append('%d rows, expected %d' % (len(out), len(kept)))\nif out.select_dtypes('number').isna().any().any() or out[{q}].isna().any():\n    problems.append('missing values left')\nprint('OK' if not problems else '; '.join(problems))",
+                py(&out)));
+            Some(task)
         }
         _ => None,
     }

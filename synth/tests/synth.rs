@@ -171,3 +171,33 @@ fn bad_tables_are_skipped_with_a_reason() {
     assert!(reason("none.sqlite").contains("no tables"), "{}", reason("none.sqlite"));
     assert_eq!(report.tables, 1);
 }
+
+#[test]
+fn data_preparation_output_files_are_checked() {
+    let sb = sandbox();
+    let tables = root().join("synth/tables");
+    let ws = sb.workspace(Some(&tables)).unwrap();
+    let prof = synth::profile::profile(&sb, &ws).unwrap();
+    let air = prof.tables.iter().find(|t| t.file == "airquality.csv").unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+    let task = synth::questioner::pose("clean", air, &mut rng, "t".into()).unwrap();
+    let file = tables.join("airquality.csv");
+    let solve_in = sb.workspace_with_files(&[&file]).unwrap();
+    let (truth, _) = synth::ground_truth(&task, &sb, &solve_in);
+    let truth = truth.unwrap();
+    let solved = synth::solver::solve(&task, &sb, &solve_in, false);
+    let fresh = || sb.workspace_with_files(&[&file]).unwrap();
+    let (verdict, _) = synth::inspector::inspect(&task, &solved, &truth, &sb, &solve_in, &fresh());
+    assert_eq!(verdict, None, "{}", solved.response);
+    // The same trajectory, but its output file lost a row: the checklist fails.
+    let out = solve_in.path().join("airquality_clean.csv");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let fewer: Vec<&str> = text.lines().collect();
+    std::fs::write(&out, fewer[..fewer.len() - 1].join("\n") + "\n").unwrap();
+    let (verdict, _) = synth::inspector::inspect(&task, &solved, &truth, &sb, &solve_in, &fresh());
+    assert_eq!(verdict, Some("checklist: the output files do not satisfy the task"));
+    // A wrong answer is rejected too.
+    let wrong: Vec<(String, String)> = truth.iter().map(|(k, v)| (k.clone(), format!("{}", v.parse::<i64>().unwrap() + 1))).collect();
+    let (verdict, _) = synth::inspector::inspect(&task, &solved, &wrong, &sb, &solve_in, &fresh());
+    assert_eq!(verdict, Some("answer does not match the ground truth"));
+}
