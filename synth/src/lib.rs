@@ -8,6 +8,7 @@ pub mod inspector;
 pub mod profile;
 pub mod questioner;
 pub mod solver;
+pub mod teacher;
 
 use datasets::{Message, RlTask, ShardWriter, SftSample, Trajectory};
 use profile::Table;
@@ -47,6 +48,8 @@ pub struct SynthConfig {
     pub seed: u64,
     /// Share of trajectories where the expert first errs and recovers.
     pub error_rate: f64,
+    /// Solve with an OpenAI-compatible endpoint instead of the built-in expert.
+    pub teacher: Option<teacher::TeacherConfig>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -203,7 +206,16 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
                     return Ok(Outcome { task, truth: None, solved: None, rejection: None, sandbox_secs: truth_secs });
                 };
                 let mut rng = StdRng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let solved = solver::solve(&task, sandbox, &ws, rng.random_bool(cfg.error_rate));
+                let solved = match &cfg.teacher {
+                    None => solver::solve(&task, sandbox, &ws, rng.random_bool(cfg.error_rate)),
+                    Some(t) => match teacher::teach(&prompt(&task, &cfg.tables), t, sandbox, &ws) {
+                        Ok(s) => s,
+                        Err(reason) => {
+                            eprintln!("synth: {}: {reason}", task.id);
+                            return Ok(Outcome { task, truth: Some(truth), solved: None, rejection: Some("teacher: the endpoint failed"), sandbox_secs: truth_secs });
+                        }
+                    },
+                };
                 let fresh = sandbox.workspace_with_files(&[&file])?;
                 let (rejection, check_secs) = inspector::inspect(&task, &solved, &truth, sandbox, &ws, &fresh);
                 let sandbox_secs = truth_secs + solved.sandbox_secs + check_secs;
@@ -251,11 +263,11 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
             source: "synth".into(),
             metadata: meta.to_string(),
         })?;
-        let solved = o.solved.as_ref().unwrap();
         if let Some(reason) = o.rejection {
             *report.rejected.entry(reason.into()).or_default() += 1;
             continue;
         }
+        let solved = o.solved.as_ref().unwrap();
         report.accepted += 1;
         report.families.get_mut(o.task.family).unwrap()[1] += 1;
         report.difficulties.get_mut(o.task.difficulty).unwrap()[1] += 1;
@@ -269,7 +281,7 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
             prompt: prompt(&o.task, &cfg.tables),
             response: solved.response.clone(),
             reward: Some(1.0),
-            source: "synth-expert".into(),
+            source: if cfg.teacher.is_some() { "synth-teacher" } else { "synth-expert" }.into(),
             metadata: serde_json::json!({"family": o.task.family, "difficulty": o.task.difficulty,
                                          "recovered_error": solved.recovered_error, "turns": solved.cells.len()}).to_string(),
         })?;

@@ -84,7 +84,7 @@ fn accepted_trajectories_reproduce_and_ground_truth_agrees_with_a_second_computa
     let sb = sandbox();
     let tables = unseen_tables();
     let out = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 24, seed: 7, error_rate: 0.3 };
+    let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 24, seed: 7, error_rate: 0.3, teacher: None };
     let report = synthesize(&cfg, &sb, &|_, _| {}).unwrap();
     assert_eq!(report.posed, 24);
     assert!(report.accepted >= 18, "{report:?}");
@@ -161,7 +161,7 @@ fn bad_tables_are_skipped_with_a_reason() {
         .status().unwrap();
     assert!(status.success());
     let out = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig { tables: p.into(), out: out.path().join("o"), tasks: 4, seed: 1, error_rate: 0.0 };
+    let cfg = SynthConfig { tables: p.into(), out: out.path().join("o"), tasks: 4, seed: 1, error_rate: 0.0, teacher: None };
     let report = synthesize(&cfg, &sb, &|_, _| {}).unwrap();
     let reason = |f: &str| report.skipped.iter().find(|s| s.file == f).map(|s| s.reason.clone()).unwrap_or_else(|| panic!("{f} not skipped: {:?}", report.skipped));
     assert_eq!(reason("empty.csv"), "empty table");
@@ -200,4 +200,76 @@ fn data_preparation_output_files_are_checked() {
     let wrong: Vec<(String, String)> = truth.iter().map(|(k, v)| (k.clone(), format!("{}", v.parse::<i64>().unwrap() + 1))).collect();
     let (verdict, _) = synth::inspector::inspect(&task, &solved, &wrong, &sb, &solve_in, &fresh());
     assert_eq!(verdict, Some("answer does not match the ground truth"));
+}
+
+/// A scripted OpenAI-compatible endpoint on 127.0.0.1: answers each POST with the next
+/// canned completion and records what it was sent.
+fn mock_endpoint(replies: Vec<&'static str>) -> (String, std::thread::JoinHandle<Vec<(String, serde_json::Value)>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut seen = vec![];
+        for reply in replies {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut head, mut len) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                head += &line;
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            seen.push((head, serde_json::from_slice(&body).unwrap()));
+            let out = serde_json::json!({"choices": [{"index": 0, "finish_reason": "stop",
+                                                      "message": {"role": "assistant", "content": reply}}]}).to_string();
+            write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}", out.len()).unwrap();
+        }
+        seen
+    });
+    (url, handle)
+}
+
+#[test]
+fn an_openai_compatible_teacher_drives_the_same_loop() {
+    let sb = sandbox();
+    let tables = tempfile::tempdir().unwrap();
+    std::fs::write(tables.path().join("t.csv"), "id,x\na,1.5\nb,2.5\nc,2.0\nd,2.0\n").unwrap();
+    let (url, server) = mock_endpoint(vec![
+        "<Analyze>Load the table first.</Analyze>\n<Code>\n```python\nimport pandas as pd\ndf = pd.read_csv('t.csv')\nprint(df['X'].mean())\n```\n",
+        "<Understand>The column is lower-case.</Understand>\n<Code>\n```python\nimport pandas as pd\ndf = pd.read_csv('t.csv')\nprint('@mean_x[%.2f]' % df['x'].mean())\n```\n",
+        "<Understand>The mean is 2.00.</Understand>\n<Answer>@mean_x[2.00]</Answer>",
+    ]);
+    let teacher = synth::teacher::TeacherConfig { base_url: url, model: "mock-model".into(), api_key: Some("sk-test".into()),
+                                                   temperature: 0.5, max_tokens: 512, max_turns: 8 };
+    let out = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 1, seed: 0, error_rate: 0.0, teacher: Some(teacher) };
+    // One table with one measure: the only posable families; pick a seed whose task is `mean`.
+    let ws = sb.workspace(Some(tables.path())).unwrap();
+    let prof = synth::profile::profile(&sb, &ws).unwrap();
+    let seed = (0..200).find(|&s| synth::pose_tasks(&prof.tables, 1, s)[0].family == "mean").unwrap();
+    let report = synthesize(&SynthConfig { seed, ..cfg }, &sb, &|_, _| {}).unwrap();
+    let seen = server.join().unwrap();
+    assert_eq!(report.accepted, 1, "{report:?}");
+    assert_eq!(report.recovered_errors, 1);
+    assert_eq!(seen.len(), 3);
+    let (head, first) = &seen[0];
+    assert!(head.starts_with("POST /v1/chat/completions") && head.to_lowercase().contains("authorization: bearer sk-test"), "{head}");
+    assert_eq!(first["model"], "mock-model");
+    assert_eq!(first["stop"], serde_json::json!(["</Code>"]));
+    // The observation went back as the next user turn: the sandbox's real KeyError.
+    let second = seen[1].1["messages"].as_array().unwrap();
+    let obs = second.last().unwrap()["content"].as_str().unwrap();
+    assert!(obs.starts_with("<Execute>\n[Error]:\nTraceback") && obs.contains("KeyError: 'X'"), "{obs}");
+    let trajs: Vec<Trajectory> = read_all(&out.path().join("s/trajectories")).unwrap();
+    assert_eq!(trajs[0].source, "synth-teacher");
+    assert_eq!(cells(&trajs[0].response).len(), 2);
+    assert!(trajs[0].response.contains("</Code>\n<Execute>\n@mean_x[2.00]\n\n</Execute>\n<Understand>"));
 }

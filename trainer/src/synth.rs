@@ -10,7 +10,7 @@ use synth::SynthConfig;
 enum Teacher {
     /// Built-in expert policies acting in the sandbox.
     Expert,
-    /// An OpenAI-compatible chat endpoint (not in this build yet).
+    /// An OpenAI-compatible chat endpoint (--base-url, --teacher-model, key from --api-key-env).
     Openai,
 }
 
@@ -31,15 +31,31 @@ pub struct Args {
     /// Share of trajectories where the expert first errs and recovers.
     #[arg(long, default_value_t = 0.25)]
     error_rate: f64,
+    /// --teacher openai: the endpoint, e.g. https://api.openai.com/v1 or a local vLLM server.
+    #[arg(long)]
+    base_url: Option<String>,
+    /// --teacher openai: the model name the endpoint serves.
+    #[arg(long)]
+    teacher_model: Option<String>,
+    /// --teacher openai: environment variable holding the API key (none sent when unset).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    api_key_env: String,
     /// The sandbox's Python (default: $DEEPANALYZE_SANDBOX_PYTHON, else .venv-sandbox/bin/python).
     #[arg(long)]
     python: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if matches!(a.teacher, Teacher::Openai) {
-        bail!("--teacher openai: the OpenAI-compatible teacher is not in this build yet; use --teacher expert");
-    }
+    let teacher = match a.teacher {
+        Teacher::Expert => None,
+        Teacher::Openai => {
+            let (Some(base_url), Some(model)) = (a.base_url.clone(), a.teacher_model.clone()) else {
+                bail!("--teacher openai needs --base-url and --teacher-model");
+            };
+            Some(synth::teacher::TeacherConfig { base_url, model, api_key: std::env::var(&a.api_key_env).ok(),
+                                                 temperature: 0.7, max_tokens: 4096, max_turns: 30 })
+        }
+    };
     if !(0.0..=1.0).contains(&a.error_rate) {
         bail!("--error-rate must be in [0, 1], got {}", a.error_rate);
     }
@@ -53,7 +69,7 @@ pub fn run(a: Args) -> Result<()> {
     let sandbox = Sandbox::new(cfg)?;
     let bar = ProgressBar::new(a.tasks as u64)
         .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} tasks solved and inspected ({per_sec}, eta {eta})").unwrap());
-    let cfg = SynthConfig { tables: a.tables, out: a.out.clone(), tasks: a.tasks, seed: a.seed, error_rate: a.error_rate };
+    let cfg = SynthConfig { tables: a.tables, out: a.out.clone(), tasks: a.tasks, seed: a.seed, error_rate: a.error_rate, teacher };
     let report = synth::synthesize(&cfg, &sandbox, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
