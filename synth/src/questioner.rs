@@ -30,8 +30,8 @@ pub struct Task {
     pub file_check: Option<String>,
 }
 
-pub const FAMILIES: [&str; 9] =
-    ["mean", "count_above", "missing", "group_top", "correlation", "max_row", "outliers", "filter_mean", "clean"];
+pub const FAMILIES: [&str; 10] =
+    ["mean", "count_above", "missing", "group_top", "correlation", "max_row", "outliers", "filter_mean", "clean", "report"];
 
 /// A Python string literal (JSON strings are valid Python literals).
 pub fn py(s: &str) -> String {
@@ -226,6 +226,23 @@ pub fn pose(family: &'static str, t: &Table, rng: &mut StdRng, id: String) -> Op
             task.file_check = Some(format!(
                 "{HELPER}{load}\nout = pd.read_csv({})\nkept = df.dropna(subset=[{q}])\nproblems = []\nif list(out.columns) != [str(c) for c in df.columns]:\n    problems.append('columns differ')\nif len(out) != len(kept):\n    problems.append('%d rows, expected %d' % (len(out), len(kept)))\nif out.select_dtypes('number').isna().any().any() or out[{q}].isna().any():\n    problems.append('missing values left')\nprint('OK' if not problems else '; '.join(problems))",
                 py(&out)));
+            Some(task)
+        }
+        "report" => {
+            // Analysis and insight: a written report whose numbers are checked.
+            let (g, v) = (pick(rng, &cats)?, pick(rng, &nums)?);
+            let (qg, qv) = (py(&g.name), py(&v.name));
+            let (n1, n2) = (format!("top_{}", slug(&g.name)), format!("mean_{}", slug(&v.name)));
+            let mut task = task("hard",
+                 format!("Analyze `{}` across the `{}` groups of {label} and write a short report to `report.md` with the sections `## Overview`, `## Key statistics` (the overall mean and standard deviation of `{}`, two decimals) and `## Findings` (which group has the highest mean `{}` and what it is). Also answer with that group and its mean.", v.name, g.name, v.name, v.name),
+                 vec![n1.clone(), n2.clone()],
+                 format!("m = df.groupby({qg})[{qv}].mean()\nanswer({}, m.idxmax())\nanswer({}, float(m.max()))", py(&n1), py(&n2)),
+                 format!("s = df[{qv}]\nm = df.groupby({qg})[{qv}].mean().sort_values(ascending=False)\nprint(m)\nlines = ['# {v} by {g}', '', '## Overview', '{label}: %d rows, %d groups of `{g}`.' % (len(df), df[{qg}].nunique()), '',\n         '## Key statistics', '- mean of `{v}`: %.2f' % s.mean(), '- standard deviation of `{v}`: %.2f' % s.std(), '',\n         '## Findings', '- `%s` has the highest mean `{v}`: %.2f.' % (m.index[0], m.iloc[0])]\nopen('report.md', 'w').write('\\n'.join(lines) + '\\n')\nprint('@{n1}[%s]' % m.index[0])\nprint('@{n2}[%.2f]' % m.iloc[0])", v = v.name, g = g.name),
+                 &v.name, "the report states the overall figures next to the best group's, so a reader can see how far above the mean it lies".to_string(),
+                 vec!["the group's value".into(), two.into()])?;
+            task.checklist.push("writes report.md with Overview, Key statistics and Findings, quoting the mean and standard deviation".into());
+            task.file_check = Some(format!(
+                "{HELPER}{load}\ntext = open('report.md').read()\nneed = ['## Overview', '## Key statistics', '## Findings', '%.2f' % df[{qv}].mean(), '%.2f' % df[{qv}].std()]\nmissing = [n for n in need if n not in text]\nprint('OK' if not missing else 'missing: ' + ', '.join(missing))"));
             Some(task)
         }
         _ => None,
