@@ -94,13 +94,20 @@ pub fn pose_tasks(tables: &[Table], n: usize, seed: u64) -> Vec<Task> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tasks = vec![];
     let mut attempts = 0;
+    let pairs = questioner::join_pairs(tables);
     while tasks.len() < n && attempts < n * 20 && !tables.is_empty() {
         attempts += 1;
-        let t = tables.choose(&mut rng).unwrap();
-        let family = *FAMILIES.choose(&mut rng).unwrap();
-        if let Some(task) = questioner::pose(family, t, &mut rng, format!("synth-{seed}-{}", tasks.len())) {
-            tasks.push(task);
-        }
+        let id = format!("synth-{seed}-{}", tasks.len());
+        // One draw in eleven is a join, when the tables have any.
+        let posed = if !pairs.is_empty() && rng.random_range(0..=FAMILIES.len()) == FAMILIES.len() {
+            let (a, b, key) = pairs.choose(&mut rng).unwrap();
+            questioner::pose_join(&tables[*a], &tables[*b], key, &mut rng, id)
+        } else {
+            let t = tables.choose(&mut rng).unwrap();
+            let family = *FAMILIES.choose(&mut rng).unwrap();
+            questioner::pose(family, t, &mut rng, id)
+        };
+        tasks.extend(posed);
     }
     tasks
 }
@@ -114,8 +121,15 @@ pub fn ground_truth(task: &Task, sandbox: &Sandbox, ws: &sandbox::Workspace) -> 
 }
 
 fn prompt(task: &Task, tables_dir: &Path) -> String {
-    let bytes = std::fs::metadata(tables_dir.join(&task.table.file)).map(|m| m.len()).unwrap_or(0);
-    datasets::import::deepanalyze_prompt(&task.instruction, &[(task.table.file.clone(), bytes)])
+    let files: Vec<(String, u64)> = task
+        .files()
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::metadata(tables_dir.join(&f)).map(|m| m.len()).unwrap_or(0);
+            (f, bytes)
+        })
+        .collect();
+    datasets::import::deepanalyze_prompt(&task.instruction, &files)
 }
 
 /// Single-ability samples (schema and structure understanding) straight from the profile.
@@ -198,9 +212,10 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
         .into_par_iter()
         .enumerate()
         .map(|(i, task)| {
-            let file = cfg.tables.join(&task.table.file);
+            let paths: Vec<PathBuf> = task.files().iter().map(|f| cfg.tables.join(f)).collect();
+            let files: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
             let run = || -> Result<Outcome> {
-                let ws = sandbox.workspace_with_files(&[&file])?;
+                let ws = sandbox.workspace_with_files(&files)?;
                 let (truth, truth_secs) = ground_truth(&task, sandbox, &ws);
                 let Some(truth) = truth else {
                     return Ok(Outcome { task, truth: None, solved: None, rejection: None, sandbox_secs: truth_secs });
@@ -216,7 +231,7 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
                         }
                     },
                 };
-                let fresh = sandbox.workspace_with_files(&[&file])?;
+                let fresh = sandbox.workspace_with_files(&files)?;
                 let (rejection, check_secs) = inspector::inspect(&task, &solved, &truth, sandbox, &ws, &fresh);
                 let sandbox_secs = truth_secs + solved.sandbox_secs + check_secs;
                 Ok(Outcome { task, truth: Some(truth), solved: Some(solved), rejection, sandbox_secs })
@@ -242,13 +257,15 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
             report.ground_truth_failed += 1;
             continue;
         };
-        // Every task with a ground truth is an RL task, with its table as workspace.
-        let stem = o.task.table.file.replace(['.', '/'], "_");
+        // Every task with a ground truth is an RL task, with its tables as workspace.
+        let stem = o.task.files().join("+").replace(['.', '/'], "_");
         let dst = ws_dir.join(&stem);
         if !dst.exists() {
             std::fs::create_dir_all(&dst).map_err(|e| io(&dst, e))?;
-            let src = cfg.tables.join(&o.task.table.file);
-            std::fs::copy(&src, dst.join(&o.task.table.file)).map_err(|e| io(&src, e))?;
+            for f in o.task.files() {
+                let src = cfg.tables.join(&f);
+                std::fs::copy(&src, dst.join(&f)).map_err(|e| io(&src, e))?;
+            }
         }
         let meta = serde_json::json!({"family": o.task.family, "difficulty": o.task.difficulty, "table": o.task.table.label(),
                                       "checklist": o.task.checklist});
@@ -257,7 +274,7 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
             kind: "qa".into(),
             prompt: prompt(&o.task, &cfg.tables),
             workspace: format!("_workspaces/{stem}"),
-            files: vec![o.task.table.file.clone()],
+            files: o.task.files(),
             ground_truth: Some(serde_json::to_string(truth).unwrap()),
             judge: Some(serde_json::json!({"method": "dabench"}).to_string()),
             source: "synth".into(),

@@ -13,6 +13,8 @@ pub struct Task {
     pub family: &'static str,
     pub difficulty: &'static str,
     pub table: Table,
+    /// Join tasks: the second table, loaded as `df2`.
+    pub other: Option<Table>,
     /// The instruction the model sees (question + answer format).
     pub instruction: String,
     pub answer_names: Vec<String>,
@@ -38,20 +40,42 @@ pub fn py(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
 
+impl Task {
+    /// The data files the task needs in its workspace.
+    pub fn files(&self) -> Vec<String> {
+        let mut f = vec![self.table.file.clone()];
+        f.extend(self.other.as_ref().map(|o| o.file.clone()).filter(|o| *o != self.table.file));
+        f
+    }
+
+    /// Python that loads every table of the task (`df`, and `df2` for joins).
+    pub fn load_code(&self) -> String {
+        match &self.other {
+            Some(o) => format!("{}\n{}", load_code(&self.table), load_as(o, "df2")),
+            None => load_code(&self.table),
+        }
+    }
+}
+
 /// Python that loads the table into `df`.
 pub fn load_code(t: &Table) -> String {
+    load_as(t, "df")
+}
+
+/// Python that loads the table into `var`.
+pub fn load_as(t: &Table, var: &str) -> String {
     let f = py(&t.file);
     let ext = t.file.rsplit('.').next().unwrap_or("").to_lowercase();
     match (ext.as_str(), &t.table) {
         ("sqlite" | "db", Some(name)) => format!(
-            "import sqlite3\ncon = sqlite3.connect({f})\ndf = pd.read_sql({}, con)",
+            "import sqlite3\ncon = sqlite3.connect({f})\n{var} = pd.read_sql({}, con)",
             py(&format!("select * from \"{name}\""))
         ),
-        ("tsv", _) => format!("df = pd.read_csv({f}, sep='\\t')"),
-        ("xlsx", _) => format!("df = pd.read_excel({f})"),
-        ("parquet", _) => format!("df = pd.read_parquet({f})"),
-        ("json", _) => format!("df = pd.read_json({f})"),
-        _ => format!("df = pd.read_csv({f})"),
+        ("tsv", _) => format!("{var} = pd.read_csv({f}, sep='\\t')"),
+        ("xlsx", _) => format!("{var} = pd.read_excel({f})"),
+        ("parquet", _) => format!("{var} = pd.read_parquet({f})"),
+        ("json", _) => format!("{var} = pd.read_json({f})"),
+        _ => format!("{var} = pd.read_csv({f})"),
     }
 }
 
@@ -93,6 +117,7 @@ pub fn pose(family: &'static str, t: &Table, rng: &mut StdRng, id: String) -> Op
             family,
             difficulty,
             table: t.clone(),
+            other: None,
             instruction: format!("{instruction}\nAnswer format: {fmt}."),
             checklist: vec![format!("answers {}", names.iter().map(|n| format!("@{n}")).collect::<Vec<_>>().join(", ")),
                             "each code block in a ```python fence".into(), "reads the data from the file".into()],
@@ -247,4 +272,56 @@ pub fn pose(family: &'static str, t: &Table, rng: &mut StdRng, id: String) -> Op
         }
         _ => None,
     }
+}
+
+/// Pairs of tables in different files that share a column which is a key of both and
+/// names things (not a numeric row number, which every R export has and which would join
+/// unrelated tables).
+pub fn join_pairs(tables: &[Table]) -> Vec<(usize, usize, String)> {
+    let named = |t: &Table, k: &str| t.columns.iter().any(|c| c.name == k && c.kind != "numeric");
+    let mut out = vec![];
+    for (i, a) in tables.iter().enumerate() {
+        for (j, b) in tables.iter().enumerate() {
+            if a.file == b.file {
+                continue;
+            }
+            for k in a.keys.iter().filter(|k| b.keys.contains(k) && named(a, k) && named(b, k)) {
+                out.push((i, j, k.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// A join task: rows of `a` above the median of one of its measures, matched on `key` with
+/// `b`, and one of `b`'s measures averaged over them.
+pub fn pose_join(a: &Table, b: &Table, key: &str, rng: &mut StdRng, id: String) -> Option<Task> {
+    let only = |t: &Table, other: &Table| -> Vec<Column> {
+        measures(t).into_iter().filter(|c| !other.columns.iter().any(|o| o.name == c.name)).cloned().collect()
+    };
+    let (va, vb) = (only(a, b), only(b, a));
+    let va = va.choose(rng)?.clone();
+    let vb = vb.choose(rng)?.clone();
+    let thr = fmt_num(va.median?, va.integer.unwrap_or(false));
+    let (qk, qa, qb) = (py(key), py(&va.name), py(&vb.name));
+    let n2 = format!("mean_{}", slug(&vb.name));
+    let load = format!("{}\n{}", load_code(a), load_as(b, "df2"));
+    let instruction = format!(
+        "{} and {} describe the same `{key}`s. Join them on `{key}` and, over the rows whose `{}` is greater than {thr}, give how many rows there are and the mean `{}`.\nAnswer format: @n_rows[value] where \"value\" is an integer, @{n2}[value] where \"value\" is a number rounded to two decimal places.",
+        a.label(), b.label(), va.name, vb.name);
+    Some(Task {
+        id,
+        family: "join",
+        difficulty: "hard",
+        table: a.clone(),
+        other: Some(b.clone()),
+        instruction,
+        answer_names: vec!["n_rows".into(), n2.clone()],
+        reference: format!("{HELPER}{load}\nright = dict(zip(df2[{qk}], df2[{qb}]))\nsel = [right[k] for k, x in zip(df[{qk}], df[{qa}]) if pd.notna(x) and x > {thr} and k in right]\nanswer('n_rows', len(sel))\nvals = [float(v) for v in sel if pd.notna(v)]\nanswer({}, sum(vals) / len(vals))", py(&n2)),
+        solution: format!("j = df.merge(df2, on={qk})\nprint(j.shape)\nsub = j[j[{qa}] > {thr}]\nprint('@n_rows[%d]' % len(sub))\nprint('@{n2}[%.2f]' % sub[{qb}].mean())"),
+        focus: va.name.clone(),
+        review: format!("an inner join keeps only `{key}`s present in both files, and the count cannot exceed either table's rows"),
+        checklist: vec!["answers @n_rows, @".to_string() + &n2, "joins the two files on the shared key".into()],
+        file_check: None,
+    })
 }

@@ -2,7 +2,7 @@
 //! file, understand it, compute, check, answer; in some trajectories it first uses a wrong
 //! column name and recovers from the error it sees. Every `<Execute>` is the sandbox's real
 //! output for that code, run the way the published environment runs it (fresh per cell).
-use crate::questioner::{load_code, py, Task};
+use crate::questioner::{py, Task};
 use crate::grade::parse_answers;
 use sandbox::{Mode, Sandbox, Workspace};
 
@@ -21,7 +21,7 @@ fn cell(code: &str) -> String {
 
 pub fn solve(task: &Task, sandbox: &Sandbox, ws: &Workspace, with_error: bool) -> Solved {
     let t = &task.table;
-    let load = load_code(t);
+    let load = task.load_code();
     let mut out = Solved { response: String::new(), cells: vec![], recovered_error: false, sandbox_secs: 0.0 };
     let run = |code: &str, out: &mut Solved| -> String {
         let ex = sandbox.run(ws, code, Mode::Stateless);
@@ -33,9 +33,13 @@ pub fn solve(task: &Task, sandbox: &Sandbox, ws: &Workspace, with_error: bool) -
     };
     out.response += &format!(
         "<Analyze>\nThe task: {} Before computing anything I will look at {}: its shape, column names and types, and a few rows, so the code uses the exact column names and handles missing values correctly.\n</Analyze>\n",
-        task.instruction.lines().next().unwrap_or(""), t.label()
+        task.instruction.lines().next().unwrap_or(""), task.other.as_ref().map_or(t.label(), |o| format!("{} and {}", t.label(), o.label()))
     );
-    run(&format!("import pandas as pd\n{load}\nprint(df.shape)\nprint(df.dtypes)\nprint(df.head())"), &mut out);
+    let look = match &task.other {
+        Some(_) => "for d in (df, df2):\n    print(d.shape)\n    print(d.dtypes)\n    print(d.head())",
+        None => "print(df.shape)\nprint(df.dtypes)\nprint(df.head())",
+    };
+    run(&format!("import pandas as pd\n{load}\n{look}"), &mut out);
     let focus = t.columns.iter().find(|c| c.name == task.focus);
     let about = focus.map(|c| format!(" `{}` is {} with {} missing value{}{}.", c.name, c.dtype, c.missing, if c.missing == 1 { "" } else { "s" },
         match (c.min, c.max) { (Some(a), Some(b)) => format!(", ranging from {a} to {b}"), _ => String::new() })).unwrap_or_default();
