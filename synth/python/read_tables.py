@@ -7,8 +7,28 @@ import sqlite3
 
 import pandas as pd
 
+SEPS = {}  # file -> the delimiter sniffed when it is not a comma
+
+
+def read_csv(f):
+    df = pd.read_csv(f)
+    if df.shape[1] == 1:  # tab- or space-separated under a .csv name: sniff the delimiter
+        import csv
+        try:
+            with open(f, newline="") as fh:
+                sep = csv.Sniffer().sniff(fh.read(65536), delimiters="\t;| ").delimiter
+        except csv.Error:  # truly one column
+            sep = ","
+        if sep != ",":
+            other = pd.read_csv(f, sep=r"\s+" if sep == " " else sep)
+            if other.shape[1] > 1:
+                SEPS[f] = r"\s+" if sep == " " else sep
+                return {None: other}
+    return {None: df}
+
+
 READERS = {
-    ".csv": lambda f: {None: pd.read_csv(f)},
+    ".csv": lambda f: read_csv(f),
     ".tsv": lambda f: {None: pd.read_csv(f, sep="\t")},
     ".xlsx": lambda f: {None: pd.read_excel(f)},
     ".parquet": lambda f: {None: pd.read_parquet(f)},

@@ -34,6 +34,9 @@ pub struct Table {
     pub columns: Vec<Column>,
     /// Columns unique and never missing.
     pub keys: Vec<String>,
+    /// The delimiter of a text table when it is not a comma (sniffed), as pandas takes it.
+    #[serde(default)]
+    pub sep: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -75,7 +75,10 @@ pub fn load_as(t: &Table, var: &str) -> String {
         ("xlsx", _) => format!("{var} = pd.read_excel({f})"),
         ("parquet", _) => format!("{var} = pd.read_parquet({f})"),
         ("json", _) => format!("{var} = pd.read_json({f})"),
-        _ => format!("{var} = pd.read_csv({f})"),
+        _ => match &t.sep {
+            Some(sep) => format!("{var} = pd.read_csv({f}, sep={})", py(sep)),
+            None => format!("{var} = pd.read_csv({f})"),
+        },
     }
 }
 
