@@ -196,6 +196,41 @@ fn table_qa_samples(sandbox: &Sandbox, tables_dir: &Path) -> Result<Vec<SftSampl
     Ok(out)
 }
 
+/// Single-ability code writing: a function over the table, kept only when it runs in the
+/// sandbox on the real table and agrees with a loop-based computation of the same thing.
+fn code_samples(sandbox: &Sandbox, tables: &[Table], tables_dir: &Path) -> Result<Vec<SftSample>> {
+    let ws = sandbox.workspace(Some(tables_dir))?;
+    let mut out = vec![];
+    for t in tables {
+        let Some(g) = t.categorical().find(|c| c.unique <= 12) else { continue };
+        let Some(v) = t.numeric().find(|c| !t.keys.contains(&c.name) && c.unique > 2) else { continue };
+        let slug = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect::<String>();
+        let fname = format!("mean_{}_by_{}", slug(&v.name), slug(&g.name));
+        let (qg, qv) = (questioner::py(&g.name), questioner::py(&v.name));
+        let func = format!("def {fname}(df):\n    \"\"\"Mean of `{}` per `{}` value, missing values skipped, rounded to 2 decimals.\"\"\"\n    return df.groupby({qg})[{qv}].mean().round(2).to_dict()", v.name, g.name);
+        let check = format!(
+            "import pandas as pd\n{}\n{func}\ngot = {fname}(df)\nsums = {{}}\nfor k, x in zip(df[{qg}], df[{qv}]):\n    if pd.notna(k) and pd.notna(x):\n        s = sums.setdefault(k, [0.0, 0])\n        s[0] += float(x)\n        s[1] += 1\nwant = {{k: round(a / n, 2) for k, (a, n) in sums.items()}}\nok = set(got) == set(want) and all(abs(got[k] - want[k]) < 0.006 for k in want)\nprint('OK' if ok else 'MISMATCH %r %r' % (got, want))",
+            questioner::load_code(t));
+        if sandbox.run(&ws, &check, Mode::Stateless).observation.trim() != "OK" {
+            continue;
+        }
+        let bytes = std::fs::metadata(tables_dir.join(&t.file)).map(|m| m.len()).unwrap_or(0);
+        let q = format!("Write a Python function `{fname}(df)` that takes the DataFrame of {} and returns a dict mapping each `{}` value to the mean `{}`, skipping missing values and rounding to two decimals.", t.label(), g.name, v.name);
+        let a = format!("<Analyze>\nGrouping by `{}` and averaging `{}` does it: pandas' mean skips missing values by itself; rounding then `to_dict()` gives plain keys and numbers. Checking the boundaries: a group whose values are all missing would come out as NaN, which is what the mean of nothing is.\n</Analyze>\n<Answer>\n```python\n{func}\n```\n</Answer>", g.name, v.name);
+        out.push(SftSample {
+            id: format!("code-{}", t.label()),
+            ability: "code".into(),
+            source: "synth".into(),
+            messages: vec![
+                Message::new("user", datasets::import::deepanalyze_prompt(&q, &[(t.file.clone(), bytes)])),
+                Message::new("assistant", a),
+            ],
+            difficulty: Some(0.3),
+        });
+    }
+    Ok(out)
+}
+
 /// Runs the whole pipeline; `progress(done, total)` after each task.
 pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Report> {
     let start = Instant::now();
@@ -306,7 +341,11 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
     traj.finish()?;
     rl.finish()?;
     let mut sft = ShardWriter::<SftSample>::create(&cfg.out.join("sft_single"), datasets::import::DEFAULT_SHARD_BYTES)?;
-    for s in schema_samples(&prof.tables, &cfg.tables).into_iter().chain(table_qa_samples(sandbox, &cfg.tables)?) {
+    let single = schema_samples(&prof.tables, &cfg.tables)
+        .into_iter()
+        .chain(table_qa_samples(sandbox, &cfg.tables)?)
+        .chain(code_samples(sandbox, &prof.tables, &cfg.tables)?);
+    for s in single {
         sft.write(s)?;
         report.single_ability_samples += 1;
     }
