@@ -8,8 +8,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${DEEPANALYZE_SANDBOX_VENV:-$root/.venv-sandbox}
 py=/usr/bin/python3
 [ -x "$py" ] || py=$(command -v python3)
-if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
-  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+missing=()
+"$py" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# bubblewrap gives the sandbox its read-only root and private /tmp (see README); as root we
+# can install it, otherwise the sandbox says at start-up which weaker isolation it uses.
+command -v bwrap >/dev/null 2>&1 || [ "$(id -u)" != 0 ] || missing+=(bubblewrap)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
