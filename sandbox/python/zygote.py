@@ -171,6 +171,13 @@ def become_cell(req, keep_fds):
     """In the forked child: own session, the workspace's uid, limits, cwd, quiet fds."""
     os.setsid()
     LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    cgroup = req.get("cgroup")
+    if cgroup:  # join the workspace's memory cgroup while still root
+        try:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError:
+            cgroup = None
     uid = req.get("uid")
     if uid is not None and os.getuid() == 0:
         os.setgroups([])
@@ -178,7 +185,8 @@ def become_cell(req, keep_fds):
         os.setuid(uid)
     lim = req["limits"]
     mb = 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (BASE_VM + lim["memory_mb"] * mb,) * 2)
+    if not cgroup:  # no cgroup: bound the address space instead (BLAS is single-threaded)
+        resource.setrlimit(resource.RLIMIT_AS, (BASE_VM + lim["memory_mb"] * mb,) * 2)
     resource.setrlimit(resource.RLIMIT_NPROC, (lim["max_processes"],) * 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (lim["max_open_files"],) * 2)
     resource.setrlimit(resource.RLIMIT_FSIZE, (lim["max_file_mb"] * mb,) * 2)

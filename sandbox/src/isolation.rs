@@ -44,8 +44,9 @@ impl Isolation {
         }
     }
 
-    /// The command that starts one zygote running `script` with `python`.
-    pub fn command(self, python: &Path, script: &Path, workspace_root: &Path) -> Command {
+    /// The command that starts one zygote running `script` with `python`; `cgroups` is
+    /// the pool's memory cgroup, which the zygote must be able to write.
+    pub fn command(self, python: &Path, script: &Path, workspace_root: &Path, cgroups: Option<&Path>) -> Command {
         let venv = venv_root(python);
         let mut cmd = match self {
             Isolation::Bubblewrap => {
@@ -56,6 +57,10 @@ impl Isolation {
                 c.args(["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]);
                 let ws = workspace_root.to_string_lossy();
                 c.args(["--bind", &ws, &ws]);
+                if let Some(cg) = cgroups {
+                    let cg = cg.to_string_lossy();
+                    c.args(["--bind", &cg, &cg]);
+                }
                 // A venv under a private home (/root is 0700) is unreadable to the cells'
                 // uids: show it at a neutral path instead.
                 let python_in = match &venv {

@@ -6,6 +6,7 @@
 //! private folder with its own uid, so cells of one task cannot see another's files, and
 //! every process a cell leaves behind is killed when it ends. Observations are formatted
 //! exactly as the published DeepAnalyze environment formats them.
+mod cgroup;
 mod config;
 mod execution;
 mod isolation;

@@ -25,6 +25,8 @@ struct Inner {
     /// a zygote tidies up and forks its next child after replying).
     busy: Mutex<(Vec<bool>, Vec<u64>, u64)>,
     freed: Condvar,
+    /// Declared last: removed after the workers are gone.
+    cgroups: Option<crate::cgroup::MemoryCgroups>,
 }
 
 /// Workspace uids, shared by every pool of this process (two pools must never hand out
@@ -70,7 +72,9 @@ impl Sandbox {
         std::fs::write(&script, ZYGOTE).map_err(|e| io(&script, e))?;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).map_err(|e| io(&script, e))?;
         let n = cfg.workers.max(1);
+        let cgroups = if isolation.per_workspace_uid() { crate::cgroup::MemoryCgroups::create() } else { None };
         let inner = Inner {
+            cgroups,
             workers: (0..n).map(|_| Mutex::new(None)).collect(),
             busy: Mutex::new((vec![false; n], vec![0; n], 0)),
             freed: Condvar::new(),
@@ -88,11 +92,12 @@ impl Sandbox {
             handles.into_iter().map(|h| h.join().unwrap()).collect::<Result<Vec<Value>>>()
         })?;
         eprintln!(
-            "sandbox: {} workers, python {} ({}), isolation: {}",
+            "sandbox: {} workers, python {} ({}), isolation: {}; memory limit by {}",
             n,
             hello[0]["python"].as_str().unwrap_or("?"),
             sandbox.inner.python.display(),
-            isolation.describe()
+            isolation.describe(),
+            if sandbox.inner.cgroups.is_some() { "cgroup (v1 memory controller)" } else { "RLIMIT_AS (no writable memory cgroup)" }
         );
         Ok(sandbox)
     }
@@ -106,7 +111,8 @@ impl Sandbox {
     }
 
     fn start_worker(&self, i: usize) -> Result<Value> {
-        let (w, hello) = Worker::spawn(self.inner.isolation, &self.inner.python, &self.inner.script, &self.inner.root)?;
+        let cg = self.inner.cgroups.as_ref().map(|c| c.root.as_path());
+        let (w, hello) = Worker::spawn(self.inner.isolation, &self.inner.python, &self.inner.script, &self.inner.root, cg)?;
         *self.inner.workers[i].lock().unwrap() = Some(w);
         Ok(hello)
     }
@@ -124,6 +130,7 @@ impl Sandbox {
     fn new_workspace(&self, from: Option<Source>) -> Result<Workspace> {
         let uid = self.inner.isolation.per_workspace_uid().then(next_uid);
         let mut ws = Workspace::create(&self.inner.root, from, uid)?;
+        ws.cgroup = uid.and_then(|u| self.inner.cgroups.as_ref()?.workspace(u));
         let me = self.clone();
         ws.on_drop = Some(Box::new(move |ws: &Workspace| me.end_session(ws)));
         Ok(ws)
@@ -166,7 +173,11 @@ impl Sandbox {
             Mode::Stateless => None,
         };
         let i = self.acquire(pinned);
+        // The cgroup takes this call's limit; without one, RLIMIT_AS does (in the zygote).
+        let cgroup = ws.cgroup.as_ref().filter(|cg| crate::cgroup::set_limit(cg, limits.memory_mb));
+        let fails_before = cgroup.map(|cg| crate::cgroup::failcnt(cg));
         let req = json!({
+            "cgroup": cgroup,
             "code": code,
             "cwd": ws.path,
             "uid": ws.uid,
@@ -220,6 +231,12 @@ impl Sandbox {
         }
         self.release(i);
         let mut ex = parse_reply(reply);
+        // Killed by the kernel after hitting the cgroup's limit: that is running out of memory.
+        if let (Some(cg), Some(before), Status::Killed { signal: 9 }) = (cgroup, fails_before, &ex.status) {
+            if crate::cgroup::failcnt(cg) > before {
+                ex.status = Status::MemoryExceeded;
+            }
+        }
         ex.wall_ms = start.elapsed().as_secs_f64() * 1000.0;
         let after = ws.snapshot();
         ex.files_changed = after.into_iter().filter(|(p, meta)| before.get(p) != Some(meta)).map(|(p, _)| p).collect();

@@ -27,9 +27,9 @@ fn read_frame(r: &mut impl Read) -> Option<Value> {
 
 impl Worker {
     /// Starts a zygote and waits until it has imported its libraries.
-    pub(crate) fn spawn(iso: Isolation, python: &Path, script: &Path, root: &Path) -> Result<(Worker, Value)> {
+    pub(crate) fn spawn(iso: Isolation, python: &Path, script: &Path, root: &Path, cgroups: Option<&Path>) -> Result<(Worker, Value)> {
         let mut child = iso
-            .command(python, script, root)
+            .command(python, script, root, cgroups)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

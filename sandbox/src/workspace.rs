@@ -26,6 +26,8 @@ pub struct Workspace {
     /// Session mode: the worker holding this workspace's namespace.
     pub(crate) session_worker: Mutex<Option<usize>>,
     pub(crate) id: String,
+    /// Its memory cgroup, when the machine has a writable memory controller.
+    pub(crate) cgroup: Option<PathBuf>,
     keep: bool,
     pub(crate) on_drop: Option<Box<dyn Fn(&Workspace) + Send + Sync>>,
 }
@@ -56,7 +58,7 @@ impl Workspace {
             chown_tree(&path, uid)?;
         }
         let id = path.file_name().unwrap().to_string_lossy().into_owned();
-        Ok(Self { path, uid, session_worker: Mutex::new(None), id, keep: false, on_drop: None })
+        Ok(Self { path, uid, session_worker: Mutex::new(None), id, cgroup: None, keep: false, on_drop: None })
     }
 
     pub fn path(&self) -> &Path {
@@ -104,6 +106,9 @@ impl Drop for Workspace {
         }
         if let Some(uid) = self.uid {
             kill_uid(uid, None);
+        }
+        if let Some(cg) = &self.cgroup {
+            crate::cgroup::remove(cg);
         }
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.path);
