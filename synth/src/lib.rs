@@ -34,6 +34,8 @@ pub enum Error {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
+    Model(#[from] model::Error),
+    #[error("{0}")]
     Invalid(String),
 }
 
@@ -50,6 +52,9 @@ pub struct SynthConfig {
     pub error_rate: f64,
     /// Solve with an OpenAI-compatible endpoint instead of the built-in expert.
     pub teacher: Option<teacher::TeacherConfig>,
+    /// A checkpoint folder whose tokenizer and chat template measure the trajectories'
+    /// token lengths for the report.
+    pub tokenizer: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -68,6 +73,8 @@ pub struct Report {
     /// `<Code>` turns per accepted trajectory → count.
     pub turns: BTreeMap<usize, usize>,
     pub mean_response_chars: f64,
+    /// Tokens per accepted trajectory (min, median, max, mean), when a tokenizer was given.
+    pub trajectory_tokens: Option<[f64; 4]>,
     pub single_ability_samples: usize,
     pub seconds: f64,
     /// Wall time of every sandbox cell, summed over the tasks running in parallel.
@@ -304,14 +311,20 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
         }
         let meta = serde_json::json!({"family": o.task.family, "difficulty": o.task.difficulty, "table": o.task.table.label(),
                                       "checklist": o.task.checklist});
+        let kind = questioner::kind_of(o.task.family);
+        let judge = match kind {
+            "openresearch" => serde_json::json!({"method": "report", "answers": "dabench",
+                "dimensions": ["usefulness", "richness", "soundness", "interpretability", "readability"]}),
+            _ => serde_json::json!({"method": "dabench"}),
+        };
         rl.write(RlTask {
             id: o.task.id.clone(),
-            kind: "qa".into(),
+            kind: kind.into(),
             prompt: prompt(&o.task, &cfg.tables),
             workspace: format!("_workspaces/{stem}"),
             files: o.task.files(),
             ground_truth: Some(serde_json::to_string(truth).unwrap()),
-            judge: Some(serde_json::json!({"method": "dabench"}).to_string()),
+            judge: Some(judge.to_string()),
             source: "synth".into(),
             metadata: meta.to_string(),
         })?;
@@ -339,6 +352,18 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
         })?;
     }
     traj.finish()?;
+    if let Some(dir) = &cfg.tokenizer {
+        let tok = model::Tokenizer::from_dir(dir)?;
+        let template = model::ChatTemplate::from_dir(dir, &tok.config)?;
+        let st = datasets::SampleTokenizer { tokenizer: &tok, template: &template };
+        let rows: Vec<Trajectory> = datasets::read_all(&cfg.out.join("trajectories"))?;
+        let mut lens: Vec<usize> = rows.par_iter().map(|t| st.trajectory(t).map(|x| x.len())).collect::<datasets::Result<_>>()?;
+        lens.sort_unstable();
+        if !lens.is_empty() {
+            let mean = lens.iter().sum::<usize>() as f64 / lens.len() as f64;
+            report.trajectory_tokens = Some([lens[0] as f64, lens[lens.len() / 2] as f64, lens[lens.len() - 1] as f64, mean]);
+        }
+    }
     rl.finish()?;
     let mut sft = ShardWriter::<SftSample>::create(&cfg.out.join("sft_single"), datasets::import::DEFAULT_SHARD_BYTES)?;
     let single = schema_samples(&prof.tables, &cfg.tables)

@@ -32,8 +32,17 @@ pub struct Task {
     pub file_check: Option<String>,
 }
 
-pub const FAMILIES: [&str; 10] =
-    ["mean", "count_above", "missing", "group_top", "correlation", "max_row", "outliers", "filter_mean", "clean", "report"];
+pub const FAMILIES: [&str; 11] =
+    ["mean", "count_above", "missing", "group_top", "correlation", "max_row", "outliers", "filter_mean", "clean", "report", "research"];
+
+/// The RL task kind of a family: open-ended research reports are judged as reports.
+pub fn kind_of(family: &str) -> &'static str {
+    match family {
+        "research" => "openresearch",
+        "clean" | "report" => "datatask",
+        _ => "qa",
+    }
+}
 
 /// A Python string literal (JSON strings are valid Python literals).
 pub fn py(s: &str) -> String {
@@ -271,6 +280,30 @@ pub fn pose(family: &'static str, t: &Table, rng: &mut StdRng, id: String) -> Op
             task.checklist.push("writes report.md with Overview, Key statistics and Findings, quoting the mean and standard deviation".into());
             task.file_check = Some(format!(
                 "{HELPER}{load}\ntext = open('report.md').read()\nneed = ['## Overview', '## Key statistics', '## Findings', '%.2f' % df[{qv}].mean(), '%.2f' % df[{qv}].std()]\nmissing = [n for n in need if n not in text]\nprint('OK' if not missing else 'missing: ' + ', '.join(missing))"));
+            Some(task)
+        }
+        "research" => {
+            // An open-ended research report with a figure: its form and numbers are checked
+            // here; its quality is for the RL stage's report judge.
+            if nums.len() < 2 {
+                return None;
+            }
+            let g = pick(rng, &cats)?;
+            let mut pair = nums.clone();
+            let v = pair.remove(rng.random_range(0..pair.len()));
+            let w = pair[rng.random_range(0..pair.len())];
+            let (qg, qv, qw) = (py(&g.name), py(&v.name), py(&w.name));
+            let n = format!("corr_{}_{}", slug(&v.name), slug(&w.name));
+            let mut task = task("hard",
+                 format!("Research what goes with `{v}` in {label}. Write a report to `report.md` with the sections `## Data`, `## Analysis` and `## Conclusions`: describe the table, compare `{v}` across the `{g}` groups, relate `{v}` to `{w}` (Pearson correlation, two decimals), save one figure as `figure.png` and refer to it in the report. Also answer with that correlation.", v = v.name, g = g.name, w = w.name),
+                 vec![n.clone()],
+                 format!("d = df[[{qv}, {qw}]].dropna().astype(float)\nanswer({}, float(np.corrcoef(d[{qv}], d[{qw}])[0, 1]))", py(&n)),
+                 format!("import matplotlib.pyplot as plt\nr = df[{qv}].corr(df[{qw}])\nm = df.groupby({qg})[{qv}].agg(['mean', 'count']).round(2)\nprint(m)\nfig, ax = plt.subplots(figsize=(5, 4))\nax.scatter(df[{qw}], df[{qv}], s=12)\nax.set_xlabel({qw})\nax.set_ylabel({qv})\nax.set_title('%s vs %s (r = %.2f)' % ({qv}, {qw}, r))\nfig.savefig('figure.png', dpi=80)\nbest = m['mean'].idxmax()\nlines = ['# What goes with {v} in {label}', '', '## Data', '%d rows; `{v}` ranges from %.2f to %.2f.' % (len(df), df[{qv}].min(), df[{qv}].max()), '',\n         '## Analysis', 'Mean `{v}` by `{g}`:', '', m.to_string(), '', 'The Pearson correlation of `{v}` with `{w}` is %.2f (figure.png).' % r, '', '![{v} against {w}](figure.png)', '',\n         '## Conclusions', '- `%s` has the highest mean `{v}`.' % best, '- The link with `{w}` is %s (r = %.2f).' % ('strong' if abs(r) >= 0.7 else 'moderate' if abs(r) >= 0.4 else 'weak', r)]\nopen('report.md', 'w').write('\\n'.join(lines) + '\\n')\nprint('@{n}[%.2f]' % r)", v = v.name, g = g.name, w = w.name),
+                 &v.name, "a correlation lies in [-1, 1], and the figure shows the same relation the number states".to_string(),
+                 vec![format!("{two}, between -1 and 1")])?;
+            task.checklist.push("writes report.md (Data, Analysis, Conclusions) referring to figure.png, and figure.png".into());
+            task.file_check = Some(format!(
+                "{HELPER}{load}\nimport os\ntext = open('report.md').read() if os.path.exists('report.md') else ''\npng = open('figure.png', 'rb').read(8) if os.path.exists('figure.png') else b''\nd = df[[{qv}, {qw}]].dropna().astype(float)\nneed = ['## Data', '## Analysis', '## Conclusions', 'figure.png', '%.2f' % np.corrcoef(d[{qv}], d[{qw}])[0, 1]]\nmissing = [x for x in need if x not in text] + ([] if png == b'\\x89PNG\\r\\n\\x1a\\n' else ['a PNG figure'])\nprint('OK' if not missing else 'missing: ' + ', '.join(missing))"));
             Some(task)
         }
         _ => None,

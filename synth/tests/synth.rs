@@ -84,9 +84,12 @@ fn accepted_trajectories_reproduce_and_ground_truth_agrees_with_a_second_computa
     let sb = sandbox();
     let tables = unseen_tables();
     let out = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 24, seed: 7, error_rate: 0.3, teacher: None };
+    let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 24, seed: 7, error_rate: 0.3, teacher: None,
+                            tokenizer: Some(root().join("assets/qwen3-tokenizer")) };
     let report = synthesize(&cfg, &sb, &|_, _| {}).unwrap();
     assert_eq!(report.posed, 24);
+    let [min, median, max, mean] = report.trajectory_tokens.expect("token lengths with a tokenizer");
+    assert!(min > 50.0 && min <= median && median <= max && min <= mean && mean <= max, "{min} {median} {max} {mean}");
     assert!(report.accepted >= 18, "{report:?}");
     let trajs: Vec<Trajectory> = read_all(&out.path().join("s/trajectories")).unwrap();
     assert_eq!(trajs.len(), report.accepted);
@@ -120,14 +123,17 @@ fn accepted_trajectories_reproduce_and_ground_truth_agrees_with_a_second_computa
         let code = format!(r#"import csv, statistics
 rows = list(csv.DictReader(open({file:?}, newline='')))
 vals = [r[{col:?}] for r in rows]
-num = [float(v) for v in vals if v not in ('', 'NA', 'nan', 'NaN', '?')]
+NA = {{'', '#N/A', '#N/A N/A', '#NA', '-1.#IND', '-1.#QNAN', '-NaN', '-nan', '1.#IND', '1.#QNAN', '<NA>', 'N/A',
+      'NA', 'NULL', 'NaN', 'None', 'n/a', 'nan', 'null'}}  # pandas' defaults
 fam = {family:?}
-if fam == 'mean':
-    print('%.2f' % statistics.fmean(num))
-elif fam == 'missing':
-    print(sum(1 for v in vals if v in ('', 'NA', 'nan', 'NaN')))
+if fam == 'missing':
+    print(sum(1 for v in vals if v in NA))
 else:
-    print(sum(1 for x in num if x > float({thr:?})))
+    num = [float(v) for v in vals if v not in NA]
+    if fam == 'mean':
+        print('%.2f' % statistics.fmean(num))
+    else:
+        print(sum(1 for x in num if x > float({thr:?})))
 "#, file = task.files[0], thr = thr.clone().unwrap_or_default());
         let ws = sb.workspace(Some(&out.path().join("s/rl_tasks").join(&task.workspace))).unwrap();
         let second = sb.run(&ws, &code, Mode::Stateless);
@@ -161,7 +167,7 @@ fn bad_tables_are_skipped_with_a_reason() {
         .status().unwrap();
     assert!(status.success());
     let out = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig { tables: p.into(), out: out.path().join("o"), tasks: 4, seed: 1, error_rate: 0.0, teacher: None };
+    let cfg = SynthConfig { tables: p.into(), out: out.path().join("o"), tasks: 4, seed: 1, error_rate: 0.0, teacher: None, tokenizer: None };
     let report = synthesize(&cfg, &sb, &|_, _| {}).unwrap();
     let reason = |f: &str| report.skipped.iter().find(|s| s.file == f).map(|s| s.reason.clone()).unwrap_or_else(|| panic!("{f} not skipped: {:?}", report.skipped));
     assert_eq!(reason("empty.csv"), "empty table");
@@ -250,7 +256,7 @@ fn an_openai_compatible_teacher_drives_the_same_loop() {
     let teacher = synth::teacher::TeacherConfig { base_url: url, model: "mock-model".into(), api_key: Some("sk-test".into()),
                                                    temperature: 0.5, max_tokens: 512, max_turns: 8 };
     let out = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 1, seed: 0, error_rate: 0.0, teacher: Some(teacher) };
+    let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 1, seed: 0, error_rate: 0.0, teacher: Some(teacher), tokenizer: None };
     // One table with one measure: the only posable families; pick a seed whose task is `mean`.
     let ws = sb.workspace(Some(tables.path())).unwrap();
     let prof = synth::profile::profile(&sb, &ws).unwrap();
@@ -272,4 +278,27 @@ fn an_openai_compatible_teacher_drives_the_same_loop() {
     assert_eq!(trajs[0].source, "synth-teacher");
     assert_eq!(cells(&trajs[0].response).len(), 2);
     assert!(trajs[0].response.contains("</Code>\n<Execute>\n@mean_x[2.00]\n\n</Execute>\n<Understand>"));
+}
+
+#[test]
+fn research_reports_must_have_their_sections_numbers_and_figure() {
+    let sb = sandbox();
+    let tables = root().join("synth/tables");
+    let ws = sb.workspace(Some(&tables)).unwrap();
+    let prof = synth::profile::profile(&sb, &ws).unwrap();
+    let iris = prof.tables.iter().find(|t| t.file == "iris.csv").unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    let task = synth::questioner::pose("research", iris, &mut rng, "r".into()).unwrap();
+    assert_eq!(synth::questioner::kind_of(task.family), "openresearch");
+    let file = tables.join("iris.csv");
+    let solve_in = sb.workspace_with_files(&[&file]).unwrap();
+    let truth = synth::ground_truth(&task, &sb, &solve_in).0.unwrap();
+    let solved = synth::solver::solve(&task, &sb, &solve_in, false);
+    let fresh = || sb.workspace_with_files(&[&file]).unwrap();
+    assert_eq!(synth::inspector::inspect(&task, &solved, &truth, &sb, &solve_in, &fresh()).0, None, "{}", solved.response);
+    let report = std::fs::read_to_string(solve_in.path().join("report.md")).unwrap();
+    assert!(report.contains("## Conclusions") && report.contains("](figure.png)"), "{report}");
+    std::fs::remove_file(solve_in.path().join("figure.png")).unwrap();
+    assert_eq!(synth::inspector::inspect(&task, &solved, &truth, &sb, &solve_in, &fresh()).0,
+               Some("checklist: the output files do not satisfy the task"));
 }

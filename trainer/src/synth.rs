@@ -40,6 +40,9 @@ pub struct Args {
     /// --teacher openai: environment variable holding the API key (none sent when unset).
     #[arg(long, default_value = "OPENAI_API_KEY")]
     api_key_env: String,
+    /// A checkpoint folder whose tokenizer measures the trajectories' token lengths.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// The sandbox's Python (default: $DEEPANALYZE_SANDBOX_PYTHON, else .venv-sandbox/bin/python).
     #[arg(long)]
     python: Option<PathBuf>,
@@ -69,7 +72,7 @@ pub fn run(a: Args) -> Result<()> {
     let sandbox = Sandbox::new(cfg)?;
     let bar = ProgressBar::new(a.tasks as u64)
         .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} tasks solved and inspected ({per_sec}, eta {eta})").unwrap());
-    let cfg = SynthConfig { tables: a.tables, out: a.out.clone(), tasks: a.tasks, seed: a.seed, error_rate: a.error_rate, teacher };
+    let cfg = SynthConfig { tables: a.tables, out: a.out.clone(), tasks: a.tasks, seed: a.seed, error_rate: a.error_rate, teacher, tokenizer: a.model.clone() };
     let report = synth::synthesize(&cfg, &sandbox, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -78,6 +81,9 @@ pub fn run(a: Args) -> Result<()> {
     println!("{} tables ({} skipped), {} tasks posed, {} accepted ({} recovered from an error), {} rejected, {} without ground truth; {} single-ability samples",
              report.tables, report.skipped.len(), report.posed, report.accepted, report.recovered_errors,
              report.rejected.values().sum::<usize>(), report.ground_truth_failed, report.single_ability_samples);
+    if let Some([min, median, max, mean]) = report.trajectory_tokens {
+        println!("tokens per trajectory: min {min} median {median} max {max} mean {mean:.0}");
+    }
     for s in &report.skipped {
         println!("  skipped {}: {}", s.file, s.reason);
     }
