@@ -18,7 +18,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let out = tempfile::tempdir()?;
-    let cfg = SynthConfig { tables: args.tables, out: out.path().join("s"), tasks: args.tasks, seed: 0, error_rate: 0.25, teacher: None, tokenizer: None };
+    let cfg = SynthConfig { tables: args.tables, out: out.path().join("s"), tasks: args.tasks, seed: 0, error_rate: 0.25, teacher: None, tokenizer: None, paraphrase: false };
     let r = synthesize(&cfg, &sandbox, &|_, _| {})?;
     println!("machine: {} cores; {} tasks at a time", std::thread::available_parallelism()?.get(), r.parallel_tasks);
     println!("{} tasks posed, {} accepted, {} rejected, {} without ground truth, in {:.1} s",

@@ -55,6 +55,9 @@ pub struct SynthConfig {
     /// A checkpoint folder whose tokenizer and chat template measure the trajectories'
     /// token lengths for the report.
     pub tokenizer: Option<PathBuf>,
+    /// Have the teacher rephrase each task statement (kept only when every name, number
+    /// and file survives).
+    pub paraphrase: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -70,6 +73,9 @@ pub struct Report {
     /// difficulty → [posed, accepted]
     pub difficulties: BTreeMap<String, [usize; 2]>,
     pub recovered_errors: usize,
+    /// Task statements the teacher rephrased (and the rephrasings that lost something).
+    pub paraphrased: usize,
+    pub paraphrases_rejected: usize,
     /// `<Code>` turns per accepted trajectory → count.
     pub turns: BTreeMap<usize, usize>,
     pub mean_response_chars: f64,
@@ -247,7 +253,25 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
     let ws = sandbox.workspace(Some(&cfg.tables))?;
     let prof = profile::profile(sandbox, &ws)?;
     drop(ws);
-    let tasks = pose_tasks(&prof.tables, cfg.tasks, cfg.seed);
+    let mut tasks = pose_tasks(&prof.tables, cfg.tasks, cfg.seed);
+    let (mut paraphrased, mut paraphrases_rejected) = (0, 0);
+    if let (true, Some(t)) = (cfg.paraphrase, &cfg.teacher) {
+        let results: Vec<Option<String>> = tasks
+            .par_iter()
+            .map(|task| {
+                let (statement, format) = task.instruction.split_once("\nAnswer format:").unwrap_or((&task.instruction, ""));
+                teacher::paraphrase(statement, t)
+                    .map(|p| p.map(|p| if format.is_empty() { p } else { format!("{p}\nAnswer format:{format}") }))
+                    .unwrap_or_else(|e| { eprintln!("synth: paraphrase of {}: {e}", task.id); None })
+            })
+            .collect();
+        for (task, p) in tasks.iter_mut().zip(results) {
+            match p {
+                Some(p) => { task.instruction = p; paraphrased += 1 }
+                None => paraphrases_rejected += 1,
+            }
+        }
+    }
     let total = tasks.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let outcomes: Vec<Outcome> = tasks
@@ -285,7 +309,7 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
         .collect::<Result<_>>()?;
 
     std::fs::create_dir_all(&cfg.out).map_err(|e| io(&cfg.out, e))?;
-    let mut report = Report { tables: prof.tables.len(), skipped: prof.skipped.clone(), posed: total, ..Default::default() };
+    let mut report = Report { tables: prof.tables.len(), skipped: prof.skipped.clone(), posed: total, paraphrased, paraphrases_rejected, ..Default::default() };
     let mut traj = ShardWriter::<Trajectory>::create(&cfg.out.join("trajectories"), datasets::import::DEFAULT_SHARD_BYTES)?;
     let mut rl = ShardWriter::<RlTask>::create(&cfg.out.join("rl_tasks"), datasets::import::DEFAULT_SHARD_BYTES)?;
     let ws_dir = cfg.out.join("rl_tasks").join("_workspaces");

@@ -22,29 +22,61 @@ each wrapped in one tag: <Analyze> to plan and reason, <Understand> to interpret
 <Code> holding one ```python fenced block that will be run (each block runs on its own: load the data again), \
 then stop; the output comes back inside <Execute>. Finish with <Answer> in the format the task asks for.";
 
+fn chat(cfg: &TeacherConfig, messages: &[Value], stop: Option<&str>) -> Result<String, String> {
+    let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
+    let mut body = json!({"model": cfg.model, "messages": messages, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens});
+    if let Some(stop) = stop {
+        body["stop"] = json!([stop]);
+    }
+    let mut req = ureq::post(&url).header("Content-Type", "application/json");
+    if let Some(key) = &cfg.api_key {
+        req = req.header("Authorization", &format!("Bearer {key}"));
+    }
+    let reply: Value = req
+        .send_json(&body)
+        .map_err(|e| format!("{url}: {e}"))?
+        .body_mut()
+        .read_json()
+        .map_err(|e| format!("{url}: unreadable reply: {e}"))?;
+    reply["choices"][0]["message"]["content"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| format!("{url}: reply has no choices[0].message.content"))
+}
+
+pub const PARAPHRASE: &str = "Rephrase the data-analysis task the user sends, as a different analyst would ask it. \
+Keep every `backticked` name, every number and every file name exactly as written, and keep what is asked. \
+Reply with the rephrased task only.";
+
+/// Everything a paraphrase must keep: `backticked` names, numbers and file names.
+pub fn protected(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = text.split('`').skip(1).step_by(2).map(|s| format!("`{s}`")).collect();
+    for word in text.split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')' || c == '?') {
+        let w = word.trim_end_matches(['.', ':', ';']);
+        let numeric = !w.is_empty() && w.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-') && w.chars().any(|c| c.is_ascii_digit());
+        let file = w.contains('.') && w.rsplit('.').next().is_some_and(|e| ["csv", "tsv", "xlsx", "json", "parquet", "sqlite", "db", "md", "png"].contains(&e));
+        if (numeric || file) && !w.starts_with('`') {
+            out.push(w.to_string());
+        }
+    }
+    out
+}
+
+/// The task statement rephrased by the endpoint, or None when the paraphrase lost a
+/// protected name, number or file (the template's wording is kept then).
+pub fn paraphrase(statement: &str, cfg: &TeacherConfig) -> Result<Option<String>, String> {
+    let text = chat(cfg, &[json!({"role": "system", "content": PARAPHRASE}), json!({"role": "user", "content": statement})], None)?;
+    let text = text.trim().to_string();
+    Ok((!text.is_empty() && protected(statement).iter().all(|p| text.contains(p.as_str()))).then_some(text))
+}
+
 /// Runs the loop; Err with a one-line reason when the endpoint fails.
 pub fn teach(prompt: &str, cfg: &TeacherConfig, sandbox: &Sandbox, ws: &Workspace) -> Result<Solved, String> {
-    let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
     let mut messages = vec![json!({"role": "system", "content": SYSTEM}), json!({"role": "user", "content": prompt})];
     let mut out = Solved { response: String::new(), cells: vec![], recovered_error: false, sandbox_secs: 0.0 };
     let mut saw_error = false;
     for _ in 0..cfg.max_turns {
-        let body = json!({"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
-                          "max_tokens": cfg.max_tokens, "stop": ["</Code>"]});
-        let mut req = ureq::post(&url).header("Content-Type", "application/json");
-        if let Some(key) = &cfg.api_key {
-            req = req.header("Authorization", &format!("Bearer {key}"));
-        }
-        let reply: Value = req
-            .send_json(&body)
-            .map_err(|e| format!("{url}: {e}"))?
-            .body_mut()
-            .read_json()
-            .map_err(|e| format!("{url}: unreadable reply: {e}"))?;
-        let mut content = reply["choices"][0]["message"]["content"]
-            .as_str()
-            .ok_or_else(|| format!("{url}: reply has no choices[0].message.content"))?
-            .to_string();
+        let mut content = chat(cfg, &messages, Some("</Code>"))?;
         // The stop sequence is not returned: close an open <Code> block ourselves.
         if content.matches("<Code>").count() > content.matches("</Code>").count() {
             content += "</Code>";

@@ -85,7 +85,7 @@ fn accepted_trajectories_reproduce_and_ground_truth_agrees_with_a_second_computa
     let tables = unseen_tables();
     let out = tempfile::tempdir().unwrap();
     let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 24, seed: 7, error_rate: 0.3, teacher: None,
-                            tokenizer: Some(root().join("assets/qwen3-tokenizer")) };
+                            tokenizer: Some(root().join("assets/qwen3-tokenizer")), paraphrase: false };
     let report = synthesize(&cfg, &sb, &|_, _| {}).unwrap();
     assert_eq!(report.posed, 24);
     let [min, median, max, mean] = report.trajectory_tokens.expect("token lengths with a tokenizer");
@@ -167,7 +167,7 @@ fn bad_tables_are_skipped_with_a_reason() {
         .status().unwrap();
     assert!(status.success());
     let out = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig { tables: p.into(), out: out.path().join("o"), tasks: 4, seed: 1, error_rate: 0.0, teacher: None, tokenizer: None };
+    let cfg = SynthConfig { tables: p.into(), out: out.path().join("o"), tasks: 4, seed: 1, error_rate: 0.0, teacher: None, tokenizer: None, paraphrase: false };
     let report = synthesize(&cfg, &sb, &|_, _| {}).unwrap();
     let reason = |f: &str| report.skipped.iter().find(|s| s.file == f).map(|s| s.reason.clone()).unwrap_or_else(|| panic!("{f} not skipped: {:?}", report.skipped));
     assert_eq!(reason("empty.csv"), "empty table");
@@ -256,7 +256,7 @@ fn an_openai_compatible_teacher_drives_the_same_loop() {
     let teacher = synth::teacher::TeacherConfig { base_url: url, model: "mock-model".into(), api_key: Some("sk-test".into()),
                                                    temperature: 0.5, max_tokens: 512, max_turns: 8 };
     let out = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 1, seed: 0, error_rate: 0.0, teacher: Some(teacher), tokenizer: None };
+    let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 1, seed: 0, error_rate: 0.0, teacher: Some(teacher), tokenizer: None, paraphrase: false };
     // One table with one measure: the only posable families; pick a seed whose task is `mean`.
     let ws = sb.workspace(Some(tables.path())).unwrap();
     let prof = synth::profile::profile(&sb, &ws).unwrap();
@@ -301,4 +301,23 @@ fn research_reports_must_have_their_sections_numbers_and_figure() {
     std::fs::remove_file(solve_in.path().join("figure.png")).unwrap();
     assert_eq!(synth::inspector::inspect(&task, &solved, &truth, &sb, &solve_in, &fresh()).0,
                Some("checklist: the output files do not satisfy the task"));
+}
+
+#[test]
+fn paraphrases_keep_every_name_number_and_file_or_are_dropped() {
+    let statement = "How many rows of airquality.csv have `Ozone` greater than 31.5?";
+    let p = synth::teacher::protected(statement);
+    assert_eq!(p, vec!["`Ozone`".to_string(), "airquality.csv".into(), "31.5".into()]);
+    let (url, server) = mock_endpoint(vec![
+        "Count the records in airquality.csv whose `Ozone` exceeds 31.5.",
+        "Count the records whose `Ozone` exceeds 31.5.", // lost the file name
+    ]);
+    let cfg = synth::teacher::TeacherConfig { base_url: url, model: "m".into(), api_key: None, temperature: 0.9, max_tokens: 128, max_turns: 1 };
+    let kept = synth::teacher::paraphrase(statement, &cfg).unwrap();
+    assert_eq!(kept.as_deref(), Some("Count the records in airquality.csv whose `Ozone` exceeds 31.5."));
+    assert_eq!(synth::teacher::paraphrase(statement, &cfg).unwrap(), None);
+    let seen = server.join().unwrap();
+    assert_eq!(seen[0].1["messages"][0]["content"], synth::teacher::PARAPHRASE);
+    assert_eq!(seen[0].1["messages"][1]["content"], statement);
+    assert!(!seen[0].0.to_lowercase().contains("authorization"), "no key, no header");
 }

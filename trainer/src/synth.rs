@@ -40,6 +40,10 @@ pub struct Args {
     /// --teacher openai: environment variable holding the API key (none sent when unset).
     #[arg(long, default_value = "OPENAI_API_KEY")]
     api_key_env: String,
+    /// --teacher openai: also have it rephrase each task statement (names, numbers and
+    /// files must survive, else the template's wording stays).
+    #[arg(long)]
+    paraphrase: bool,
     /// A checkpoint folder whose tokenizer measures the trajectories' token lengths.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -49,6 +53,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.paraphrase && matches!(a.teacher, Teacher::Expert) {
+        bail!("--paraphrase needs --teacher openai (the endpoint rephrases the tasks)");
+    }
     let teacher = match a.teacher {
         Teacher::Expert => None,
         Teacher::Openai => {
@@ -72,7 +79,7 @@ pub fn run(a: Args) -> Result<()> {
     let sandbox = Sandbox::new(cfg)?;
     let bar = ProgressBar::new(a.tasks as u64)
         .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} tasks solved and inspected ({per_sec}, eta {eta})").unwrap());
-    let cfg = SynthConfig { tables: a.tables, out: a.out.clone(), tasks: a.tasks, seed: a.seed, error_rate: a.error_rate, teacher, tokenizer: a.model.clone() };
+    let cfg = SynthConfig { tables: a.tables, out: a.out.clone(), tasks: a.tasks, seed: a.seed, error_rate: a.error_rate, teacher, tokenizer: a.model.clone(), paraphrase: a.paraphrase };
     let report = synth::synthesize(&cfg, &sandbox, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
