@@ -32,14 +32,16 @@ pub struct Task {
     pub file_check: Option<String>,
 }
 
-pub const FAMILIES: [&str; 11] =
-    ["mean", "count_above", "missing", "group_top", "correlation", "max_row", "outliers", "filter_mean", "clean", "report", "research"];
+pub const FAMILIES: [&str; 12] = [
+    "mean", "count_above", "missing", "group_top", "correlation", "max_row", "outliers", "filter_mean", "clean", "features",
+    "report", "research",
+];
 
 /// The RL task kind of a family: open-ended research reports are judged as reports.
 pub fn kind_of(family: &str) -> &'static str {
     match family {
         "research" => "openresearch",
-        "clean" | "report" => "datatask",
+        "clean" | "features" | "report" => "datatask",
         _ => "qa",
     }
 }
@@ -262,6 +264,26 @@ pub fn pose(family: &'static str, t: &Table, rng: &mut StdRng, id: String) -> Op
             task.checklist.push(format!("writes {out} with the same columns, no missing `{}`, no missing numeric values", c.name));
             task.file_check = Some(format!(
                 "{HELPER}{load}\nout = pd.read_csv({})\nkept = df.dropna(subset=[{q}])\nproblems = []\nif list(out.columns) != [str(c) for c in df.columns]:\n    problems.append('columns differ')\nif len(out) != len(kept):\n    problems.append('%d rows, expected %d' % (len(out), len(kept)))\nif out.select_dtypes('number').isna().any().any() or out[{q}].isna().any():\n    problems.append('missing values left')\nprint('OK' if not problems else '; '.join(problems))",
+                py(&out)));
+            Some(task)
+        }
+        "features" => {
+            // Feature engineering with the new column checked in the written file.
+            let c = pick(rng, &nums)?;
+            let stem = t.file.rsplit_once('.').map_or(t.file.as_str(), |(a, _)| a);
+            let out = format!("{}_features.csv", slug(stem));
+            let (q, z) = (py(&c.name), format!("{}_z", c.name));
+            let qz = py(&z);
+            let mut task = task("medium",
+                 format!("Add to {label} a column `{z}` holding the z-score of `{}` ((value - mean) / sample standard deviation; missing values stay missing), save the table with the new column to `{out}` without the index, and give the largest z-score.", c.name),
+                 vec!["max_z".into()],
+                 format!("x = df[{q}].astype(float).to_numpy()\nok = x[~np.isnan(x)]\nanswer('max_z', float(((ok - ok.mean()) / ok.std(ddof=1)).max()))"),
+                 format!("df[{qz}] = (df[{q}] - df[{q}].mean()) / df[{q}].std()\nprint(df[{qz}].describe())\ndf.to_csv({}, index=False)\nprint('@max_z[%.2f]' % df[{qz}].max())", py(&out)),
+                 &c.name, "z-scores have mean 0 and standard deviation 1 by construction, which the description confirms".to_string(),
+                 vec![two.into()])?;
+            task.checklist.push(format!("writes {out}: every original column plus `{z}`"));
+            task.file_check = Some(format!(
+                "{HELPER}{load}\nout = pd.read_csv({})\nx = df[{q}].astype(float)\nwant = (x - x.mean()) / x.std()\nproblems = []\nif list(out.columns) != [str(c) for c in df.columns] + [{qz}]:\n    problems.append('columns')\nelif not np.allclose(out[{qz}].to_numpy(dtype=float), want.to_numpy(), equal_nan=True, atol=1e-6):\n    problems.append('z values')\nprint('OK' if not problems else 'wrong: ' + ', '.join(problems))",
                 py(&out)));
             Some(task)
         }

@@ -202,6 +202,18 @@ fn data_preparation_output_files_are_checked() {
     std::fs::write(&out, fewer[..fewer.len() - 1].join("\n") + "\n").unwrap();
     let (verdict, _) = synth::inspector::inspect(&task, &solved, &truth, &sb, &solve_in, &fresh());
     assert_eq!(verdict, Some("checklist: the output files do not satisfy the task"));
+    // Feature engineering: the new column is checked in the written file.
+    let feat = synth::questioner::pose("features", air, &mut rng, "f".into()).unwrap();
+    let ws2 = sb.workspace_with_files(&[&file]).unwrap();
+    let truth2 = synth::ground_truth(&feat, &sb, &ws2).0.unwrap();
+    let solved2 = synth::solver::solve(&feat, &sb, &ws2, false);
+    assert_eq!(synth::inspector::inspect(&feat, &solved2, &truth2, &sb, &ws2, &fresh()).0, None, "{}", solved2.response);
+    let out2 = ws2.path().join("airquality_features.csv");
+    let text2 = std::fs::read_to_string(&out2).unwrap();
+    let without_z: String = text2.lines().map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n").collect();
+    std::fs::write(&out2, without_z).unwrap();
+    assert_eq!(synth::inspector::inspect(&feat, &solved2, &truth2, &sb, &ws2, &fresh()).0,
+               Some("checklist: the output files do not satisfy the task"));
     // A wrong answer is rejected too.
     let wrong: Vec<(String, String)> = truth.iter().map(|(k, v)| (k.clone(), format!("{}", v.parse::<i64>().unwrap() + 1))).collect();
     let (verdict, _) = synth::inspector::inspect(&task, &solved, &wrong, &sb, &solve_in, &fresh());
