@@ -147,12 +147,26 @@ fn prompt(task: &Task, tables_dir: &Path) -> String {
     datasets::import::deepanalyze_prompt(&task.instruction, &files)
 }
 
+/// A single-ability sample about one table: the DeepAnalyze prompt over its file, and the answer.
+fn table_sample(tables_dir: &Path, t: &Table, prefix: &str, ability: &str, question: &str, answer: String, difficulty: f32) -> SftSample {
+    let bytes = std::fs::metadata(tables_dir.join(&t.file)).map(|m| m.len()).unwrap_or(0);
+    SftSample {
+        id: format!("{prefix}-{}", t.label()),
+        ability: ability.into(),
+        source: "synth".into(),
+        messages: vec![
+            Message::new("user", datasets::import::deepanalyze_prompt(question, &[(t.file.clone(), bytes)])),
+            Message::new("assistant", answer),
+        ],
+        difficulty: Some(difficulty),
+    }
+}
+
 /// Single-ability samples (schema and structure understanding) straight from the profile.
 fn schema_samples(tables: &[Table], tables_dir: &Path) -> Vec<SftSample> {
     tables
         .iter()
         .map(|t| {
-            let bytes = std::fs::metadata(tables_dir.join(&t.file)).map(|m| m.len()).unwrap_or(0);
             let q = format!("Describe the structure of {}: its size, and each column's type and missing values.", t.label());
             let cols: Vec<String> = t.columns.iter().map(|c| format!("- `{}`: {} ({}), {} missing, {} distinct", c.name, c.dtype, c.kind, c.missing, c.unique)).collect();
             let answer = format!(
@@ -161,16 +175,7 @@ fn schema_samples(tables: &[Table], tables_dir: &Path) -> Vec<SftSample> {
                 if t.keys.is_empty() { String::new() } else { format!("; {} identif{} each row", t.keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "), if t.keys.len() == 1 { "ies" } else { "y" }) },
                 cols.join("\n")
             );
-            SftSample {
-                id: format!("schema-{}", t.label()),
-                ability: "schema-understanding".into(),
-                source: "synth".into(),
-                messages: vec![
-                    Message::new("user", datasets::import::deepanalyze_prompt(&q, &[(t.file.clone(), bytes)])),
-                    Message::new("assistant", answer),
-                ],
-                difficulty: Some(0.0),
-            }
+            table_sample(tables_dir, t, "schema", "schema-understanding", &q, answer, 0.0)
         })
         .collect()
 }
@@ -229,19 +234,9 @@ fn code_samples(sandbox: &Sandbox, tables: &[Table], tables_dir: &Path) -> Resul
         if sandbox.run(&ws, &check, Mode::Stateless).observation.trim() != "OK" {
             continue;
         }
-        let bytes = std::fs::metadata(tables_dir.join(&t.file)).map(|m| m.len()).unwrap_or(0);
         let q = format!("Write a Python function `{fname}(df)` that takes the DataFrame of {} and returns a dict mapping each `{}` value to the mean `{}`, skipping missing values and rounding to two decimals.", t.label(), g.name, v.name);
         let a = format!("<Analyze>\nGrouping by `{}` and averaging `{}` does it: pandas' mean skips missing values by itself; rounding then `to_dict()` gives plain keys and numbers. Checking the boundaries: a group whose values are all missing would come out as NaN, which is what the mean of nothing is.\n</Analyze>\n<Answer>\n```python\n{func}\n```\n</Answer>", g.name, v.name);
-        out.push(SftSample {
-            id: format!("code-{}", t.label()),
-            ability: "code".into(),
-            source: "synth".into(),
-            messages: vec![
-                Message::new("user", datasets::import::deepanalyze_prompt(&q, &[(t.file.clone(), bytes)])),
-                Message::new("assistant", a),
-            ],
-            difficulty: Some(0.3),
-        });
+        out.push(table_sample(tables_dir, t, "code", "code", &q, a, 0.3));
     }
     Ok(out)
 }
