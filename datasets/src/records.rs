@@ -43,6 +43,16 @@ pub struct Trajectory {
     pub metadata: String,
 }
 
+impl Trajectory {
+    /// As a conversation: optional system, the prompt, the whole assistant stream.
+    pub fn messages(&self) -> Vec<Message> {
+        let mut msgs: Vec<Message> = self.system.iter().map(|s| Message::new("system", s.clone())).collect();
+        msgs.push(Message::new("user", self.prompt.clone()));
+        msgs.push(Message::new("assistant", self.response.clone()));
+        msgs
+    }
+}
+
 /// Stage 3 / evaluation: one task with its data workspace and what judges it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RlTask {

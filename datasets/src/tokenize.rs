@@ -44,13 +44,7 @@ impl SampleTokenizer<'_> {
     }
 
     pub fn trajectory(&self, t: &Trajectory) -> Result<Tokenized> {
-        let mut msgs = vec![];
-        if let Some(sys) = &t.system {
-            msgs.push(Message::new("system", sys.clone()));
-        }
-        msgs.push(Message::new("user", t.prompt.clone()));
-        msgs.push(Message::new("assistant", t.response.clone()));
-        self.messages(&msgs)
+        self.messages(&t.messages())
     }
 
     /// The rendered text and the byte spans the model is trained on.

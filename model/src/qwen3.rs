@@ -1,7 +1,6 @@
 //! The Qwen3 decoder, field names mirroring the checkpoint (`model.layers.N.self_attn.q_proj`
 //! ...). A pure function of (weights, tokens, positions, cache): the KV cache lives outside
 //! the modules so one set of weights serves training, scoring and many rollouts.
-use crate::config::Qwen3Config;
 use crate::rope::{apply_rotary, Rope};
 use burn::module::Param;
 use burn::nn::{Embedding, Linear, RmsNorm};
@@ -206,9 +205,6 @@ impl<B: Backend> Qwen3<B> {
         (logp.gather(2, targets).squeeze_dim::<2>(2), logits)
     }
 
-    pub fn config_shapes(cfg: &Qwen3Config) -> Vec<(String, Vec<usize>)> {
-        crate::checkpoint::expected_tensors(cfg)
-    }
 }
 
 /// `[batch, 1, t, past + t]`, true = masked: a padding key, or a key after the query.

@@ -264,7 +264,7 @@ def uid_processes(uid, keep):
     return found
 
 
-def reap(keep=()):
+def reap():
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)

@@ -185,10 +185,9 @@ const TABLE_QA_PY: &str = include_str!("../python/table_qa.py");
 /// Single-ability table QA with reasoning: a few rows inline, the values read off one by
 /// one, the total and the largest. Accepted only when the listed values re-add (in Rust)
 /// to the total pandas computed.
-fn table_qa_samples(sandbox: &Sandbox, tables_dir: &Path) -> Result<Vec<SftSample>> {
-    let ws = sandbox.workspace(Some(tables_dir))?;
+fn table_qa_samples(sandbox: &Sandbox, ws: &sandbox::Workspace) -> Result<Vec<SftSample>> {
     let limits = sandbox::Limits { timeout: std::time::Duration::from_secs(300), max_output_bytes: 64 << 20, ..Default::default() };
-    let ex = sandbox.run_with(&ws, &format!("{}\n{TABLE_QA_PY}", profile::READ_TABLES_PY), Mode::Stateless, &limits);
+    let ex = sandbox.run_with(ws, &format!("{}\n{TABLE_QA_PY}", profile::READ_TABLES_PY), Mode::Stateless, &limits);
     let items: Vec<serde_json::Value> = serde_json::from_str(&ex.observation).map_err(|_| Error::Profile(ex.observation.clone()))?;
     let mut out = vec![];
     for it in items {
@@ -201,7 +200,7 @@ fn table_qa_samples(sandbox: &Sandbox, tables_dir: &Path) -> Result<Vec<SftSampl
         }
         let argmax = it["argmax_row"].as_u64().unwrap_or(0);
         let listed: Vec<String> = values.iter().map(|v| format!("{v}")).collect();
-        let name = col.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect::<String>();
+        let name = questioner::slug(col);
         let q = format!("Here are the first {} rows of {label}:\n\n{text}\n\nWhat is the total of `{col}` over these rows, and which row (counting from 1) has the largest `{col}`?\nAnswer format: @total_{name}[value] rounded to two decimal places, @max_row[row number].", values.len());
         let a = format!("<Analyze>\nReading the `{col}` column row by row: {}. Adding them gives {total}. Looking closer for the largest, row {argmax} holds {}, and no later row is larger; checking the boundaries, the first row counts as row 1.\n</Analyze>\n<Answer>\n@total_{name}[{total}]\n@max_row[{argmax}]\n</Answer>",
             listed.join(", "), listed.get(argmax.saturating_sub(1) as usize).cloned().unwrap_or_default());
@@ -218,20 +217,18 @@ fn table_qa_samples(sandbox: &Sandbox, tables_dir: &Path) -> Result<Vec<SftSampl
 
 /// Single-ability code writing: a function over the table, kept only when it runs in the
 /// sandbox on the real table and agrees with a loop-based computation of the same thing.
-fn code_samples(sandbox: &Sandbox, tables: &[Table], tables_dir: &Path) -> Result<Vec<SftSample>> {
-    let ws = sandbox.workspace(Some(tables_dir))?;
+fn code_samples(sandbox: &Sandbox, ws: &sandbox::Workspace, tables: &[Table], tables_dir: &Path) -> Result<Vec<SftSample>> {
     let mut out = vec![];
     for t in tables {
         let Some(g) = t.categorical().find(|c| c.unique <= 12) else { continue };
         let Some(v) = t.numeric().find(|c| !t.keys.contains(&c.name) && c.unique > 2) else { continue };
-        let slug = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect::<String>();
-        let fname = format!("mean_{}_by_{}", slug(&v.name), slug(&g.name));
+        let fname = format!("mean_{}_by_{}", questioner::slug(&v.name), questioner::slug(&g.name));
         let (qg, qv) = (questioner::py(&g.name), questioner::py(&v.name));
         let func = format!("def {fname}(df):\n    \"\"\"Mean of `{}` per `{}` value, missing values skipped, rounded to 2 decimals.\"\"\"\n    return df.groupby({qg})[{qv}].mean().round(2).to_dict()", v.name, g.name);
         let check = format!(
             "import pandas as pd\n{}\n{func}\ngot = {fname}(df)\nsums = {{}}\nfor k, x in zip(df[{qg}], df[{qv}]):\n    if pd.notna(k) and pd.notna(x):\n        s = sums.setdefault(k, [0.0, 0])\n        s[0] += float(x)\n        s[1] += 1\nwant = {{k: round(a / n, 2) for k, (a, n) in sums.items()}}\nok = set(got) == set(want) and all(abs(got[k] - want[k]) < 0.006 for k in want)\nprint('OK' if ok else 'MISMATCH %r %r' % (got, want))",
             questioner::load_code(t));
-        if sandbox.run(&ws, &check, Mode::Stateless).observation.trim() != "OK" {
+        if sandbox.run(ws, &check, Mode::Stateless).observation.trim() != "OK" {
             continue;
         }
         let q = format!("Write a Python function `{fname}(df)` that takes the DataFrame of {} and returns a dict mapping each `{}` value to the mean `{}`, skipping missing values and rounding to two decimals.", t.label(), g.name, v.name);
@@ -247,9 +244,9 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
     if !cfg.tables.is_dir() {
         return Err(Error::Invalid(format!("--tables {}: not a folder", cfg.tables.display())));
     }
-    let ws = sandbox.workspace(Some(&cfg.tables))?;
-    let prof = profile::profile(sandbox, &ws)?;
-    drop(ws);
+    // One copy of all the tables serves the profile and the single-ability samples.
+    let all_tables = sandbox.workspace(Some(&cfg.tables))?;
+    let prof = profile::profile(sandbox, &all_tables)?;
     let mut tasks = pose_tasks(&prof.tables, cfg.tasks, cfg.seed);
     let (mut paraphrased, mut paraphrases_rejected) = (0, 0);
     if let (true, Some(t)) = (cfg.paraphrase, &cfg.teacher) {
@@ -389,8 +386,8 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
     let mut sft = ShardWriter::<SftSample>::create(&cfg.out.join("sft_single"), datasets::import::DEFAULT_SHARD_BYTES)?;
     let single = schema_samples(&prof.tables, &cfg.tables)
         .into_iter()
-        .chain(table_qa_samples(sandbox, &cfg.tables)?)
-        .chain(code_samples(sandbox, &prof.tables, &cfg.tables)?);
+        .chain(table_qa_samples(sandbox, &all_tables)?)
+        .chain(code_samples(sandbox, &all_tables, &prof.tables, &cfg.tables)?);
     for s in single {
         sft.write(s)?;
         report.single_ability_samples += 1;

@@ -93,7 +93,8 @@ pub fn load_as(t: &Table, var: &str) -> String {
     }
 }
 
-fn slug(s: &str) -> String {
+/// A column name as part of an answer or function name: `Solar.R` → `solar_r`.
+pub(crate) fn slug(s: &str) -> String {
     let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     s.trim_matches('_').to_string()
 }

@@ -70,6 +70,16 @@ fn sft_files(input: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A spinner with elapsed time on stderr (hidden when not a terminal) for work whose size
+/// is known only once it is done.
+fn spinner(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner()
+        .with_style(indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap())
+        .with_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Import(a) => import(a),
@@ -79,11 +89,13 @@ pub fn run(cmd: Command) -> Result<()> {
 
 fn import(a: ImportArgs) -> Result<()> {
     let on_bad = if a.skip_bad { OnBad::Skip } else { OnBad::Error };
+    let bar = spinner(&format!("importing {}", a.input.display()));
     let report = match a.format {
         Format::DeepanalyzeSft => import_sft(&sft_files(&a.input)?, &a.out, a.ability.as_deref(), on_bad)?,
         Format::DeepanalyzeRl => import_rl(&a.input, a.workspaces.as_deref(), &a.out, on_bad)?,
         Format::Dabench => import_dabench(&a.input, &a.out, on_bad)?,
     };
+    bar.finish_and_clear();
     println!("wrote {} records to {} ({} skipped)", report.written, a.out.display(), report.skipped);
     for r in &report.skip_reasons {
         println!("  skipped: {r}");
@@ -151,7 +163,9 @@ fn inspect(a: InspectArgs) -> Result<()> {
             return Ok(());
         };
         let st = SampleTokenizer { tokenizer: tok, template };
+        let bar = spinner(&format!("tokenizing {} samples", msgs.len()));
         let toks: Vec<Tokenized> = msgs.par_iter().map(|m| st.messages(m)).collect::<datasets::Result<_>>()?;
+        bar.finish_and_clear();
         histogram("tokens per sample", &toks.iter().map(Tokenized::len).collect::<Vec<_>>());
         let trained: usize = toks.iter().map(Tokenized::trained).sum();
         let total: usize = toks.iter().map(Tokenized::len).sum();
@@ -173,13 +187,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
         "trajectory" => {
             let rows: Vec<Trajectory> = read_all(&a.path)?;
             counts("sources", rows.iter().map(|r| r.source.clone()));
-            tokenized(rows.iter().map(|t| {
-                let mut v = vec![];
-                if let Some(s) = &t.system { v.push(datasets::Message::new("system", s.clone())) }
-                v.push(datasets::Message::new("user", t.prompt.clone()));
-                v.push(datasets::Message::new("assistant", t.response.clone()));
-                v
-            }).collect())?;
+            tokenized(rows.iter().map(Trajectory::messages).collect())?;
         }
         "rl_task" => {
             let rows: Vec<RlTask> = read_all(&a.path)?;

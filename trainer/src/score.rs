@@ -37,12 +37,11 @@ pub fn run(args: Args) -> Result<()> {
         TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n]),
         &device,
     );
-    let logits = ck.model.forward(tokens.clone());
-    let logprobs: Vec<f32> = if n > 1 {
-        let logp = burn::tensor::activation::log_softmax(logits.clone().slice([0..1, 0..n - 1]), 2);
-        logp.gather(2, tokens.slice([0..1, 1..n]).unsqueeze_dim::<3>(2)).into_data().to_vec().context("log-probs")?
+    let (logprobs, logits): (Vec<f32>, _) = if n > 1 {
+        let (logp, logits) = ck.model.next_token_logprobs(tokens);
+        (logp.into_data().to_vec().context("log-probs")?, logits)
     } else {
-        vec![]
+        (vec![], ck.model.forward(tokens))
     };
     let last: Vec<f32> = logits.slice([0..1, n - 1..n]).into_data().to_vec().context("logits")?;
     let mut order: Vec<usize> = (0..last.len()).collect();
