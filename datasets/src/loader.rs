@@ -29,6 +29,8 @@ pub struct Loader<T> {
     cursor: Cursor,
     /// (source, epoch) → permutation, cached.
     perms: Vec<Option<(u64, Vec<usize>)>>,
+    /// Walk each source's first epoch in the given order (a curriculum sorted easy → hard).
+    ordered_first_epoch: bool,
 }
 
 impl<T: Sync> Loader<T> {
@@ -36,7 +38,29 @@ impl<T: Sync> Loader<T> {
         assert!(!sources.is_empty() && sources.iter().all(|s| !s.items.is_empty() && s.weight > 0.0),
                 "every source needs items and a positive weight");
         let n = sources.len();
-        Self { sources, seed, cursor: Cursor { step: 0, taken: vec![0; n] }, perms: vec![None; n] }
+        Self { sources, seed, cursor: Cursor { step: 0, taken: vec![0; n] }, perms: vec![None; n], ordered_first_epoch: false }
+    }
+
+    /// Serves each source's first epoch in item order instead of shuffled (later epochs
+    /// are shuffled as usual).
+    pub fn ordered_first_epoch(mut self) -> Self {
+        self.ordered_first_epoch = true;
+        self
+    }
+
+    /// Moves to `cursor` (taken from this loader earlier): the way to put back samples
+    /// that were drawn but not used.
+    pub fn seek(&mut self, cursor: Cursor) {
+        assert_eq!(cursor.taken.len(), self.sources.len(), "cursor is for another set of sources");
+        self.cursor = cursor;
+    }
+
+    pub fn source_name(&self, source: usize) -> &str {
+        &self.sources[source].name
+    }
+
+    pub fn items(&self, source: usize) -> &[T] {
+        &self.sources[source].items
     }
 
     /// Continues exactly where `cursor` was taken.
@@ -80,7 +104,9 @@ impl<T: Sync> Loader<T> {
         let epoch = k / len;
         if self.perms[s].as_ref().is_none_or(|(e, _)| *e != epoch) {
             let mut p: Vec<usize> = (0..len as usize).collect();
-            p.shuffle(&mut StdRng::seed_from_u64(self.mix(s as u64, epoch)));
+            if !(self.ordered_first_epoch && epoch == 0) {
+                p.shuffle(&mut StdRng::seed_from_u64(self.mix(s as u64, epoch)));
+            }
             self.perms[s] = Some((epoch, p));
         }
         let item = self.perms[s].as_ref().unwrap().1[(k % len) as usize];

@@ -84,6 +84,20 @@ pub enum AttnMask<B: Backend> {
     /// `[batch, keys]`, true where the key is a real token (left padding is false);
     /// combined with causality here.
     KeyPadding(Tensor<B, 2, Bool>),
+    /// `[batch, 1, queries, keys]`, true = masked: any pattern. Every query must see at
+    /// least one key.
+    Explicit(Tensor<B, 4, Bool>),
+    /// Packed sequences (no cache): per row, the lengths of its consecutive documents
+    /// (summing to the row length), each attending causally to itself only. Computed per
+    /// document, so attention costs Σ len² rather than seq².
+    Documents(Vec<Vec<usize>>),
+}
+
+/// The mask as each layer applies it.
+enum LayerMask<B: Backend> {
+    Causal,
+    Tensor(Tensor<B, 4, Bool>),
+    Documents(Vec<Vec<usize>>),
 }
 
 impl<B: Backend> Attention<B> {
@@ -92,7 +106,7 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         cos: Tensor<B, 4>,
         sin: Tensor<B, 4>,
-        mask: Option<Tensor<B, 4, Bool>>,
+        mask: &LayerMask<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
@@ -108,12 +122,27 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: mask.is_none() };
-        let mask = mask.map(|m| {
-            let [_, _, q, kl] = m.dims();
-            m.expand([b, h, q, kl])
-        });
-        let out = attention::<B>(q, k, v, mask, None, options);
+        let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let out = match mask {
+            LayerMask::Causal => attention::<B>(q, k, v, None, None, causal),
+            LayerMask::Tensor(m) => {
+                let [_, _, q_len, k_len] = m.dims();
+                let m = m.clone().expand([b, h, q_len, k_len]);
+                attention::<B>(q, k, v, Some(m), None, AttentionModuleOptions { is_causal: false, ..causal })
+            }
+            LayerMask::Documents(rows) => {
+                let rows = rows.iter().enumerate().map(|(r, docs)| {
+                    let mut start = 0;
+                    let parts = docs.iter().map(|&n| {
+                        let s = [r..r + 1, 0..h, start..start + n, 0..d];
+                        start += n;
+                        attention::<B>(q.clone().slice(s.clone()), k.clone().slice(s.clone()), v.clone().slice(s), None, None, causal)
+                    });
+                    Tensor::cat(parts.collect(), 2)
+                });
+                Tensor::cat(rows.collect(), 0)
+            }
+        };
         self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
     }
 }
@@ -160,14 +189,19 @@ impl<B: Backend> Qwen3<B> {
         let past = cache.as_ref().map_or(0, |c| c.len());
         let (cos, sin) = self.rope.cos_sin::<B>(positions, &device);
         let mask = match mask {
-            AttnMask::Causal => None,
-            AttnMask::KeyPadding(valid) => Some(padding_causal_mask(valid.clone(), t, past)),
+            AttnMask::Causal => LayerMask::Causal,
+            AttnMask::KeyPadding(valid) => LayerMask::Tensor(padding_causal_mask(valid.clone(), t, past)),
+            AttnMask::Explicit(m) => LayerMask::Tensor(m.clone()),
+            AttnMask::Documents(rows) => {
+                assert!(past == 0 && rows.iter().all(|r| r.iter().sum::<usize>() == t), "document lengths must cover each row; no cache");
+                LayerMask::Documents(rows.clone())
+            }
         };
         let mut x = self.embed_tokens.forward(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let attn_in = layer.input_layernorm.forward(x.clone());
             let c = cache.as_deref_mut().map(|c| (c, i));
-            x = x + layer.self_attn.forward(attn_in, cos.clone(), sin.clone(), mask.clone(), c);
+            x = x + layer.self_attn.forward(attn_in, cos.clone(), sin.clone(), &mask, c);
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }
         self.norm.forward(x)
@@ -205,6 +239,20 @@ impl<B: Backend> Qwen3<B> {
         (logp.gather(2, targets).squeeze_dim::<2>(2), logits)
     }
 
+    /// Gives every parameter an id from its place in the module (0, 1, 2, ... in field
+    /// order), so optimizer state saved by one process matches the same model loaded from
+    /// safetensors by another (burn's ids are random at creation).
+    pub fn with_stable_ids(self) -> Self {
+        struct Renumber(u64);
+        impl<B: Backend> burn::module::ModuleMapper<B> for Renumber {
+            fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+                let (_, tensor, mapper) = p.consume();
+                self.0 += 1;
+                Param::from_mapped_value(burn::module::ParamId::from(self.0), tensor, mapper)
+            }
+        }
+        self.map(&mut Renumber(0))
+    }
 }
 
 /// `[batch, 1, t, past + t]`, true = masked: a padding key, or a key after the query.

@@ -12,6 +12,10 @@ pub const DEEPANALYZE_TAGS: [&str; 10] = [
     "</Execute>", "<Answer>", "</Answer>",
 ];
 
+/// The special tokens of the built-in DeepAnalyze (DeepSeek-R1 style) chat template.
+pub const TEMPLATE_SPECIALS: [&str; 4] = ["<｜begin▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"];
+
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
@@ -39,6 +43,48 @@ impl Tokenizer {
             Default::default()
         };
         Ok(Self { inner, path, config })
+    }
+
+    /// Trains a byte-level BPE vocabulary of `vocab_size` ids on `texts` (GPT-2/Qwen-style
+    /// pre-tokenization, no unknown bytes). The chat template's four special tokens come
+    /// first and the ten DeepAnalyze tags are added tokens, so a tag is always one id.
+    /// The config names the built-in DeepAnalyze template's end token as EOS.
+    pub fn train_bpe<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + Send, vocab_size: usize) -> Result<Self> {
+        use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::{DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder};
+        let err = |e: tokenizers::Error| Error::Tokenizer { path: "(training)".into(), reason: e.to_string() };
+        let specials: Vec<AddedToken> = TEMPLATE_SPECIALS.iter().map(|t| AddedToken::from(*t, true)).collect();
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size.saturating_sub(DEEPANALYZE_TAGS.len()))
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut tok = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
+            .with_model(BPE::default())
+            .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false).into()))
+            .with_decoder(Some(ByteLevel::default().into()))
+            .build()
+            .map_err(err)?;
+        tok.train(&mut trainer, texts).map_err(err)?;
+        let inner = tokenizers::Tokenizer::from(tok);
+        let mut decoder = serde_json::Map::new();
+        for t in TEMPLATE_SPECIALS {
+            let id = inner.token_to_id(t).expect("trained in as a special token");
+            decoder.insert(id.to_string(), serde_json::json!({"content": t, "lstrip": false, "normalized": false,
+                                                              "rstrip": false, "single_word": false, "special": true}));
+        }
+        let config = serde_json::json!({
+            "bos_token": TEMPLATE_SPECIALS[0], "eos_token": TEMPLATE_SPECIALS[3], "pad_token": TEMPLATE_SPECIALS[3],
+            "add_bos_token": false, "model_max_length": 32768, "tokenizer_class": "PreTrainedTokenizerFast",
+            "added_tokens_decoder": decoder, "chat_template": crate::chat::DEEPANALYZE_TEMPLATE,
+        });
+        let serde_json::Value::Object(config) = config else { unreachable!() };
+        let mut t = Self { inner, path: "(trained)".into(), config };
+        t.add_deepanalyze_tags();
+        Ok(t)
     }
 
     /// Number of ids the tokenizer can produce (base vocabulary plus added tokens).

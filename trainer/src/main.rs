@@ -5,6 +5,7 @@ mod exec;
 mod generate;
 mod init_model;
 mod score;
+mod stages;
 mod synth;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -64,11 +65,15 @@ fn main() {
         Some(Command::Data(c)) => data::run(c),
         Some(Command::Synth(a)) => synth::run(a),
         None => match (cli.stage, cli.config) {
-            (Some(_), Some(config)) => Err(anyhow::anyhow!(
-                "{}: training stages are not in this build yet (the SFT and RL stages land with their issues); \
-                 available now: generate, score, exec, data, synth, init-model",
-                config.display()
-            )),
+            (Some(stage), Some(config)) => {
+                let kind = match stage {
+                    Stage::SftSingle => Some(curriculum::StageKind::SftSingle),
+                    Stage::SftMulti => Some(curriculum::StageKind::SftMulti),
+                    Stage::Rl => Some(curriculum::StageKind::Rl),
+                    Stage::All => None,
+                };
+                stages::run(kind, &config, &cli.set, &trainer::sft::Resume::parse(&cli.resume))
+            }
             _ => Err(anyhow::anyhow!("nothing to do: give --stage STAGE CONFIG.toml or a command (see --help)")),
         },
     };

@@ -1,0 +1,9 @@
+//! The trainer library behind the `trainer` binary: stage configs, the SFT step and loop,
+//! resumable checkpoints, metrics and plots. (The binary's commands live in src/main.rs
+//! and the files beside it.)
+pub mod metrics;
+pub mod plots;
+pub mod run_ckpt;
+pub mod sft;
+pub mod stage_config;
+pub mod step;

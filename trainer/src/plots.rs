@@ -1,0 +1,82 @@
+//! PNG plots of a finished stage: `loss.png` (training and held-out loss per step) and
+//! `lr.png`, drawn with plotters. Text needs a TrueType font: DejaVu Sans from the system
+//! or the one matplotlib bundles in the sandbox's environment.
+use crate::metrics::Metrics;
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+const FONTS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    ".venv-sandbox/lib/python3*/site-packages/matplotlib/mpl-data/fonts/ttf/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+fn font_ready() -> bool {
+    static ONCE: Once = Once::new();
+    static mut OK: bool = false;
+    ONCE.call_once(|| {
+        let found = FONTS.iter().find_map(|pat| {
+            let path = if pat.contains('*') {
+                let (dir, rest) = pat.split_once("python3*").unwrap();
+                std::fs::read_dir(dir.trim_end_matches('/')).ok()?.flatten().map(|e| e.path().join(rest.trim_start_matches('/'))).find(|p| p.exists())?
+            } else {
+                pat.into()
+            };
+            std::fs::read(path).ok()
+        });
+        if let Some(bytes) = found {
+            let ok = plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice())).is_ok();
+            // SAFETY: written once, inside call_once, before any read.
+            unsafe { OK = ok };
+        }
+    });
+    // SAFETY: only read after call_once has finished.
+    unsafe { OK }
+}
+
+/// Writes the plots; without any font it skips them with a note (the JSONL has the data).
+pub fn write(out: &Path, m: &Metrics) -> Result<()> {
+    if !font_ready() {
+        eprintln!("plots skipped: no TrueType font found (install fonts-dejavu-core); metrics.jsonl has the data");
+        return Ok(());
+    }
+    chart(&out.join("loss.png"), "loss per trained token", &[("train", m.series("loss"), &BLUE), ("held-out", m.series("eval_loss"), &RED)])?;
+    chart(&out.join("lr.png"), "learning rate", &[("lr", m.series("lr"), &BLUE)])?;
+    Ok(())
+}
+
+fn chart(path: &Path, title: &str, series: &[(&str, Vec<(f64, f64)>, &RGBColor)]) -> Result<()> {
+    let e = |e: &dyn std::fmt::Display| anyhow!("{}: {e}", path.display());
+    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
+    if pts.is_empty() {
+        return Ok(());
+    }
+    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let pad = ((y1 - y0) * 0.05).max(1e-12);
+    let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let mut c = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+        .map_err(|x| e(&x))?;
+    c.configure_mesh().x_desc("step").label_style(("sans-serif", 14)).draw().map_err(|x| e(&x))?;
+    for (name, pts, color) in series.iter().filter(|s| !s.1.is_empty()) {
+        let color = **color;
+        c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .map_err(|x| e(&x))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        if pts.len() < 40 {
+            c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|x| e(&x))?;
+        }
+    }
+    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 14)).draw().map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! One optimizer step on packed sequences: the masked next-token loss, gradient
+//! accumulation normalized by the step's trained-token count, global-norm clipping, and
+//! AdamW (two instances: with weight decay for matrices, without for norm gains).
+use crate::stage_config::OptimSpec;
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
+use datasets::PackedSeq;
+use model::{AttnMask, Qwen3};
+use std::path::Path;
+
+/// Summed negative log-likelihood of the trained tokens of `seqs` (all `seq_len` long),
+/// and how many there are. Documents see only themselves (the packing's document mask,
+/// positions restarting at each document); padding is one more document, never trained.
+pub fn nll_sum<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1>, usize) {
+    let device = model.device();
+    let (b, t) = (seqs.len(), seqs[0].ids.len());
+    let mut ids = Vec::with_capacity(b * t);
+    let mut docs = Vec::with_capacity(b);
+    let (mut rows, mut targets) = (vec![], vec![]);
+    for (s, seq) in seqs.iter().enumerate() {
+        ids.extend(seq.ids.iter().map(|&x| x as i64));
+        let mut lens = seq.doc_lens.clone();
+        if seq.real_tokens() < t {
+            lens.push(t - seq.real_tokens()); // the padding
+        }
+        docs.push(lens);
+        for i in 0..t - 1 {
+            if seq.mask[i + 1] == 1 {
+                rows.push((s * t + i) as i64);
+                targets.push(seq.ids[i + 1] as i64);
+            }
+        }
+    }
+    let n = rows.len();
+    if n == 0 {
+        return (Tensor::zeros([1], &device), 0);
+    }
+    let positions: Vec<Vec<usize>> = seqs.iter().map(|s| s.positions.iter().map(|&p| p as usize).collect()).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+    let mask = AttnMask::Documents(docs);
+    let hidden = model.forward_hidden(tokens, &positions, &mask, None);
+    let h = hidden.dims()[2];
+    // Only trained positions reach the LM head: prompts and observations cost no logits.
+    let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
+    let picked = hidden.reshape([b * t, h]).select(0, rows).reshape([1, n, h]);
+    let logp = log_softmax(model.logits(picked), 2);
+    let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, n, 1]), &device);
+    (logp.gather(2, targets).sum().neg(), n)
+}
+
+/// Trained tokens of a set of sequences (the loss denominator).
+pub fn trained_tokens(seqs: &[PackedSeq]) -> usize {
+    seqs.iter().map(|s| s.mask.iter().skip(1).filter(|&&m| m == 1).count()).sum()
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StepStats {
+    /// Mean NLL per trained token over the whole step.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub trained_tokens: usize,
+}
+
+pub struct Optim<B: AutodiffBackend> {
+    decay: OptimizerAdaptor<AdamW, Qwen3<B>, B>,
+    no_decay: OptimizerAdaptor<AdamW, Qwen3<B>, B>,
+    clip: Option<f64>,
+    decay_norms: bool,
+}
+
+/// Why a step could not be taken (the NaN/inf guard).
+#[derive(Debug)]
+pub struct NonFinite {
+    pub micro_batch: Option<usize>,
+    pub what: &'static str,
+    pub value: f64,
+}
+
+impl<B: AutodiffBackend> Optim<B> {
+    pub fn new(o: &OptimSpec) -> Self {
+        let adamw = |wd: f64| {
+            AdamWConfig::new()
+                .with_beta_1(o.betas[0] as f32)
+                .with_beta_2(o.betas[1] as f32)
+                .with_epsilon(o.eps as f32)
+                .with_weight_decay(wd as f32)
+                .init()
+        };
+        let no_decay_wd = if o.decay_norms { o.weight_decay } else { 0.0 };
+        Self { decay: adamw(o.weight_decay), no_decay: adamw(no_decay_wd), clip: o.clip, decay_norms: o.decay_norms }
+    }
+
+    /// One step over `micro_batches`; the model is unchanged when the guard trips.
+    pub fn step(&mut self, model: Qwen3<B>, micro_batches: &[&[PackedSeq]], lr: f64) -> (Qwen3<B>, Result<StepStats, NonFinite>) {
+        let total: usize = micro_batches.iter().map(|m| trained_tokens(m)).sum();
+        let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
+        let mut nll = 0.0;
+        for (i, mb) in micro_batches.iter().enumerate() {
+            let (sum, n) = nll_sum(&model, mb);
+            if n == 0 {
+                continue;
+            }
+            let loss = sum.div_scalar(total as f64);
+            let v = loss.clone().into_scalar().elem::<f64>();
+            if !v.is_finite() {
+                return (model, Err(NonFinite { micro_batch: Some(i), what: "loss", value: v }));
+            }
+            nll += v;
+            acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+        }
+        let mut grads = acc.grads();
+        let grad_norm = clip_global_norm(&model, &mut grads, self.clip);
+        if !grad_norm.is_finite() {
+            return (model, Err(NonFinite { micro_batch: None, what: "gradient norm", value: grad_norm }));
+        }
+        let mut norms = GradientsParams::new();
+        model.visit(&mut MoveVectors { from: &mut grads, to: &mut norms, only_vectors: !self.decay_norms });
+        let model = self.decay.step(lr, model, grads);
+        let model = self.no_decay.step(lr, model, norms);
+        (model, Ok(StepStats { loss: nll, grad_norm, lr, trained_tokens: total }))
+    }
+
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let rec = BinFileRecorder::<FullPrecisionSettings>::new();
+        rec.record(self.decay.to_record(), dir.join("optimizer"))?;
+        rec.record(self.no_decay.to_record(), dir.join("optimizer-no-decay"))?;
+        Ok(())
+    }
+
+    /// Restores the state saved by [`save`](Self::save) (keyed by the model's stable ids).
+    pub fn load(mut self, dir: &Path, device: &B::Device) -> anyhow::Result<Self> {
+        let rec = BinFileRecorder::<FullPrecisionSettings>::new();
+        let load = |name: &str| {
+            let p = dir.join(name);
+            rec.load(p.clone(), device).map_err(|e| anyhow::anyhow!("{}.bin: {e}", p.display()))
+        };
+        self.decay = self.decay.load_record(load("optimizer")?);
+        self.no_decay = self.no_decay.load_record(load("optimizer-no-decay")?);
+        Ok(self)
+    }
+}
+
+/// Moves the gradients of 1-D parameters (norm gains, biases) into `to`.
+struct MoveVectors<'a> {
+    from: &'a mut GradientsParams,
+    to: &'a mut GradientsParams,
+    only_vectors: bool,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for MoveVectors<'_> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        if D == 1 && self.only_vectors {
+            if let Some(g) = self.from.remove::<B::InnerBackend, D>(p.id) {
+                self.to.register::<B::InnerBackend, D>(p.id, g);
+            }
+        }
+    }
+}
+
+/// Scales all gradients so their global L2 norm is at most `max` (as
+/// `torch.nn.utils.clip_grad_norm_`: coefficient max / (norm + 1e-6), capped at 1);
+/// returns the norm before clipping.
+pub fn clip_global_norm<B: AutodiffBackend>(model: &Qwen3<B>, grads: &mut GradientsParams, max: Option<f64>) -> f64 {
+    struct Ids(Vec<(ParamId, usize)>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push((p.id, D));
+        }
+    }
+    let mut ids = Ids(vec![]);
+    model.visit(&mut ids);
+    fn sq<B: Backend, const D: usize>(g: &GradientsParams, id: ParamId) -> f64 {
+        g.get::<B, D>(id).map_or(0.0, |t| t.square().sum().into_scalar().elem::<f64>())
+    }
+    fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, c: f64) {
+        if let Some(t) = g.remove::<B, D>(id) {
+            g.register::<B, D>(id, t.mul_scalar(c));
+        }
+    }
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    let total: f64 = ids
+        .0
+        .iter()
+        .map(|&(id, d)| match d {
+            1 => sq::<I<B>, 1>(grads, id),
+            2 => sq::<I<B>, 2>(grads, id),
+            _ => unreachable!("Qwen3 has 1-D and 2-D parameters only"),
+        })
+        .sum::<f64>()
+        .sqrt();
+    if let Some(max) = max {
+        let c = max / (total + 1e-6);
+        if c < 1.0 {
+            for &(id, d) in &ids.0 {
+                match d {
+                    1 => scale::<I<B>, 1>(grads, id, c),
+                    _ => scale::<I<B>, 2>(grads, id, c),
+                }
+            }
+        }
+    }
+    total
+}
+
+/// Held-out loss: mean NLL per trained token over `seqs`, `micro_batch` at a time, on the
+/// model without autodiff.
+pub fn eval_loss<B: AutodiffBackend>(model: &Qwen3<B>, seqs: &[PackedSeq], micro_batch: usize) -> Option<f64> {
+    let inner = model.valid();
+    let (mut sum, mut n) = (0.0, 0usize);
+    for mb in seqs.chunks(micro_batch) {
+        let (s, k) = nll_sum(&inner, mb);
+        sum += s.into_scalar().elem::<f64>();
+        n += k;
+    }
+    (n > 0).then(|| sum / n as f64)
+}
