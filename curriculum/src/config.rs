@@ -10,7 +10,10 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Resu
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| Error::Config { path: name.clone(), reason: e.to_string() })?;
     let text = apply_overrides(&text, overrides).map_err(|reason| Error::Config { path: name.clone(), reason })?;
-    toml::from_str(&text).map_err(|e| Error::Config { path: name, reason: e.to_string().trim_end().replace("TOML parse error", "invalid config") })
+    toml::from_str(&text).map_err(|e: toml::de::Error| {
+        let at = e.span().map(|s| format!("line {}: ", text[..s.start].lines().count().max(1) + usize::from(text[..s.start].ends_with('\n')))).unwrap_or_default();
+        Error::Config { path: name, reason: format!("{at}{}", e.message().trim_end().replace('\n', "; ")) }
+    })
 }
 
 /// Sets each `key.path=value` (value read as TOML, else as a string) in the document.

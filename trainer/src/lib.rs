@@ -3,6 +3,7 @@
 //! and the files beside it.)
 pub mod metrics;
 pub mod plots;
+pub mod rollout;
 pub mod run_ckpt;
 pub mod sft;
 pub mod stage_config;

@@ -1,6 +1,7 @@
 //! `trainer`: one binary for the whole curriculum. This file only parses the command line
 //! (shapes fixed by shared/design/cli.md) and dispatches; each command lives in its own file.
 mod data;
+mod eval;
 mod exec;
 mod generate;
 mod init_model;
@@ -51,11 +52,17 @@ enum Command {
     Synth(synth::Args),
     /// Run one Python cell in the sandbox (code on stdin); prints the observation.
     Exec(exec::Args),
+    /// Multi-turn rollouts of a checkpoint on RL tasks in the sandbox; prints the shares
+    /// of well-formed, running and correct trajectories.
+    Eval(eval::Args),
     /// Write a randomly initialised Qwen3 checkpoint (HF folder) for a shape and tokenizer.
     InitModel(init_model::Args),
 }
 
 fn main() {
+    // A full disk or a file-size limit must surface as a write error naming the file
+    // (and leave earlier checkpoints alone), not as a signal that kills the run.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Generate(a)) => generate::run(a),
@@ -64,6 +71,7 @@ fn main() {
         Some(Command::Exec(a)) => exec::run(a),
         Some(Command::Data(c)) => data::run(c),
         Some(Command::Synth(a)) => synth::run(a),
+        Some(Command::Eval(a)) => eval::run(a),
         None => match (cli.stage, cli.config) {
             (Some(stage), Some(config)) => {
                 let kind = match stage {

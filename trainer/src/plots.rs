@@ -7,9 +7,10 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
 
-const FONTS: [&str; 3] = [
+const FONTS: [&str; 4] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     ".venv-sandbox/lib/python3*/site-packages/matplotlib/mpl-data/fonts/ttf/DejaVuSans.ttf",
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv-sandbox/lib/python3*/site-packages/matplotlib/mpl-data/fonts/ttf/DejaVuSans.ttf"),
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
 

@@ -5,11 +5,11 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn trainer(args: &[&str]) -> Output {
+pub fn trainer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("run trainer")
 }
 
@@ -19,7 +19,7 @@ fn ok_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})"))
 }
 
-fn err_line(args: &[&str]) -> String {
+pub fn err_line(args: &[&str]) -> String {
     let out = trainer(args);
     assert!(!out.status.success(), "trainer {args:?} should fail");
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();

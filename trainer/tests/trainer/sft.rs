@@ -1,0 +1,111 @@
+//! The SFT step against PyTorch (scripts/make_sft_parity.py): from the same transformers
+//! checkpoint and the same packed batches, every step's loss, gradient norm and lr, and
+//! the final parameters, with gradient accumulation on and off.
+use crate::cli::root;
+use datasets::PackedSeq;
+use model::Checkpoint;
+use serde_json::Value;
+use trainer::sft::TrainBackend;
+use trainer::stage_config::{lr_at, OptimSpec};
+use trainer::step::{nll_sum, Optim};
+
+fn fixture() -> (std::path::PathBuf, Vec<Vec<PackedSeq>>, Value) {
+    let dir = root().join("trainer/tests/fixtures/sft-parity");
+    let read = |f: &str| serde_json::from_str::<Value>(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap();
+    let v = |x: &Value| x.as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect::<Vec<u64>>();
+    let steps = read("batches.json")["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|seqs| {
+            seqs.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| PackedSeq {
+                    ids: v(&s["ids"]).iter().map(|&x| x as u32).collect(),
+                    mask: v(&s["mask"]).iter().map(|&x| x as u8).collect(),
+                    positions: v(&s["positions"]).iter().map(|&x| x as u32).collect(),
+                    doc_lens: v(&s["doc_lens"]).iter().map(|&x| x as usize).collect(),
+                })
+                .collect()
+        })
+        .collect();
+    let reference = read("reference.json");
+    (dir, steps, reference)
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-12)
+}
+
+fn spec(r: &Value) -> OptimSpec {
+    let o = &r["optim"];
+    toml::from_str(&format!(
+        "lr = {}\nbetas = [{}, {}]\neps = {}\nweight_decay = {}\nclip = {}\nwarmup = {}\nschedule = \"cosine\"",
+        o["lr"], o["betas"][0], o["betas"][1], o["eps"], o["weight_decay"], o["clip"], o["warmup"]
+    ))
+    .unwrap()
+}
+
+#[test]
+fn adamw_steps_match_pytorch_with_and_without_accumulation() {
+    let (dir, steps, reference) = fixture();
+    let spec = spec(&reference);
+    for micro_batch in [2, 1] {
+        let device = Default::default();
+        let mut model = Checkpoint::<TrainBackend>::load(&dir.join("model"), &device).unwrap().model.with_stable_ids();
+        let mut optim = Optim::<TrainBackend>::new(&spec);
+        for (i, seqs) in steps.iter().enumerate() {
+            let want = &reference["steps"][i];
+            let lr = lr_at(&spec, i as u64, steps.len() as u64);
+            assert!(rel(lr, want["lr"].as_f64().unwrap()) < 1e-12 || lr == 0.0 && want["lr"] == 0.0, "step {i}: lr {lr} vs {}", want["lr"]);
+            let mbs: Vec<&[PackedSeq]> = seqs.chunks(micro_batch).collect();
+            let (m, stats) = optim.step(model, &mbs, lr);
+            model = m;
+            let stats = stats.unwrap();
+            assert_eq!(stats.trained_tokens as u64, want["trained_tokens"].as_u64().unwrap());
+            let (loss, norm) = (want["loss"].as_f64().unwrap(), want["grad_norm"].as_f64().unwrap());
+            assert!(rel(stats.loss, loss) < 1e-4, "micro_batch {micro_batch}, step {i}: loss {} vs PyTorch {loss}", stats.loss);
+            assert!(rel(stats.grad_norm, norm) < 1e-4, "micro_batch {micro_batch}, step {i}: grad norm {} vs PyTorch {norm}", stats.grad_norm);
+        }
+        // Final weights: every parameter's norm, by checkpoint name.
+        let out = tempfile::tempdir().unwrap();
+        let ck = Checkpoint::<TrainBackend>::load(&dir.join("model"), &device).unwrap();
+        model::checkpoint::save(&model, &ck.config, out.path(), 1 << 30).unwrap();
+        let bytes = std::fs::read(out.path().join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let norms = reference["final_param_norms"].as_object().unwrap();
+        for (name, want) in norms {
+            let name = if name == "lm_head.weight" { "model.embed_tokens.weight" } else { name.as_str() };
+            let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
+            let norm = t.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).map(|x| x * x).sum::<f64>().sqrt();
+            assert!(rel(norm, want.as_f64().unwrap()) < 1e-4, "micro_batch {micro_batch}: {name} norm {norm} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn a_packed_sequence_scores_like_its_documents_alone() {
+    // The document mask and restarting positions: a packed row's loss equals the sum
+    // of its documents' losses computed one by one without packing.
+    let (dir, steps, _) = fixture();
+    let model = Checkpoint::<model::DefaultBackend>::load(&dir.join("model"), &Default::default()).unwrap().model;
+    let packed = &steps[0][0];
+    let (sum, n) = nll_sum(&model, std::slice::from_ref(packed));
+    let (mut alone, mut k, mut start) = (0.0, 0, 0);
+    for &len in &packed.doc_lens {
+        let doc = PackedSeq {
+            ids: packed.ids[start..start + len].to_vec(),
+            mask: packed.mask[start..start + len].to_vec(),
+            positions: (0..len as u32).collect(),
+            doc_lens: vec![len],
+        };
+        let (s, m) = nll_sum(&model, &[doc]);
+        alone += s.into_scalar();
+        k += m;
+        start += len;
+    }
+    assert_eq!(n, k);
+    let packed_sum = sum.into_scalar();
+    assert!(rel(packed_sum as f64, alone as f64) < 1e-5, "packed {packed_sum} vs documents alone {alone}");
+}

@@ -1,0 +1,250 @@
+//! The SFT stages as users run them: a tiny from-scratch model on a small shard of
+//! arithmetic Q&A. SIGKILL + `--resume auto` reaches the same bytes as an uninterrupted
+//! run; bad input fails with the file and field named and keeps what was written; the
+//! curriculum chains stages and enforces gates; metrics are readable by TensorBoard.
+use crate::cli::{err_line, root};
+use datasets::{Message, SftSample, ShardWriter};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Shard of `n` arithmetic samples (ability "math", difficulty by operand size).
+fn write_data(dir: &Path, n: usize) {
+    let mut w = ShardWriter::<SftSample>::create(dir, 1 << 20).unwrap();
+    for i in 0..n {
+        let (a, b) = (i * 7 % 53, i * 13 % 97);
+        w.write(SftSample {
+            id: format!("add-{i}"),
+            ability: "math".into(),
+            source: "test".into(),
+            messages: vec![
+                Message::new("user", format!("# Instruction\nWhat is {a} + {b}?")),
+                Message::new("assistant", format!("<Analyze>\nAdd {a} and {b}.\n</Analyze>\n<Answer>\n{}\n</Answer>", a + b)),
+            ],
+            difficulty: Some(((a + b) as f32 / 150.0).min(1.0)),
+        })
+        .unwrap();
+    }
+    w.finish().unwrap();
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        write_data(&dir.join("data"), 80);
+        std::fs::write(
+            dir.join("arch.json"),
+            r#"{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0, "tie_word_embeddings": true, "max_position_embeddings": 512}"#,
+        )
+        .unwrap();
+        Fixture { _tmp: tmp, dir }
+    }
+
+    /// A stage config; `model` is the `[model]` body.
+    fn config(&self, name: &str, model: &str, extra: &str) -> PathBuf {
+        let d = &self.dir;
+        let text = format!(
+            "out = \"{out}\"\nseed = 3\n[model]\n{model}\n[data]\nheldout = 0.2\n[[data.sources]]\npath = \"{data}\"\n\
+             [batch]\nseq_len = 128\nbatch_tokens = 256\nmicro_batch = 1\n\
+             [optim]\nlr = 3e-3\nbetas = [0.9, 0.95]\nweight_decay = 0.1\nclip = 1.0\nwarmup = 0.1\n\
+             [train]\nmax_steps = 24\n[checkpoint]\nevery = 2\nkeep_last = 2\n[eval]\nevery = 12\n{extra}",
+            out = d.join(name).display(),
+            data = d.join("data").display(),
+        );
+        let p = d.join(format!("{name}.toml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn scratch(&self) -> String {
+        format!("arch = \"{}\"\ntokenizer_vocab = 400", self.dir.join("arch.json").display())
+    }
+
+    fn from_init(&self, init: &Path) -> String {
+        format!("init = \"{}\"", init.display())
+    }
+}
+
+fn stage(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = stage(args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "trainer {args:?} failed:\n{err}");
+    err
+}
+
+fn lines(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn sigkill_at_a_random_step_then_resume_gives_the_same_weights() {
+    let fx = Fixture::new();
+    let a = fx.config("a", &fx.scratch(), "");
+    ok(&["--stage", "sft-single", a.to_str().unwrap()]);
+    let init = fx.dir.join("a/init");
+    let b = fx.config("b", &fx.from_init(&init), "");
+    // Kill somewhere after the first checkpoint, at a step that varies run to run.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let kill_at = 3 + nanos % 17;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["--stage", "sft-single", b.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = fx.dir.join("b/metrics.jsonl");
+    loop {
+        let step = std::fs::read_to_string(&metrics).unwrap_or_default().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64()).max().unwrap_or(0);
+        if step >= kill_at {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before step {kill_at}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!fx.dir.join("b/final").exists(), "killed at step {kill_at}, yet the run finished");
+    let log = ok(&["--stage", "sft-single", b.to_str().unwrap(), "--resume", "auto"]);
+    assert!(log.contains("resumed at step"), "{log}");
+    let weights = |run: &str| std::fs::read(fx.dir.join(run).join("final/model.safetensors")).unwrap();
+    assert!(weights("a") == weights("b"), "killed at step {kill_at} and resumed: final weights differ from the uninterrupted run");
+    // One row per step after the resume, none duplicated.
+    let steps: Vec<u64> = lines(&metrics).iter().filter(|r| r.get("loss").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=24).collect::<Vec<_>>());
+    assert!(std::fs::read_dir(fx.dir.join("b/checkpoints")).unwrap().count() <= 2, "keep_last = 2");
+}
+
+#[test]
+fn bad_input_names_the_file_and_field_and_keeps_earlier_checkpoints() {
+    let fx = Fixture::new();
+    let a = fx.config("a", &fx.scratch(), "");
+    ok(&["--stage", "sft-single", a.to_str().unwrap(), "--set", "train.max_steps=2"]);
+    let init = fx.dir.join("a/init");
+
+    let typo = fx.config("typo", &fx.from_init(&init), "[optim2]\nlrr = 1\n");
+    let e = err_line(&["--stage", "sft-single", typo.to_str().unwrap()]);
+    assert!(e.contains("typo.toml") && e.contains("unknown field `optim2`") && e.contains("line 26"), "{e}");
+    let e = err_line(&["--stage", "sft-single", a.to_str().unwrap(), "--set", "optim.lrr=1"]);
+    assert!(e.contains("unknown field `lrr`"), "{e}");
+
+    let missing = fx.config("missing", &fx.from_init(&init), "");
+    std::fs::write(&missing, std::fs::read_to_string(&missing).unwrap().replace("/data\"", "/no-such-shards\"")).unwrap();
+    let e = err_line(&["--stage", "sft-single", missing.to_str().unwrap()]);
+    assert!(e.contains("no-such-shards/_manifest.json"), "{e}");
+
+    // A checkpoint whose config.json disagrees with its weights.
+    let copy = |name: &str| {
+        let d = fx.dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in std::fs::read_dir(&init).unwrap().flatten() {
+            std::fs::copy(f.path(), d.join(f.file_name())).unwrap();
+        }
+        d
+    };
+    let other = copy("other-shape");
+    let cfg = std::fs::read_to_string(other.join("config.json")).unwrap().replace("\"hidden_size\": 32", "\"hidden_size\": 48");
+    std::fs::write(other.join("config.json"), cfg).unwrap();
+    let c = fx.config("c", &fx.from_init(&other), "");
+    let e = err_line(&["--stage", "sft-single", c.to_str().unwrap()]);
+    assert!(e.contains("model.safetensors") && e.contains("shape"), "{e}");
+
+    // A tokenizer without the DeepAnalyze tags.
+    let untagged = copy("untagged");
+    let mut tj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(untagged.join("tokenizer.json")).unwrap()).unwrap();
+    tj["added_tokens"].as_array_mut().unwrap().retain(|t| !t["content"].as_str().unwrap().starts_with("<A"));
+    std::fs::write(untagged.join("tokenizer.json"), tj.to_string()).unwrap();
+    let d = fx.config("d", &fx.from_init(&untagged), "");
+    let e = err_line(&["--stage", "sft-single", d.to_str().unwrap()]);
+    assert!(e.contains("untagged/tokenizer.json") && e.contains("DeepAnalyze tags"), "{e}");
+
+    // A full disk while checkpointing: the file size limit makes the next checkpoint's
+    // weights fail to write; the error names the file, the earlier checkpoint stays
+    // complete and loadable, and no partial folder is left.
+    let full = fx.config("full", &fx.from_init(&init), "");
+    ok(&["--stage", "sft-single", full.to_str().unwrap()]);
+    let run = fx.dir.join("full");
+    for p in ["final", "outcome.json", "checkpoints/step-00000024"] {
+        let p = run.join(p);
+        if p.is_dir() { std::fs::remove_dir_all(p).unwrap() } else { std::fs::remove_file(p).unwrap() }
+    }
+    let before = std::fs::read(run.join("checkpoints/step-00000022/model.safetensors")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    cmd.args(["--stage", "sft-single", full.to_str().unwrap()]);
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 40_000, rlim_max: 40_000 };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a write past the size limit should fail");
+    assert!(e.contains("step-00000024") && e.contains("earlier checkpoints are untouched"), "{e}");
+    assert_eq!(std::fs::read(run.join("checkpoints/step-00000022/model.safetensors")).unwrap(), before);
+    let names: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+    assert!(names.iter().all(|n| !n.starts_with(".tmp")), "partial checkpoint left: {names:?}");
+    let resumed = ok(&["--stage", "sft-single", full.to_str().unwrap()]);
+    assert!(resumed.contains("resumed at step 22"), "{resumed}");
+}
+
+#[test]
+fn the_curriculum_chains_stages_checks_gates_and_writes_tensorboard_and_plots() {
+    let fx = Fixture::new();
+    let s1 = fx.config("s1", &fx.scratch(), "");
+    let s2 = fx.config("s2", &fx.from_init(Path::new("/ignored/by/the/plan")), "");
+    let plan = fx.dir.join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!("[[stage]]\nkind = \"sft-single\"\nconfig = \"{}\"\nfrom_previous = false\ngate = {{ min_eval_drop = 0.05 }}\n\
+                 [[stage]]\nkind = \"sft-multi\"\nconfig = \"{}\"\n", s1.display(), s2.display()),
+    )
+    .unwrap();
+    ok(&["--stage", "all", plan.to_str().unwrap()]);
+    let outcome = |run: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(fx.dir.join(run).join("outcome.json")).unwrap()).unwrap() };
+    let (o1, o2) = (outcome("s1"), outcome("s2"));
+    // Stage 2 starts from stage 1's final weights: same held-out set, same loss.
+    let (end1, start2) = (o1["last_eval_loss"].as_f64().unwrap(), o2["first_eval_loss"].as_f64().unwrap());
+    assert!((end1 - start2).abs() < 1e-5 * end1, "stage 2 starts at {start2}, stage 1 ended at {end1}");
+    assert!(o2["last_eval_loss"].as_f64().unwrap() < start2, "held-out loss falls in stage 2");
+    for png in ["s1/loss.png", "s2/lr.png"] {
+        let bytes = std::fs::read(fx.dir.join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+    }
+    // TensorBoard's own reader sees every logged loss.
+    let events = std::fs::read_dir(fx.dir.join("s1")).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents")).unwrap().path();
+    let py = root().join(".venv-tools/bin/python");
+    let out = Command::new(py)
+        .args(["-c", "import sys, json\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator as E\n\
+                      a = E(sys.argv[1]); a.Reload()\nprint(json.dumps([[e.step, e.value] for e in a.Scalars('loss')]))", events.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tb: Vec<(u64, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<(u64, f64)> = lines(&fx.dir.join("s1/metrics.jsonl")).iter().filter(|r| r.get("loss").is_some()).map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap())).collect();
+    assert_eq!(tb.len(), ours.len());
+    for (t, o) in tb.iter().zip(&ours) {
+        assert!(t.0 == o.0 && (t.1 - o.1).abs() < 1e-5 * o.1.abs(), "{t:?} vs {o:?}");
+    }
+    // A gate the outcome cannot pass stops the plan before the next stage.
+    let strict = fx.dir.join("strict.toml");
+    let s3 = fx.config("s3", &fx.from_init(&fx.dir.join("s1/final")), "");
+    std::fs::write(&strict, format!("[[stage]]\nkind = \"sft-single\"\nconfig = \"{}\"\nfrom_previous = false\ngate = {{ max_eval_loss = 0.001 }}\n\
+                                     [[stage]]\nkind = \"sft-multi\"\nconfig = \"{}\"\n", s3.display(), s2.display())).unwrap();
+    let o = stage(&["--stage", "all", strict.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let e = stderr.trim().lines().last().unwrap();
+    assert!(e.contains("gate.max_eval_loss") && e.contains("did not pass"), "{e}");
+}
