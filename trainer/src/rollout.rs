@@ -96,8 +96,11 @@ pub fn run<B: Backend>(
             match g.finish {
                 model::Finish::StopString(_) => {
                     r.text.push_str(&piece);
-                    let code = extract_code(&piece).unwrap_or_default();
-                    let obs = sandbox.run(&workspaces[i], &code, Mode::Stateless).observation;
+                    // No fenced block: the published environment's "no code" error.
+                    let obs = match extract_code(&piece) {
+                        Some(code) => sandbox.run(&workspaces[i], &code, Mode::Stateless).observation,
+                        None => sandbox::NO_CODE_OBSERVATION.to_string(),
+                    };
                     r.cells += 1;
                     r.failed_cells += usize::from(obs.starts_with("[Error]"));
                     let block = format!("\n<Execute>\n{obs}\n</Execute>\n");

@@ -142,6 +142,13 @@ fn bad_input_names_the_file_and_field_and_keeps_earlier_checkpoints() {
     let e = err_line(&["--stage", "sft-single", missing.to_str().unwrap()]);
     assert!(e.contains("no-such-shards/_manifest.json"), "{e}");
 
+    // The NaN/inf guard: an absurd learning rate blows the weights up after the first
+    // real update; the run stops naming the step, micro-batch and samples.
+    let nan = fx.config("nan", &fx.from_init(&init), "");
+    let o = stage(&["--stage", "sft-single", nan.to_str().unwrap(), "--set", "optim.lr=1e30", "--set", "checkpoint.every=0"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("step ") && (e.contains("loss is") || e.contains("gradient norm is")) && e.contains("data#"), "{e}");
+
     // A checkpoint whose config.json disagrees with its weights.
     let copy = |name: &str| {
         let d = fx.dir.join(name);
