@@ -229,3 +229,15 @@ fn read_rope(f: &Fields, max_pos: usize) -> Result<(f64, RopeScaling)> {
     };
     Ok((theta, scaling))
 }
+
+impl Qwen3Config {
+    /// Records the tokenizer's `eos`/`pad`/`bos` ids as `{key}_token_id` in config.json,
+    /// as transformers writes them for a new model.
+    pub fn set_special_token_ids(&mut self, tok: &crate::Tokenizer) {
+        for key in ["eos_token", "pad_token", "bos_token"] {
+            if let Some(id) = tok.special_token(key).and_then(|t| tok.token_to_id(&t)) {
+                self.raw.insert(format!("{key}_id"), id.into());
+            }
+        }
+    }
+}

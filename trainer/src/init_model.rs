@@ -29,11 +29,7 @@ pub fn run(args: Args) -> Result<()> {
     tokenizer.add_deepanalyze_tags();
     let mut config = Qwen3Config::from_file(&args.config)?;
     config.vocab_size = config.vocab_size.max(tokenizer.len());
-    for key in ["eos_token", "pad_token", "bos_token"] {
-        if let Some(id) = tokenizer.special_token(key).and_then(|t| tokenizer.token_to_id(&t)) {
-            config.raw.insert(format!("{key}_id"), id.into());
-        }
-    }
+    config.set_special_token_ids(&tokenizer);
     <B as burn::tensor::backend::Backend>::seed(&Default::default(), args.seed);
     let device = Default::default();
     let model = Qwen3::<B>::init(&config, &device);

@@ -5,7 +5,7 @@ use crate::metrics::Metrics;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::path::Path;
-use std::sync::Once;
+use std::sync::OnceLock;
 
 const FONTS: [&str; 4] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -14,10 +14,10 @@ const FONTS: [&str; 4] = [
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
 
+/// Registers the first font found (once per process); false when there is none.
 fn font_ready() -> bool {
-    static ONCE: Once = Once::new();
-    static mut OK: bool = false;
-    ONCE.call_once(|| {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
         let found = FONTS.iter().find_map(|pat| {
             let path = if pat.contains('*') {
                 let (dir, rest) = pat.split_once("python3*").unwrap();
@@ -27,14 +27,8 @@ fn font_ready() -> bool {
             };
             std::fs::read(path).ok()
         });
-        if let Some(bytes) = found {
-            let ok = plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice())).is_ok();
-            // SAFETY: written once, inside call_once, before any read.
-            unsafe { OK = ok };
-        }
-    });
-    // SAFETY: only read after call_once has finished.
-    unsafe { OK }
+        found.is_some_and(|bytes| plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice())).is_ok())
+    })
 }
 
 /// Writes the plots; without any font it skips them with a note (the JSONL has the data).

@@ -271,23 +271,14 @@ fn source_model(cfg: &StageConfig, cfg_path: &Path, init: Option<&Path>, split: 
         };
         let mut config = Qwen3Config::from_file(arch).with_context(|| format!("{}: model.arch", cfg_path.display()))?;
         config.vocab_size = tok.len();
-        for key in ["eos_token", "pad_token", "bos_token"] {
-            if let Some(id) = tok.special_token(key).and_then(|t| tok.token_to_id(&t)) {
-                config.raw.insert(format!("{key}_id"), id.into());
-            }
-        }
+        config.set_special_token_ids(&tok);
         <DefaultBackend as Backend>::seed(&Default::default(), cfg.seed);
         let model = Qwen3::<DefaultBackend>::init(&config, &Default::default());
         let ck = Checkpoint { dir: init_dir.clone(), config, model, tokenizer: Some(tok) };
         ck.save(&init_dir, model::DEFAULT_MAX_SHARD_BYTES)?;
-        eprintln!("from scratch: {} parameters, vocabulary {} → {}", param_count(&ck.model), ck.config.vocab_size, init_dir.display());
+        eprintln!("from scratch: {} parameters, vocabulary {} → {}", burn::module::Module::num_params(&ck.model), ck.config.vocab_size, init_dir.display());
     }
     Ok(Checkpoint::<TrainBackend>::load(&init_dir, device)?)
-}
-
-fn param_count<B: Backend>(m: &Qwen3<B>) -> usize {
-    use burn::module::Module;
-    m.num_params()
 }
 
 /// A byte-level BPE tokenizer trained on the corpus shards (default: the training split).
