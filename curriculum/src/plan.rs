@@ -56,6 +56,8 @@ pub struct Gate {
     /// The held-out loss must fall by at least this fraction from the first evaluation
     /// (before any update) to the last.
     pub min_eval_drop: Option<f64>,
+    /// RL: the held-out success rate must rise by at least this (absolute; 0 = not fall).
+    pub min_success_gain: Option<f64>,
 }
 
 /// What a finished stage reports to the plan.
@@ -66,6 +68,11 @@ pub struct StageOutcome {
     pub first_eval_loss: Option<f64>,
     pub last_eval_loss: Option<f64>,
     pub steps: u64,
+    /// RL: held-out success rate before the first update and after the last.
+    #[serde(default)]
+    pub first_success: Option<f64>,
+    #[serde(default)]
+    pub last_success: Option<f64>,
 }
 
 impl Plan {
@@ -95,6 +102,13 @@ impl Gate {
                     return Err(format!("gate.min_eval_drop: held-out loss fell {:.1}% ({a:.4} → {b:.4}), needs {:.1}%", 100.0 * (a - b) / a, 100.0 * drop))
                 }
                 _ => return Err("gate.min_eval_drop: the stage needs an evaluation before and after training".into()),
+            }
+        }
+        if let Some(gain) = self.min_success_gain {
+            match (o.first_success, o.last_success) {
+                (Some(a), Some(b)) if b - a >= gain => {}
+                (Some(a), Some(b)) => return Err(format!("gate.min_success_gain: held-out success went {a:.3} → {b:.3}, needs +{gain}")),
+                _ => return Err("gate.min_success_gain: the stage needs a held-out evaluation before and after training".into()),
             }
         }
         Ok(())

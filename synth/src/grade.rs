@@ -23,13 +23,18 @@ pub fn parse_answers(text: &str) -> Vec<(String, String)> {
 }
 
 pub fn values_match(got: &str, want: &str) -> bool {
+    values_match_tol(got, want, 1e-12)
+}
+
+/// [`values_match`] with numbers equal up to `rel_tol` relative (at least `rel_tol` absolute).
+pub fn values_match_tol(got: &str, want: &str, rel_tol: f64) -> bool {
     let norm = |s: &str| s.trim().trim_matches(|c| c == '"' || c == '\'').trim().to_lowercase();
     let (g, w) = (norm(got), norm(want));
     if g == w {
         return true;
     }
     match (g.parse::<f64>(), w.parse::<f64>()) {
-        (Ok(a), Ok(b)) => (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+        (Ok(a), Ok(b)) => (a - b).abs() <= rel_tol * b.abs().max(1.0),
         _ => false,
     }
 }
@@ -37,10 +42,15 @@ pub fn values_match(got: &str, want: &str) -> bool {
 /// Per label: whether the response gives that name a matching value (the last one given
 /// counts, as a model may correct itself).
 pub fn grade(response: &str, labels: &[(String, String)]) -> Vec<bool> {
+    grade_tol(response, labels, 1e-12)
+}
+
+/// [`grade`] with numbers equal up to `rel_tol`.
+pub fn grade_tol(response: &str, labels: &[(String, String)], rel_tol: f64) -> Vec<bool> {
     let given = parse_answers(response);
     labels
         .iter()
-        .map(|(name, want)| given.iter().rev().find(|(n, _)| n == name).is_some_and(|(_, v)| values_match(v, want)))
+        .map(|(name, want)| given.iter().rev().find(|(n, _)| n == name).is_some_and(|(_, v)| values_match_tol(v, want, rel_tol)))
         .collect()
 }
 

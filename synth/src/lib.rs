@@ -335,6 +335,11 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
                 "dimensions": ["usefulness", "richness", "soundness", "interpretability", "readability"]}),
             _ => serde_json::json!({"method": "dabench"}),
         };
+        // Data tasks carry the Inspector's file check: RL runs it in the rollout's workspace.
+        let mut judge = judge;
+        if let Some(code) = &o.task.file_check {
+            judge["file_check"] = code.clone().into();
+        }
         rl.write(RlTask {
             id: o.task.id.clone(),
             kind: kind.into(),

@@ -1,12 +1,14 @@
 //! `trainer eval --model DIR --tasks SHARDS`: multi-turn rollouts of a checkpoint on RL
 //! task shards (the synthesizer's or imported ones) in the sandbox, and the share of
-//! tasks whose trajectory is well formed, whose code runs, and whose answer is right.
+//! tasks whose trajectory is well formed, whose code runs, and whose answer (the
+//! `<Answer>` block's) is right.
 use anyhow::{Context, Result};
 use model::{Checkpoint, DefaultBackend as B, SamplingConfig};
 use sandbox::{Sandbox, SandboxConfig};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
+use trainer::evaluate;
 use trainer::rollout::{self, RolloutConfig};
 
 #[derive(clap::Args)]
@@ -49,30 +51,21 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = RolloutConfig {
         max_turns: a.max_turns,
         max_new_tokens: a.max_new_tokens,
+        max_response_tokens: a.max_turns * (a.max_new_tokens + 1024),
         sampling: SamplingConfig { temperature: a.temperature, seed: a.seed, ..SamplingConfig::default() },
     };
     let bar = indicatif::ProgressBar::new(tasks.len() as u64).with_message("rollouts");
     bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} ETA {eta}").unwrap());
-    let rollouts = rollout::run(&ck.model, tok, &template, &ck.eos_token_ids(), &sandbox, &tasks, &a.tasks, &cfg, |n| bar.inc(n as u64))?;
+    let with_dirs: Vec<_> = tasks.iter().map(|t| (t, rollout::workspace_dir(t, &a.tasks))).collect();
+    let (records, summary) = evaluate::run(&ck.model, tok, &template, &ck.eos_token_ids(), &sandbox, &with_dirs, &cfg, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    let n = rollouts.len() as f64;
-    let share = |f: &dyn Fn(&rollout::Rollout) -> bool| rollouts.iter().filter(|r| f(r)).count() as f64 / n;
-    let ran = |r: &rollout::Rollout| r.cells > 0 && r.failed_cells == 0;
-    let graded: Vec<bool> = rollouts.iter().filter_map(|r| r.correct).collect();
-    let summary = json!({
-        "model": a.model, "tasks": rollouts.len(),
-        "well_formed": share(&|r| r.well_formed),
-        "code_ran": share(&ran),
-        "well_formed_and_ran": share(&|r| r.well_formed && ran(r)),
-        "cell_success_rate": rollouts.iter().map(|r| r.cells - r.failed_cells).sum::<usize>() as f64 / rollouts.iter().map(|r| r.cells).sum::<usize>().max(1) as f64,
-        "correct": (!graded.is_empty()).then(|| graded.iter().filter(|&&c| c).count() as f64 / graded.len() as f64),
-        "mean_cells": rollouts.iter().map(|r| r.cells).sum::<usize>() as f64 / n,
-    });
+    let mut summary = serde_json::to_value(&summary)?;
+    summary["model"] = json!(a.model);
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
         std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&summary)?)?;
         let mut f = std::fs::File::create(out.join("rollouts.jsonl"))?;
-        for r in &rollouts {
+        for r in &records {
             writeln!(f, "{}", serde_json::to_string(r)?)?;
         }
     }

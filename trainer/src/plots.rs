@@ -1,6 +1,7 @@
 //! PNG plots of a finished stage: `loss.png` (training and held-out loss per step) and
-//! `lr.png`, drawn with plotters. Text needs a TrueType font: DejaVu Sans from the system
-//! or the one matplotlib bundles in the sandbox's environment.
+//! `lr.png`, or for RL `reward.png` and `success.png`, drawn with plotters. Text needs a
+//! TrueType font: DejaVu Sans from the system or the one matplotlib bundles in the
+//! sandbox's environment.
 use crate::metrics::Metrics;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
@@ -39,6 +40,18 @@ pub fn write(out: &Path, m: &Metrics) -> Result<()> {
     }
     chart(&out.join("loss.png"), "loss per trained token", &[("train", m.series("loss"), &BLUE), ("held-out", m.series("eval_loss"), &RED)])?;
     chart(&out.join("lr.png"), "learning rate", &[("lr", m.series("lr"), &BLUE)])?;
+    Ok(())
+}
+
+/// The RL stage's plots: `reward.png` (rollout reward and format share per step) and
+/// `success.png` (held-out success rate).
+pub fn write_rl(out: &Path, m: &Metrics) -> Result<()> {
+    if !font_ready() {
+        eprintln!("plots skipped: no TrueType font found (install fonts-dejavu-core); metrics.jsonl has the data");
+        return Ok(());
+    }
+    chart(&out.join("reward.png"), "rollout reward", &[("reward", m.series("reward"), &BLUE), ("format ok", m.series("format_ok"), &GREEN)])?;
+    chart(&out.join("success.png"), "held-out success", &[("success", m.series("eval_success"), &RED), ("well formed", m.series("eval_well_formed"), &BLUE)])?;
     Ok(())
 }
 

@@ -171,7 +171,7 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     let final_dir = out.join("final");
     run_ckpt::write_atomic(&final_dir, &model, &config, &tok, &source_dtype, |_| Ok(()))?;
     crate::plots::write(out, &metrics)?;
-    let outcome = StageOutcome { kind, final_dir, first_eval_loss: state.first_eval_loss, last_eval_loss: last_eval, steps: state.step };
+    let outcome = StageOutcome { kind, final_dir, first_eval_loss: state.first_eval_loss, last_eval_loss: last_eval, steps: state.step, first_success: None, last_success: None };
     std::fs::write(&outcome_path, serde_json::to_string_pretty(&outcome)?)?;
     eprintln!("{}: done: {} steps, held-out loss {:?} → {:?}; model in {}", kind.name(), outcome.steps,
               outcome.first_eval_loss, outcome.last_eval_loss, outcome.final_dir.display());

@@ -4,6 +4,8 @@
 use anyhow::{bail, Result};
 use curriculum::{Plan, StageKind};
 use std::path::Path;
+use trainer::rl;
+use trainer::rl_config::RlConfig;
 use trainer::sft::{self, Resume};
 use trainer::stage_config::StageConfig;
 
@@ -14,7 +16,8 @@ pub fn run(kind: Option<StageKind>, config: &Path, overrides: &[String], resume:
 
 fn run_one(kind: StageKind, config: &Path, overrides: &[String], init: Option<&Path>, resume: &Resume) -> Result<curriculum::StageOutcome> {
     if kind == StageKind::Rl {
-        bail!("{}: the RL stage (GRPO) is not in this build yet; sft-single, sft-multi and plans of them run", config.display());
+        let cfg = RlConfig::load(config, overrides)?;
+        return rl::run(&cfg, config, init, resume);
     }
     let cfg = StageConfig::load(config, overrides)?;
     sft::run(kind, &cfg, config, init, resume)

@@ -17,6 +17,18 @@ use std::path::Path;
 /// and how many there are. Documents see only themselves (the packing's document mask,
 /// positions restarting at each document); padding is one more document, never trained.
 pub fn nll_sum<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1>, usize) {
+    match trained_logprobs(model, seqs) {
+        Some((logp, _)) => {
+            let n = logp.dims()[0];
+            (logp.sum().neg(), n)
+        }
+        None => (Tensor::zeros([1], &model.device()), 0),
+    }
+}
+
+/// Log-probability of every trained token of `seqs` (`[n]`, in row-major order of the
+/// positions), with the whole log-distribution at each (`[n, vocab]`); None without any.
+pub fn trained_logprobs<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
     let device = model.device();
     let (b, t) = (seqs.len(), seqs[0].ids.len());
     let mut ids = Vec::with_capacity(b * t);
@@ -38,7 +50,7 @@ pub fn nll_sum<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1
     }
     let n = rows.len();
     if n == 0 {
-        return (Tensor::zeros([1], &device), 0);
+        return None;
     }
     let positions: Vec<Vec<usize>> = seqs.iter().map(|s| s.positions.iter().map(|&p| p as usize).collect()).collect();
     let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
@@ -49,8 +61,9 @@ pub fn nll_sum<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1
     let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
     let picked = hidden.reshape([b * t, h]).select(0, rows).reshape([1, n, h]);
     let logp = log_softmax(model.logits(picked), 2);
+    let v = logp.dims()[2];
     let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, n, 1]), &device);
-    (logp.gather(2, targets).sum().neg(), n)
+    Some((logp.clone().gather(2, targets).reshape([n]), logp.reshape([n, v])))
 }
 
 /// Trained tokens of a set of sequences (the loss denominator).
@@ -115,7 +128,13 @@ impl<B: AutodiffBackend> Optim<B> {
             nll += v;
             acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
-        let mut grads = acc.grads();
+        let (model, grad_norm) = self.apply(model, acc.grads(), lr);
+        (model, grad_norm.map(|grad_norm| StepStats { loss: nll, grad_norm, lr, trained_tokens: total }))
+    }
+
+    /// Clips `grads` by global norm and takes the AdamW step; returns the norm before
+    /// clipping (the model is unchanged when it is not finite).
+    pub fn apply(&mut self, model: Qwen3<B>, mut grads: GradientsParams, lr: f64) -> (Qwen3<B>, Result<f64, NonFinite>) {
         let grad_norm = clip_global_norm(&model, &mut grads, self.clip);
         if !grad_norm.is_finite() {
             return (model, Err(NonFinite { micro_batch: None, what: "gradient norm", value: grad_norm }));
@@ -124,7 +143,7 @@ impl<B: AutodiffBackend> Optim<B> {
         model.visit(&mut MoveVectors { from: &mut grads, to: &mut norms, only_vectors: !self.decay_norms });
         let model = self.decay.step(lr, model, grads);
         let model = self.no_decay.step(lr, model, norms);
-        (model, Ok(StepStats { loss: nll, grad_norm, lr, trained_tokens: total }))
+        (model, Ok(grad_norm))
     }
 
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {

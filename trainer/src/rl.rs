@@ -1,0 +1,413 @@
+//! Stage 3, top to bottom: load the RL tasks (the held-out split kept apart), the policy
+//! (resume or the previous stage's model) and, with a KL term, a frozen reference; then
+//! per step: draw tasks, roll out `group_size` samples of each in the sandbox, score them,
+//! compute group advantages, take the GRPO update(s), log, checkpoint; evaluate on the
+//! held-out tasks before, every `eval.every` steps and after. Ends with the final HF
+//! folder, `outcome.json` and the plots.
+use crate::evaluate;
+use crate::grpo::{self, GrpoSpec, LossStats, TokenTerms};
+use crate::metrics::Metrics;
+use crate::reward::{self, Parts};
+use crate::rl_config::RlConfig;
+use crate::rollout::{self, RolloutConfig, Trajectory};
+use crate::run_ckpt::{self, RunState};
+use crate::sft::{Resume, TrainBackend};
+use crate::stage_config::lr_at;
+use crate::step::{trained_logprobs, Optim};
+use anyhow::{anyhow, bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use curriculum::{StageKind, StageOutcome};
+use datasets::{Loader, PackedSeq, RlTask, ShardWriter, Source};
+use indicatif::{ProgressBar, ProgressStyle};
+use model::{Checkpoint, DefaultBackend, Qwen3, SamplingConfig};
+use rayon::prelude::*;
+use sandbox::{Sandbox, SandboxConfig};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Runs the RL stage; `init` (from the curriculum) replaces `model.init`.
+pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume) -> Result<StageOutcome> {
+    let out = &cfg.out;
+    let outcome_path = out.join("outcome.json");
+    if matches!(resume, Resume::Auto) && outcome_path.exists() {
+        eprintln!("rl: finished earlier ({}); skipping", outcome_path.display());
+        return Ok(serde_json::from_str(&std::fs::read_to_string(&outcome_path)?)?);
+    }
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    std::fs::write(out.join("config.toml"), toml::to_string(cfg)?)?;
+    let weights = cfg.reward.resolved().map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
+    let (train, heldout) = load_tasks(cfg)?;
+    let kinds: std::collections::BTreeSet<&str> = train.iter().chain(&heldout).map(|(t, _)| t.kind.as_str()).collect();
+    cfg.reward.check_judge(kinds).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
+    let eval_tasks: Vec<(&RlTask, PathBuf)> = heldout.iter().take(cfg.eval.tasks).map(|(t, d)| (t, d.clone())).collect();
+    let device = Default::default();
+
+    let resume_dir = match resume {
+        Resume::Never => None,
+        Resume::Auto => run_ckpt::complete(out).pop(),
+        Resume::From(p) => Some(p.clone()),
+    };
+    let init_dir = init.unwrap_or(&cfg.model.init).to_path_buf();
+    let ck = match &resume_dir {
+        Some(dir) => Checkpoint::<TrainBackend>::load(dir, &device)?,
+        None => Checkpoint::<TrainBackend>::load(&init_dir, &device).with_context(|| format!("{}: model.init", cfg_path.display()))?,
+    };
+    let tok = ck.tokenizer()?.clone();
+    if tok.deepanalyze_tag_ids().is_none() {
+        bail!("{}: the tokenizer lacks the DeepAnalyze tags (<Analyze> ... </Answer>)", ck.dir.join("tokenizer.json").display());
+    }
+    let template = ck.chat_template()?;
+    let eos = ck.eos_token_ids();
+    let source_dtype = ck.config.dtype.clone();
+    // The frozen reference for the KL term: the stage's starting weights.
+    let reference = (cfg.grpo.kl_coef != 0.0)
+        .then(|| Checkpoint::<DefaultBackend>::load(&init_dir, &device).map(|c| c.model))
+        .transpose()?;
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+
+    let mut loader = Loader::new(vec![Source { name: "tasks".into(), items: (0..train.len()).collect::<Vec<usize>>(), weight: 1.0 }], cfg.seed);
+    let mut optim = Optim::<TrainBackend>::new(&cfg.optim);
+    let total_steps = cfg.train.steps;
+    let mut state = match &resume_dir {
+        Some(dir) => {
+            let s = run_ckpt::read_state(dir)?;
+            if s.total_steps != total_steps || s.seed != cfg.seed {
+                bail!("{}: the checkpoint is of a run with {} steps and seed {}, this config gives {} and {}; use --resume never",
+                      dir.display(), s.total_steps, s.seed, total_steps, cfg.seed);
+            }
+            loader.seek(s.cursor.clone());
+            optim = optim.load(dir, &device)?;
+            eprintln!("rl: resumed at step {} from {}", s.step, dir.display());
+            s
+        }
+        None => RunState { step: 0, total_steps, cursor: loader.cursor().clone(), seed: cfg.seed, tokens: 0, first_eval_loss: None },
+    };
+    let Checkpoint { config, model, .. } = ck;
+    let mut model = model.with_stable_ids();
+    let mut metrics = Metrics::open(out, state.step)?;
+    eprintln!("rl: {} training tasks, {} held out ({} evaluated), {} steps of {} tasks × {} samples",
+              train.len(), heldout.len(), eval_tasks.len(), total_steps, cfg.rollout.tasks_per_step, cfg.rollout.group_size);
+
+    let eval_cfg = RolloutConfig {
+        max_turns: cfg.rollout.max_turns,
+        max_new_tokens: cfg.rollout.max_new_tokens,
+        max_response_tokens: cfg.rollout.max_response_tokens,
+        sampling: SamplingConfig { temperature: 0.0, ..SamplingConfig::default() },
+    };
+    let evaluate = |model: &Qwen3<TrainBackend>, step: u64, metrics: &mut Metrics| -> Result<Option<f64>> {
+        if eval_tasks.is_empty() {
+            return Ok(None);
+        }
+        let bar = bar(eval_tasks.len() as u64, "held-out");
+        let (records, s) = evaluate::run(&model.valid(), &tok, &template, &eos, &sandbox, &eval_tasks, &eval_cfg, |n| bar.inc(n as u64))?;
+        bar.finish_and_clear();
+        let success = s.correct.unwrap_or(s.well_formed_and_ran);
+        metrics.log(json!({"step": step, "eval_success": success, "eval_well_formed": s.well_formed, "eval_cell_success": s.cell_success_rate}))?;
+        eprintln!("rl step {step}: held-out success {:.3} (well formed {:.3}, cells ok {:.3}) on {} tasks", success, s.well_formed, s.cell_success_rate, records.len());
+        Ok(Some(success))
+    };
+    let mut first_success = None;
+    if state.step == 0 {
+        first_success = evaluate(&model, 0, &mut metrics)?;
+        std::fs::write(out.join("first_eval.json"), serde_json::to_string(&first_success)?)?;
+    } else if let Ok(t) = std::fs::read_to_string(out.join("first_eval.json")) {
+        first_success = serde_json::from_str(&t).unwrap_or(None);
+    }
+
+    let bar = bar(total_steps, "rl").with_position(state.step);
+    let mut last_success = None;
+    while state.step < total_steps {
+        let step = state.step + 1;
+        let t0 = Instant::now();
+        let picks: Vec<usize> = (0..cfg.rollout.tasks_per_step)
+            .map(|_| {
+                let (s, i) = loader.next_index();
+                loader.items(s)[i]
+            })
+            .collect();
+        let tasks: Vec<&RlTask> = picks.iter().map(|&i| &train[i].0).collect();
+        let dirs: Vec<PathBuf> = picks.iter().map(|&i| train[i].1.clone()).collect();
+        let rcfg = RolloutConfig {
+            max_turns: cfg.rollout.max_turns,
+            max_new_tokens: cfg.rollout.max_new_tokens,
+            max_response_tokens: cfg.rollout.max_response_tokens,
+            sampling: SamplingConfig {
+                temperature: cfg.rollout.temperature,
+                top_p: cfg.rollout.top_p,
+                top_k: cfg.rollout.top_k,
+                seed: cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step << 20),
+                ..SamplingConfig::default()
+            },
+        };
+        bar.set_message("rollouts");
+        let (trajs, timing) = rollout::run(&model.valid(), &tok, &template, &eos, &sandbox, &tasks, &dirs, cfg.rollout.group_size, &rcfg, |_| {})?;
+        let t_score = Instant::now();
+        let parts: Vec<Parts> = trajs.par_iter().map(|t| reward::score(t, tasks[t.task], &cfg.reward, &sandbox)).collect();
+        let rewards: Vec<f64> = trajs.iter().zip(&parts).map(|(t, p)| p.total(&weights[&tasks[t.task].kind], cfg.reward.format_penalty)).collect();
+        let sandbox_s = timing.sandbox + t_score.elapsed().as_secs_f64();
+        let adv = grpo::advantages(&rewards, cfg.rollout.group_size, cfg.grpo.std_normalize, cfg.grpo.eps);
+
+        // Which trajectories the update sees.
+        let g = cfg.rollout.group_size;
+        let keep: Vec<usize> = (0..trajs.len())
+            .filter(|&i| !cfg.grpo.drop_zero_variance || grpo::has_variance(&rewards[i / g * g..(i / g + 1) * g]))
+            .filter(|&i| !cfg.grpo.overlong_filter || trajs[i].finished)
+            .filter(|&i| trajs[i].generated() > 0)
+            .collect();
+        bar.set_message("update");
+        let t_update = Instant::now();
+        let lr = lr_at(&cfg.optim, state.step, total_steps);
+        let mut stats = LossStats::default();
+        let mut grad_norm = None;
+        if !keep.is_empty() {
+            for epoch in 0..cfg.grpo.update_epochs {
+                let per = keep.len().div_ceil(cfg.grpo.mini_batches);
+                for (mb, chunk) in keep.chunks(per).enumerate() {
+                    let (m, s, gn) = update(model, &mut optim, &trajs, chunk, &adv, reference.as_ref(), cfg, lr)
+                        .map_err(|e| anyhow!("rl step {step}, epoch {epoch}, mini-batch {mb}: {e}; last checkpoint kept, lower optim.lr"))?;
+                    model = m;
+                    if epoch == 0 {
+                        stats += s;
+                    }
+                    grad_norm = Some(gn);
+                }
+            }
+        }
+        let update_s = t_update.elapsed().as_secs_f64();
+        state.step = step;
+        state.cursor = loader.cursor().clone();
+        let gen_tokens: usize = trajs.iter().map(Trajectory::generated).sum();
+        state.tokens += gen_tokens as u64;
+
+        let mut row = json!({"step": step, "lr": lr, "reward": mean(&rewards), "trained_trajectories": keep.len(),
+            "format_ok": mean(&parts.iter().map(|p| f64::from(u8::from(p.format_ok))).collect::<Vec<_>>()),
+            "turns": mean(&trajs.iter().map(|t| t.cells() as f64).collect::<Vec<_>>()),
+            "response_tokens": mean(&trajs.iter().map(|t| t.ids.len() as f64).collect::<Vec<_>>()),
+            "generated_tokens": gen_tokens, "finished": mean(&trajs.iter().map(|t| f64::from(u8::from(t.finished))).collect::<Vec<_>>()),
+            "generate_s": timing.generate, "sandbox_s": sandbox_s, "update_s": update_s, "step_s": t0.elapsed().as_secs_f64(),
+            "rollout_tokens_per_s": gen_tokens as f64 / timing.generate.max(1e-9)});
+        for part in reward::PARTS {
+            let xs: Vec<f64> = parts.iter().filter_map(|p| p.get(part)).collect();
+            if !xs.is_empty() {
+                row[format!("reward_{part}")] = json!(mean(&xs));
+            }
+        }
+        for (kind, ok) in success_by_kind(&trajs, &tasks, &parts) {
+            row[format!("success_{kind}")] = json!(ok);
+        }
+        if stats.tokens > 0 {
+            let n = stats.tokens as f64;
+            row["clip_fraction"] = json!(stats.clipped / n);
+            row["kl_rollout"] = json!(stats.kl_old / n);
+            row["entropy"] = json!(stats.entropy / n);
+            if reference.is_some() {
+                row["kl_ref"] = json!(stats.kl_ref / n);
+            }
+        }
+        if let Some(gn) = grad_norm {
+            row["grad_norm"] = json!(gn);
+        }
+        metrics.log(row)?;
+        write_rollouts(out, step, &trajs, &tasks, &parts, &rewards)?;
+        bar.set_position(step);
+        bar.set_message(format!("reward {:.3}", mean(&rewards)));
+
+        let last = step == total_steps;
+        if last || (cfg.eval.every > 0 && step % cfg.eval.every == 0) {
+            last_success = evaluate(&model, step, &mut metrics)?;
+        }
+        if last || (cfg.checkpoint.every > 0 && step % cfg.checkpoint.every == 0) {
+            run_ckpt::save(out, &model, &config, &tok, &optim, &state, cfg.checkpoint.keep_last)?;
+        }
+    }
+    bar.finish();
+    let final_dir = out.join("final");
+    run_ckpt::write_atomic(&final_dir, &model, &config, &tok, &source_dtype, |_| Ok(()))?;
+    crate::plots::write_rl(out, &metrics)?;
+    let outcome = StageOutcome { kind: StageKind::Rl, final_dir, first_eval_loss: None, last_eval_loss: None, steps: state.step,
+                                 first_success, last_success };
+    std::fs::write(&outcome_path, serde_json::to_string_pretty(&outcome)?)?;
+    eprintln!("rl: done: {} steps, held-out success {:?} → {:?}; model in {}", outcome.steps, first_success, last_success, outcome.final_dir.display());
+    Ok(outcome)
+}
+
+/// Training and held-out tasks, each with its workspace folder.
+fn load_tasks(cfg: &RlConfig) -> Result<(Vec<(RlTask, PathBuf)>, Vec<(RlTask, PathBuf)>)> {
+    let (mut train, mut held) = (vec![], vec![]);
+    for dir in &cfg.data.tasks {
+        let tasks = datasets::read_all::<RlTask>(dir).with_context(|| format!("data.tasks: {}", dir.display()))?;
+        for t in tasks {
+            if !cfg.data.kinds.is_empty() && !cfg.data.kinds.contains(&t.kind) {
+                continue;
+            }
+            let ws = rollout::workspace_dir(&t, dir);
+            if curriculum::heldout(&t.id, cfg.data.heldout) {
+                held.push((t, ws));
+            } else {
+                train.push((t, ws));
+            }
+        }
+    }
+    if train.is_empty() {
+        bail!("data.tasks: no training task in {:?} (kinds {:?}, heldout {})", cfg.data.tasks, cfg.data.kinds, cfg.data.heldout);
+    }
+    Ok((train, held))
+}
+
+/// Concatenates trajectories (prompt + response) into one packed row, documents apart.
+pub fn packed_row(trajs: &[&Trajectory]) -> PackedSeq {
+    let (mut ids, mut mask, mut positions, mut doc_lens) = (vec![], vec![], vec![], vec![]);
+    for t in trajs {
+        let n = t.prompt_ids.len() + t.ids.len();
+        ids.extend(t.prompt_ids.iter().chain(&t.ids));
+        mask.extend(std::iter::repeat_n(0u8, t.prompt_ids.len()).chain(t.mask.iter().copied()));
+        positions.extend(0..n as u32);
+        doc_lens.push(n);
+    }
+    PackedSeq { ids, mask, positions, doc_lens }
+}
+
+/// One optimizer step on the trajectories `chosen` (a mini-batch).
+#[allow(clippy::too_many_arguments)]
+fn update(
+    model: Qwen3<TrainBackend>,
+    optim: &mut Optim<TrainBackend>,
+    trajs: &[Trajectory],
+    chosen: &[usize],
+    adv: &[f64],
+    reference: Option<&Qwen3<DefaultBackend>>,
+    cfg: &RlConfig,
+    lr: f64,
+) -> Result<(Qwen3<TrainBackend>, LossStats, f64)> {
+    let (grads, stats) = policy_grads(&model, trajs, chosen, adv, reference, &cfg.grpo, cfg.rollout.max_response_tokens)?;
+    let (model, gn) = optim.apply(model, grads, lr);
+    let gn = gn.map_err(|e| anyhow!("{} is {}", e.what, e.value))?;
+    Ok((model, stats, gn))
+}
+
+/// Gradients of the GRPO loss over the generated tokens of `chosen` (`adv[i]` is
+/// trajectory i's advantage), micro-batched by `spec.micro_batch_tokens`; observation
+/// and prompt tokens are context only.
+pub fn policy_grads<B: burn::tensor::backend::AutodiffBackend>(
+    model: &Qwen3<B>,
+    trajs: &[Trajectory],
+    chosen: &[usize],
+    adv: &[f64],
+    reference: Option<&Qwen3<B::InnerBackend>>,
+    spec: &GrpoSpec,
+    max_response_tokens: usize,
+) -> Result<(GradientsParams, LossStats)> {
+    let total_gen: usize = chosen.iter().map(|&i| trajs[i].generated()).sum();
+    let n_seq = chosen.len() as f64;
+    let constant = spec.constant_norm.unwrap_or(max_response_tokens as f64);
+    let weight = |t: &Trajectory| -> f32 {
+        (match spec.loss_agg.as_str() {
+            "seq-mean" => 1.0 / (n_seq * t.generated() as f64),
+            "constant" => 1.0 / (n_seq * constant),
+            _ => 1.0 / total_gen as f64,
+        }) as f32
+    };
+    let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
+    let mut stats = LossStats::default();
+    for group in micro_batches(trajs, chosen, spec.micro_batch_tokens) {
+        let ts: Vec<&Trajectory> = group.iter().map(|&i| &trajs[i]).collect();
+        let row = packed_row(&ts);
+        let mut terms = TokenTerms::default();
+        for (&i, t) in group.iter().zip(&ts) {
+            for (j, &m) in t.mask.iter().enumerate() {
+                if m == 1 {
+                    terms.old_logp.push(t.logprobs[j]);
+                    terms.advantage.push(adv[i] as f32);
+                    terms.weight.push(weight(t));
+                }
+            }
+        }
+        if let Some(r) = reference {
+            let (lp, _) = trained_logprobs(r, std::slice::from_ref(&row)).expect("generated tokens");
+            terms.ref_logp = Some(lp.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?);
+        }
+        let (logp, full) = trained_logprobs(model, std::slice::from_ref(&row)).expect("generated tokens");
+        let (loss, s) = grpo::loss(logp, Some(full), &terms, spec);
+        let v = loss.clone().into_scalar().elem::<f64>();
+        if !v.is_finite() {
+            bail!("the loss is {v}");
+        }
+        stats += s;
+        acc.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+    }
+    Ok((acc.grads(), stats))
+}
+
+/// Consecutive groups of `chosen` whose tokens stay within `budget` (one trajectory at least).
+fn micro_batches(trajs: &[Trajectory], chosen: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = vec![];
+    let mut used = 0;
+    for &i in chosen {
+        let n = trajs[i].prompt_ids.len() + trajs[i].ids.len();
+        match out.last_mut() {
+            Some(last) if used + n <= budget => {
+                last.push(i);
+                used += n;
+            }
+            _ => {
+                out.push(vec![i]);
+                used = n;
+            }
+        }
+    }
+    out
+}
+
+/// Share of trajectories per task kind that succeed: qa answered right, a data task's
+/// file check passed, otherwise a well-formed trajectory whose cells ran.
+fn success_by_kind(trajs: &[Trajectory], tasks: &[&RlTask], parts: &[Parts]) -> BTreeMap<String, f64> {
+    let mut by: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for (t, p) in trajs.iter().zip(parts) {
+        let ok = p.format_ok && p.accuracy.or(p.checklist).unwrap_or(p.code_success.unwrap_or(0.0)) >= 1.0;
+        let e = by.entry(tasks[t.task].kind.clone()).or_default();
+        e.0 += f64::from(u8::from(ok));
+        e.1 += 1.0;
+    }
+    by.into_iter().map(|(k, (a, n))| (k, a / n)).collect()
+}
+
+/// The step's trajectories as `rollout` records: out/rollouts/step-N/*.parquet.
+fn write_rollouts(out: &Path, step: u64, trajs: &[Trajectory], tasks: &[&RlTask], parts: &[Parts], rewards: &[f64]) -> Result<()> {
+    let dir = out.join("rollouts").join(format!("step-{step:08}"));
+    let _ = std::fs::remove_dir_all(&dir); // a resumed run writes the step again
+    let mut w = ShardWriter::<datasets::Rollout>::create(&dir, datasets::import::DEFAULT_SHARD_BYTES)?;
+    let mut sample: BTreeMap<usize, u32> = BTreeMap::new();
+    for ((t, p), &r) in trajs.iter().zip(parts).zip(rewards) {
+        let k = sample.entry(t.task).or_default();
+        w.write(datasets::Rollout {
+            task_id: tasks[t.task].id.clone(),
+            sample: *k,
+            step,
+            token_ids: t.prompt_ids.iter().chain(&t.ids).copied().collect(),
+            loss_mask: std::iter::repeat_n(0, t.prompt_ids.len()).chain(t.mask.iter().copied()).collect(),
+            logprobs: std::iter::repeat_n(0.0, t.prompt_ids.len()).chain(t.logprobs.iter().copied()).collect(),
+            reward: r as f32,
+            reward_parts: serde_json::to_string(p)?,
+            observations: t.observations.clone(),
+            turns: t.cells() as u32,
+        })?;
+        *k += 1;
+    }
+    w.finish()?;
+    Ok(())
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+fn bar(len: u64, prefix: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} ETA {eta}").unwrap());
+    b.set_prefix(prefix.to_string());
+    b
+}
