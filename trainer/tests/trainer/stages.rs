@@ -18,7 +18,7 @@ fn write_data(dir: &Path, n: usize) {
             source: "test".into(),
             messages: vec![
                 Message::new("user", format!("# Instruction\nWhat is {a} + {b}?")),
-                Message::new("assistant", format!("<Analyze>\nAdd {a} and {b}.\n</Analyze>\n<Answer>\n{}\n</Answer>", a + b)),
+                Message::new("assistant", format!("<Analyze>\nAdd {a} and {b}.\n</Analyze>\n<Answer>\n@sum[{}]\n</Answer>", a + b)),
             ],
             difficulty: Some(((a + b) as f32 / 150.0).min(1.0)),
         })
@@ -72,8 +72,15 @@ impl Fixture {
     }
 }
 
+/// The binary, run from the repository root (where the sandbox's .venv-sandbox is).
+fn trainer_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    c.args(args).current_dir(root());
+    c
+}
+
 fn stage(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().unwrap()
+    trainer_cmd(args).output().unwrap()
 }
 
 fn ok(args: &[&str]) -> String {
@@ -254,4 +261,80 @@ fn the_curriculum_chains_stages_checks_gates_and_writes_tensorboard_and_plots() 
     let stderr = String::from_utf8_lossy(&o.stderr);
     let e = stderr.trim().lines().last().unwrap();
     assert!(e.contains("gate.max_eval_loss") && e.contains("did not pass"), "{e}");
+}
+
+/// RL tasks asking the fixture's sums, graded as `@sum[value]` (no files needed).
+fn write_rl_tasks(dir: &Path, n: usize) {
+    let mut w = ShardWriter::<datasets::RlTask>::create(dir, 1 << 20).unwrap();
+    for i in 0..n {
+        let (a, b) = (i * 7 % 53, i * 13 % 97);
+        w.write(datasets::RlTask {
+            id: format!("rl-{i}"),
+            kind: "qa".into(),
+            prompt: format!("# Instruction\nWhat is {a} + {b}?"),
+            workspace: ".".into(),
+            files: vec![],
+            ground_truth: Some(format!("[[\"sum\", \"{}\"]]", a + b)),
+            judge: None,
+            source: "test".into(),
+            metadata: "{}".into(),
+        })
+        .unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
+    let fx = Fixture::new();
+    let sft = fx.config("sft", &fx.scratch(), "");
+    // Long enough that sampled answers are often well formed: rewards then vary in a group.
+    ok(&["--stage", "sft-single", sft.to_str().unwrap(), "--set", "train.max_steps=240", "--set", "checkpoint.every=0"]);
+    write_rl_tasks(&fx.dir.join("tasks"), 40);
+    let rl = |name: &str| {
+        let p = fx.dir.join(format!("{name}.toml"));
+        std::fs::write(&p, format!(
+            "out = \"{out}\"\nseed = 5\n[model]\ninit = \"{init}\"\n[data]\ntasks = [\"{tasks}\"]\nheldout = 0.2\n\
+             [rollout]\ntasks_per_step = 4\ngroup_size = 4\nmax_turns = 2\nmax_new_tokens = 24\nmax_response_tokens = 48\n\
+             [grpo]\nupdate_epochs = 2\n[optim]\nlr = 1e-3\nclip = 1.0\nschedule = \"constant\"\n[train]\nsteps = 3\n\
+             [checkpoint]\nevery = 1\nkeep_last = 3\n[eval]\ntasks = 4\n",
+            out = fx.dir.join(name).display(), init = fx.dir.join("sft/final").display(), tasks = fx.dir.join("tasks").display())).unwrap();
+        p
+    };
+    let (a, b) = (rl("rl-a"), rl("rl-b"));
+    ok(&["--stage", "rl", a.to_str().unwrap()]);
+    let rows = lines(&fx.dir.join("rl-a/metrics.jsonl"));
+    let trained: u64 = rows.iter().filter_map(|r| r["trained_trajectories"].as_u64()).sum();
+    assert!(trained > 0, "no group had reward variance; the test would not exercise the update: {rows:?}");
+    for key in ["reward", "format_ok", "success_qa", "generate_s", "sandbox_s", "update_s", "response_tokens", "turns"] {
+        assert!(rows.iter().any(|r| r.get(key).is_some()), "metrics.jsonl lacks {key}");
+    }
+    assert!(rows.iter().any(|r| r.get("clip_fraction").is_some() && r.get("entropy").is_some()));
+    assert!(rows.iter().filter(|r| r.get("eval_success").is_some()).count() == 2, "held-out evaluation before and after");
+    let weights = |run: &str| std::fs::read(fx.dir.join(run).join("final/model.safetensors")).unwrap();
+    assert!(weights("rl-a") != std::fs::read(fx.dir.join("sft/final/model.safetensors")).unwrap(), "the policy changed");
+    for png in ["reward.png", "success.png"] {
+        assert_eq!(&std::fs::read(fx.dir.join("rl-a").join(png)).unwrap()[..4], b"\x89PNG");
+    }
+    // The rollouts, as records: exactly the ids, mask and log-probs the update used.
+    let rollouts: Vec<datasets::Rollout> = datasets::read_all(&fx.dir.join("rl-a/rollouts/step-00000003")).unwrap();
+    assert_eq!(rollouts.len(), 16);
+    assert!(rollouts.iter().all(|r| r.token_ids.len() == r.loss_mask.len() && r.loss_mask.len() == r.logprobs.len()));
+
+    // Killed after its first checkpoint, then resumed: the same rollouts and weights.
+    let mut child = trainer_cmd(&["--stage", "rl", b.to_str().unwrap()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    while !fx.dir.join("rl-b/checkpoints/step-00000001/state.json").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = ok(&["--stage", "rl", b.to_str().unwrap(), "--resume", "auto"]);
+    assert!(log.contains("resumed at step"), "{log}");
+    let ids = |run: &str| -> Vec<Vec<u32>> {
+        let r: Vec<datasets::Rollout> = datasets::read_all(&fx.dir.join(run).join("rollouts/step-00000003")).unwrap();
+        r.into_iter().map(|r| r.token_ids).collect()
+    };
+    assert_eq!(ids("rl-a"), ids("rl-b"), "step 3 drew other tasks or samples after the resume");
+    assert!(weights("rl-a") == weights("rl-b"), "resumed RL run ends with other weights");
 }
