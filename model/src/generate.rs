@@ -89,37 +89,37 @@ pub fn generate_with<B: Backend>(
         (0..n).map(|_| Generation { tokens: vec![], logprobs: vec![], finish: Finish::Length }).collect();
     let mut done = vec![false; n];
     let mut cache = cfg.use_cache.then(|| KvCache::new(model.num_layers()));
-    let padded = pads.iter().any(|&p| p > 0);
     let max_stop_chars = cfg.stop_strings.iter().map(|s| s.chars().count()).max().unwrap_or(0);
+    // Rows still generating (indices into `prompts`); finished rows leave the batch and
+    // the cache, so a long row does not make the others pay for its steps.
+    let mut live: Vec<usize> = (0..n).collect();
 
     for step in 0..cfg.max_new_tokens {
-        let total = seqs[0].len();
+        let m = live.len();
+        let total = seqs[live[0]].len();
         // With a cache only the newest position is fed, except on the first step.
         let start = match &cache {
             Some(c) if !c.is_empty() => c.len(),
             _ => 0,
         };
-        let ids: Vec<i64> = seqs.iter().flat_map(|s| s[start..].iter().map(|&t| t as i64)).collect();
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, total - start]), &device);
+        let ids: Vec<i64> = live.iter().flat_map(|&i| seqs[i][start..].iter().map(|&t| t as i64)).collect();
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [m, total - start]), &device);
         let positions: Vec<Vec<usize>> =
-            pads.iter().map(|&pad| (start..total).map(|j| j.saturating_sub(pad)).collect()).collect();
-        let mask = if padded {
-            let valid: Vec<bool> = pads.iter().flat_map(|&pad| (0..total).map(move |j| j >= pad)).collect();
-            AttnMask::KeyPadding(Tensor::from_data(TensorData::new(valid, [n, total]), &device))
+            live.iter().map(|&i| (start..total).map(|j| j.saturating_sub(pads[i])).collect()).collect();
+        let pads_at = |i: usize| pads[i];
+        let mask = if live.iter().any(|&i| pads[i] > 0) {
+            let valid: Vec<bool> = live.iter().flat_map(|&i| (0..total).map(move |j| j >= pads_at(i))).collect();
+            AttnMask::KeyPadding(Tensor::from_data(TensorData::new(valid, [m, total]), &device))
         } else {
             AttnMask::Causal
         };
         let hidden = model.forward_hidden(tokens, &positions, &mask, cache.as_mut());
         let [_, t, h] = hidden.dims();
-        let last = hidden.slice([0..n, t - 1..t, 0..h]);
+        let last = hidden.slice([0..m, t - 1..t, 0..h]);
         let logits = model.logits(last).into_data().convert::<f32>().to_vec::<f32>().expect("f32 logits");
-        let vocab = logits.len() / n;
-        for i in 0..n {
-            let row = &logits[i * vocab..(i + 1) * vocab];
-            if done[i] {
-                seqs[i].push(0);
-                continue;
-            }
+        let vocab = logits.len() / m;
+        for (r, &i) in live.iter().enumerate() {
+            let row = &logits[r * vocab..(r + 1) * vocab];
             let token = sample(row, cfg, &mut rngs[i]);
             seqs[i].push(token);
             let g = &mut out[i];
@@ -140,8 +140,15 @@ pub fn generate_with<B: Backend>(
             }
         }
         on_step(step + 1);
-        if done.iter().all(|&d| d) {
+        let keep: Vec<usize> = (0..m).filter(|&r| !done[live[r]]).collect();
+        if keep.is_empty() {
             break;
+        }
+        if keep.len() < m {
+            if let Some(c) = cache.as_mut() {
+                c.keep_rows(&keep);
+            }
+            live = keep.iter().map(|&r| live[r]).collect();
         }
     }
     out

@@ -134,6 +134,30 @@ fn generated_logprobs_equal_teacher_forced_scores() {
 }
 
 #[test]
+fn rows_that_stop_leave_the_batch_without_changing_the_others() {
+    let ck = load(&fixtures().join("parity/gqa4_yarn_f16"));
+    let prompts = vec![vec![5, 9, 13, 40, 41, 7, 8], vec![17], vec![3, 4, 60, 61], vec![22, 23]];
+    let cfg = SamplingConfig { max_new_tokens: 16, temperature: 1.0, seed: 11, ..Default::default() };
+    let free = generate(&ck.model, None, &prompts, &cfg);
+    // Row 1 stops at its third token; rows that never sample it run on, in a smaller batch.
+    let stop = free[1].tokens[2];
+    let cfg = SamplingConfig { stop_token_ids: vec![stop], ..cfg };
+    for use_cache in [true, false] {
+        let cfg = SamplingConfig { use_cache, ..cfg.clone() };
+        let batch = generate(&ck.model, None, &prompts, &cfg);
+        assert_eq!(batch[1].tokens.len(), 3);
+        assert!(batch.iter().any(|g| g.tokens.len() == 16), "some row runs past the stop");
+        for (i, p) in prompts.iter().enumerate() {
+            let alone = &generate(&ck.model, None, &[p.clone()], &SamplingConfig { seed: cfg.seed + i as u64, ..cfg.clone() })[0];
+            assert_eq!(alone.tokens, batch[i].tokens, "row {i}, cache {use_cache}");
+            for (x, y) in alone.logprobs.iter().zip(&batch[i].logprobs) {
+                assert!((x - y).abs() < 1e-3, "row {i}: {x} vs {y}");
+            }
+        }
+    }
+}
+
+#[test]
 fn stop_token_ends_a_row_and_is_kept() {
     let ck = load(&fixtures().join("parity/tied_gqa1_f32"));
     let exp = read_json(&fixtures().join("parity/tied_gqa1_f32/expected.json"));
