@@ -1,7 +1,7 @@
-//! `trainer eval --model DIR --tasks SHARDS`: multi-turn rollouts of a checkpoint on RL
-//! task shards (the synthesizer's or imported ones) in the sandbox, and the share of
-//! tasks whose trajectory is well formed, whose code runs, and whose answer (the
-//! `<Answer>` block's) is right.
+//! `trainer eval --model DIR --tasks SHARDS|DABENCH_DIR`: multi-turn rollouts of a
+//! checkpoint, code run in the sandbox, on RL task shards (the synthesizer's or imported
+//! ones) or a DABench folder; the share of tasks whose trajectory is well formed, whose
+//! code runs, and whose answer (the `<Answer>` block's) is right.
 use anyhow::{Context, Result};
 use model::{Checkpoint, DefaultBackend as B, SamplingConfig};
 use sandbox::{Sandbox, SandboxConfig};
@@ -15,7 +15,8 @@ use trainer::rollout::{self, RolloutConfig};
 pub struct Args {
     #[arg(long)]
     model: PathBuf,
-    /// A shard folder of `rl_task` records (workspaces relative to it).
+    /// A shard folder of `rl_task` records (workspaces relative to it), or a DABench-style
+    /// folder (questions.jsonl, labels.jsonl, tables/), imported on the fly.
     #[arg(long)]
     tasks: PathBuf,
     /// Write eval.json and rollouts.jsonl here.
@@ -41,7 +42,17 @@ pub fn run(a: Args) -> Result<()> {
     let ck = Checkpoint::<B>::load(&a.model, &Default::default())?;
     let tok = ck.tokenizer()?;
     let template = ck.chat_template()?;
-    let mut tasks = datasets::read_all::<datasets::RlTask>(&a.tasks)?;
+    // A DABench folder becomes task shards in a temporary folder first.
+    let imported = a.tasks.join("questions.jsonl").exists().then(|| std::env::temp_dir().join(format!("trainer-eval-{}", std::process::id())));
+    let _cleanup = imported.clone().map(RemoveOnDrop);
+    let shard_dir = match &imported {
+        Some(dir) => {
+            datasets::import::import_dabench(&a.tasks, dir, datasets::import::OnBad::Error)?;
+            dir.clone()
+        }
+        None => a.tasks.clone(),
+    };
+    let mut tasks = datasets::read_all::<datasets::RlTask>(&shard_dir)?;
     if let Some(f) = a.heldout {
         tasks.retain(|t| curriculum::heldout(&t.id, f));
     }
@@ -56,7 +67,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let bar = indicatif::ProgressBar::new(tasks.len() as u64).with_message("rollouts");
     bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} ETA {eta}").unwrap());
-    let with_dirs: Vec<_> = tasks.iter().map(|t| (t, rollout::workspace_dir(t, &a.tasks))).collect();
+    let with_dirs: Vec<_> = tasks.iter().map(|t| (t, rollout::workspace_dir(t, &shard_dir))).collect();
     let (records, summary) = evaluate::run(&ck.model, tok, &template, &ck.eos_token_ids(), &sandbox, &with_dirs, &cfg, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let mut summary = serde_json::to_value(&summary)?;
@@ -71,4 +82,12 @@ pub fn run(a: Args) -> Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

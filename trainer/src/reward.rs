@@ -120,7 +120,8 @@ pub struct Parts {
     pub format_ok: bool,
     /// All `@name[value]` answers of the `<Answer>` block right (qa with a ground truth).
     pub accuracy: Option<f64>,
-    /// Share of cells without `[Error]` (none without cells).
+    /// Share of cells without `[Error]`; 0 without any cell (no interaction earns
+    /// nothing, else skipping the code would beat trying it).
     pub code_success: Option<f64>,
     /// min(cells / 10, 1).
     pub turns: f64,
@@ -195,7 +196,7 @@ pub fn score(t: &Trajectory, task: &RlTask, spec: &RewardSpec, sandbox: &Sandbox
     Parts {
         format_ok: format_ok(&t.text),
         accuracy: accuracy(&t.text, task, spec.numeric_tol).map(|c| f64::from(u8::from(c))),
-        code_success: (cells > 0).then(|| (cells - t.failed_cells) as f64 / cells as f64),
+        code_success: Some(if cells > 0 { (cells - t.failed_cells) as f64 / cells as f64 } else { 0.0 }),
         turns: (cells as f64 / 10.0).min(1.0),
         checklist,
         judge: spec.judge.as_ref().map(|j| judge(j, task, &t.text).unwrap_or_else(|e| {

@@ -105,8 +105,15 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         let bar = bar(eval_tasks.len() as u64, "held-out");
         let (records, s) = evaluate::run(&model.valid(), &tok, &template, &eos, &sandbox, &eval_tasks, &eval_cfg, |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
+        // The rollouts, to read: out/eval/step-N.jsonl (one JSON object per task).
+        let dir = out.join("eval");
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        let lines: Vec<String> = records.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+        let path = dir.join(format!("step-{step:08}.jsonl"));
+        std::fs::write(&path, lines.join("\n") + "\n").with_context(|| path.display().to_string())?;
         let success = s.correct.unwrap_or(s.well_formed_and_ran);
-        metrics.log(json!({"step": step, "eval_success": success, "eval_well_formed": s.well_formed, "eval_cell_success": s.cell_success_rate}))?;
+        metrics.log(json!({"step": step, "eval_success": success, "eval_well_formed": s.well_formed, "eval_cell_success": s.cell_success_rate,
+                           "eval_cells": s.mean_cells}))?;
         eprintln!("rl step {step}: held-out success {:.3} (well formed {:.3}, cells ok {:.3}) on {} tasks", success, s.well_formed, s.cell_success_rate, records.len());
         Ok(Some(success))
     };

@@ -217,3 +217,24 @@ fn data_import_and_inspect_on_the_dabench_split() {
     let e = err_line(&["data", "inspect", "/nonexistent"]);
     assert!(e.contains("/nonexistent"), "{e}");
 }
+
+#[test]
+fn eval_runs_on_a_dabench_folder_and_summarizes_its_rollouts() {
+    let d = tiny_checkpoint();
+    let out = d.path().join("eval");
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["eval", "--model", d.path().join("ck").to_str().unwrap(), "--tasks", root().join("../shared/data/dabench-dev").to_str().unwrap(),
+               "--limit", "3", "--max-turns", "1", "--max-new-tokens", "12", "--out", out.to_str().unwrap()])
+        .env(sandbox::PYTHON_ENV, sandbox_python())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows: Vec<Value> = std::fs::read_to_string(out.join("rollouts.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["task_id"].as_str().unwrap().starts_with("dabench-") && r["correct"].is_boolean()));
+    // The summary is the records' shares (a random model: nothing right, nothing well formed).
+    assert_eq!(summary["tasks"], 3);
+    assert_eq!(f(&summary["correct"]), rows.iter().filter(|r| r["correct"] == true).count() as f64 / 3.0);
+    assert_eq!(f(&summary["well_formed"]), 0.0);
+}

@@ -157,6 +157,10 @@ fn reward_parts_on_crafted_trajectories() {
         assert!(!p.format_ok, "{broken}");
         assert_eq!(p.total(&w["qa"], -1.0), -1.0);
     }
+    // No cell at all: no interaction, so code success is 0 (skipping the code never pays).
+    let p = reward::score(&trajectory("<Analyze>\nx\n</Analyze>\n<Answer>\n@rows[32] @mean[3.6]\n</Answer>", &[], None), &qa, &spec, &sb);
+    assert_eq!((p.code_success, p.accuracy), (Some(0.0), Some(1.0)));
+    assert!(close(p.total(&w["qa"], -1.0), 0.5, 1e-12));
     // Turns: min(T / 10, 1).
     let many: Vec<&str> = std::iter::repeat_n("ok", 12).collect();
     assert_eq!(reward::score(&trajectory(GOOD, &many, None), &qa, &spec, &sb).turns, 1.0);
