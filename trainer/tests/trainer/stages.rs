@@ -302,6 +302,15 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
         p
     };
     let (a, b) = (rl("rl-a"), rl("rl-b"));
+    // Bad input: a misspelled key (file, line, key), a preset that needs a judge, no tasks.
+    let typo = fx.dir.join("typo.toml");
+    std::fs::write(&typo, std::fs::read_to_string(&a).unwrap().replace("update_epochs", "update_epoch")).unwrap();
+    let e = err_line(&["--stage", "rl", typo.to_str().unwrap()]);
+    assert!(e.contains("typo.toml") && e.contains("update_epoch") && e.contains("line"), "{e}");
+    let e = err_line(&["--stage", "rl", a.to_str().unwrap(), "--set", "reward.preset=\"published\""]);
+    assert!(e.contains("[reward.judge]") && e.contains("qa"), "{e}");
+    let e = err_line(&["--stage", "rl", a.to_str().unwrap(), "--set", "data.tasks=[\"/nonexistent/tasks\"]"]);
+    assert!(e.contains("/nonexistent/tasks"), "{e}");
     ok(&["--stage", "rl", a.to_str().unwrap()]);
     let rows = lines(&fx.dir.join("rl-a/metrics.jsonl"));
     let trained: u64 = rows.iter().filter_map(|r| r["trained_trajectories"].as_u64()).sum();
