@@ -347,3 +347,29 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
     assert_eq!(ids("rl-a"), ids("rl-b"), "step 3 drew other tasks or samples after the resume");
     assert!(weights("rl-a") == weights("rl-b"), "resumed RL run ends with other weights");
 }
+
+#[test]
+fn difficulty_order_walks_the_first_epoch_easy_to_hard_then_shuffles() {
+    let fx = Fixture::new();
+    let mix: curriculum::Mixture = toml::from_str(&format!(
+        "heldout = 0.2\norder = \"difficulty\"\n[[sources]]\npath = \"{}\"\n", fx.dir.join("data").display())).unwrap();
+    let split = mix.load().unwrap();
+    let samples = &split.train[0].2;
+    let n = samples.len();
+    let mut loader = datasets::Loader::new(vec![datasets::Source { name: "d".into(), items: samples.clone(), weight: 1.0 }], 3).ordered_first_epoch();
+    let draw = |loader: &mut datasets::Loader<curriculum::Sample>| {
+        let (s, i) = loader.next_index();
+        loader.items(s)[i].difficulty()
+    };
+    let first: Vec<f32> = (0..n).map(|_| draw(&mut loader)).collect();
+    // The fixture's difficulty is (a + b) / 150 of each sum: the first epoch ascends.
+    assert!(first.windows(2).all(|w| w[0] <= w[1]), "{first:?}");
+    assert!(first[0] < first[n - 1]);
+    let second: Vec<f32> = (0..n).map(|_| draw(&mut loader)).collect();
+    assert!(second.windows(2).any(|w| w[0] > w[1]), "the second epoch is shuffled");
+    let mut a = first.clone();
+    let mut b = second.clone();
+    a.sort_by(f32::total_cmp);
+    b.sort_by(f32::total_cmp);
+    assert_eq!(a, b, "each epoch takes every sample once");
+}
