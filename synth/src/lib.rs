@@ -238,6 +238,42 @@ fn code_samples(sandbox: &Sandbox, ws: &sandbox::Workspace, tables: &[Table], ta
     Ok(out)
 }
 
+/// Single-ability code grounding: one cell that loads the named file and computes on the
+/// named column, its observation, the answer. Short samples whose only hard part is using
+/// the names the prompt gives (a small model otherwise writes names it saw in training);
+/// kept only when the cell runs cleanly.
+fn grounding_samples(sandbox: &Sandbox, ws: &sandbox::Workspace, tables: &[Table], tables_dir: &Path) -> Vec<SftSample> {
+    let mut jobs = vec![];
+    for t in tables {
+        for c in &t.columns {
+            let (q, name) = (questioner::py(&c.name), questioner::slug(&c.name));
+            jobs.push((t, c, format!("How many values of `{}` in {} are missing?", c.name, t.label()),
+                       format!("@missing_{name}[value] where \"value\" is an integer."),
+                       format!("print('@missing_{name}[%d]' % df[{q}].isna().sum())")));
+            if t.numeric().any(|n| n.name == c.name) {
+                jobs.push((t, c, format!("What is the largest `{}` in {}?", c.name, t.label()),
+                           format!("@max_{name}[value] where \"value\" is a number rounded to two decimal places."),
+                           format!("print('@max_{name}[%.2f]' % df[{q}].max())")));
+            }
+        }
+    }
+    jobs.par_iter()
+        .filter_map(|(t, c, question, format, stmt)| {
+            let code = format!("import pandas as pd\n{}\n{stmt}", questioner::load_code(t));
+            let obs = sandbox.run(ws, &code, Mode::Stateless).observation;
+            if obs.starts_with("[Error]") || !obs.trim_start().starts_with('@') {
+                return None;
+            }
+            let q = format!("{question}\nAnswer format: {format}");
+            let a = format!("<Analyze>\nThe task: {question} I load {} and compute it on `{}` directly.\n</Analyze>\n<Code>\n```python\n{code}\n```\n</Code>\n<Execute>\n{obs}\n</Execute>\n<Answer>\n{}\n</Answer>",
+                            t.file, c.name, obs.trim());
+            let mut s = table_sample(tables_dir, t, "grounding", "code-grounding", &q, a, 0.1);
+            s.id = format!("grounding-{}-{}-{}", t.label(), questioner::slug(&c.name), if stmt.contains("@max_") { "max" } else { "missing" });
+            Some(s)
+        })
+        .collect()
+}
+
 /// Runs the whole pipeline; `progress(done, total)` after each task.
 pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Report> {
     let start = Instant::now();
@@ -392,7 +428,8 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
     let single = schema_samples(&prof.tables, &cfg.tables)
         .into_iter()
         .chain(table_qa_samples(sandbox, &all_tables)?)
-        .chain(code_samples(sandbox, &all_tables, &prof.tables, &cfg.tables)?);
+        .chain(code_samples(sandbox, &all_tables, &prof.tables, &cfg.tables)?)
+        .chain(grounding_samples(sandbox, &all_tables, &prof.tables, &cfg.tables));
     for s in single {
         sft.write(s)?;
         report.single_ability_samples += 1;

@@ -143,6 +143,23 @@ else:
         checked += 1;
     }
     assert!(checked >= 3, "only {checked} tasks recomputed");
+    // Code-grounding samples: the cell loads the prompt's file and uses its column, re-runs
+    // to the same observation, and the answer is what it printed.
+    let single: Vec<datasets::SftSample> = read_all(&out.path().join("s/sft_single")).unwrap();
+    let grounding: Vec<_> = single.iter().filter(|s| s.ability == "code-grounding").collect();
+    assert!(grounding.len() >= 8, "{} grounding samples", grounding.len());
+    let all = sb.workspace(Some(tables.path())).unwrap();
+    for g in &grounding {
+        let (prompt, response) = (&g.messages[0].content, &g.messages[1].content);
+        let file = prompt.split("\"name\": \"").nth(1).unwrap().split('"').next().unwrap();
+        let col = prompt.split('`').nth(1).unwrap();
+        let cs = cells(response);
+        assert_eq!(cs.len(), 1, "{response}");
+        let (code, obs) = &cs[0];
+        assert!(code.contains(&format!("{file:?}")) && code.contains(&format!("df[{col:?}]")), "{code}");
+        assert_eq!(&sb.run(&all, code, Mode::Stateless).observation, obs);
+        assert_eq!(response.rsplit("<Answer>\n").next().unwrap().trim_end_matches("\n</Answer>"), obs.trim());
+    }
     let report_file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("s/report.json")).unwrap()).unwrap();
     assert_eq!(report_file["accepted"], report.accepted);
     // Deterministic by seed: the same run again gives the same trajectories.
