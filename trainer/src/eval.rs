@@ -68,7 +68,9 @@ pub fn run(a: Args) -> Result<()> {
     let bar = indicatif::ProgressBar::new(tasks.len() as u64).with_message("rollouts");
     bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} ETA {eta}").unwrap());
     let with_dirs: Vec<_> = tasks.iter().map(|t| (t, rollout::workspace_dir(t, &shard_dir))).collect();
-    let (records, summary) = evaluate::run(&ck.model, tok, &template, &ck.eos_token_ids(), &sandbox, &with_dirs, &cfg, |n| bar.inc(n as u64))?;
+    let eos = ck.eos_token_ids();
+    let env = rollout::Env { model: &ck.model, tok, template: &template, eos: &eos, sandbox: &sandbox };
+    let (records, summary) = evaluate::run(&env, &with_dirs, &cfg, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let mut summary = serde_json::to_value(&summary)?;
     summary["model"] = json!(a.model);

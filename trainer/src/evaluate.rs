@@ -2,12 +2,10 @@
 //! rollout per task, and the shares whose trajectory is well formed, whose code runs,
 //! and whose answer is right.
 use crate::reward;
-use crate::rollout::{self, RolloutConfig, Trajectory};
+use crate::rollout::{self, Env, RolloutConfig, Trajectory};
 use anyhow::Result;
 use burn::prelude::Backend;
 use datasets::RlTask;
-use model::{ChatTemplate, Qwen3, Tokenizer};
-use sandbox::Sandbox;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -68,20 +66,15 @@ pub fn summarize(rs: &[Record]) -> Summary {
 }
 
 /// One rollout per task with `cfg` (greedy when its temperature is 0).
-#[allow(clippy::too_many_arguments)]
 pub fn run<B: Backend>(
-    model: &Qwen3<B>,
-    tok: &Tokenizer,
-    template: &ChatTemplate,
-    eos: &[u32],
-    sandbox: &Sandbox,
+    env: &Env<B>,
     tasks: &[(&RlTask, PathBuf)],
     cfg: &RolloutConfig,
     progress: impl FnMut(usize),
 ) -> Result<(Vec<Record>, Summary)> {
     let refs: Vec<&RlTask> = tasks.iter().map(|t| t.0).collect();
     let dirs: Vec<PathBuf> = tasks.iter().map(|t| t.1.clone()).collect();
-    let (trajs, _) = rollout::run(model, tok, template, eos, sandbox, &refs, &dirs, 1, cfg, progress)?;
+    let (trajs, _) = rollout::run(env, &refs, &dirs, 1, cfg, progress)?;
     let records: Vec<Record> = trajs.iter().map(|t| Record::of(t, refs[t.task], reward::RewardSpec::default().numeric_tol)).collect();
     let summary = summarize(&records);
     Ok((records, summary))

@@ -9,7 +9,7 @@ use crate::grpo::{self, GrpoSpec, LossStats, TokenTerms};
 use crate::metrics::Metrics;
 use crate::reward::{self, Parts};
 use crate::rl_config::RlConfig;
-use crate::rollout::{self, RolloutConfig, Trajectory};
+use crate::rollout::{self, Env, RolloutConfig, Trajectory};
 use crate::run_ckpt::{self, RunState};
 use crate::sft::{Resume, TrainBackend};
 use crate::stage_config::lr_at;
@@ -103,7 +103,9 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             return Ok(None);
         }
         let bar = bar(eval_tasks.len() as u64, "held-out");
-        let (records, s) = evaluate::run(&model.valid(), &tok, &template, &eos, &sandbox, &eval_tasks, &eval_cfg, |n| bar.inc(n as u64))?;
+        let policy = model.valid();
+        let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
+        let (records, s) = evaluate::run(&env, &eval_tasks, &eval_cfg, |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
         // The rollouts, to read: out/eval/step-N.jsonl (one JSON object per task).
         let dir = out.join("eval");
@@ -151,7 +153,9 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             },
         };
         bar.set_message("rollouts");
-        let (trajs, timing) = rollout::run(&model.valid(), &tok, &template, &eos, &sandbox, &tasks, &dirs, cfg.rollout.group_size, &rcfg, |_| {})?;
+        let policy = model.valid();
+        let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
+        let (trajs, timing) = rollout::run(&env, &tasks, &dirs, cfg.rollout.group_size, &rcfg, |_| {})?;
         let t_score = Instant::now();
         let parts: Vec<Parts> = trajs.par_iter().map(|t| reward::score(t, tasks[t.task], &cfg.reward, &sandbox)).collect();
         let rewards: Vec<f64> = trajs.iter().zip(&parts).map(|(t, p)| p.total(&weights[&tasks[t.task].kind], cfg.reward.format_penalty)).collect();

@@ -98,21 +98,27 @@ pub fn workspace_dir(task: &RlTask, shard_dir: &Path) -> PathBuf {
     shard_dir.join(&task.workspace)
 }
 
+/// What rollouts run with: the policy, its tokenizer and chat template, the end-of-turn
+/// ids and the sandbox.
+pub struct Env<'a, B: Backend> {
+    pub model: &'a Qwen3<B>,
+    pub tok: &'a Tokenizer,
+    pub template: &'a ChatTemplate,
+    pub eos: &'a [u32],
+    pub sandbox: &'a Sandbox,
+}
+
 /// Runs `samples` trajectories of every task (task-major: task 0's samples first).
 /// `workspaces[i]` is task i's source folder. `progress(n)` counts finished trajectories.
-#[allow(clippy::too_many_arguments)]
 pub fn run<B: Backend>(
-    model: &Qwen3<B>,
-    tok: &Tokenizer,
-    template: &ChatTemplate,
-    eos: &[u32],
-    sandbox: &Sandbox,
+    env: &Env<B>,
     tasks: &[&RlTask],
     workspaces: &[PathBuf],
     samples: usize,
     cfg: &RolloutConfig,
     mut progress: impl FnMut(usize),
 ) -> Result<(Vec<Trajectory>, Timing)> {
+    let Env { model, tok, template, eos, sandbox } = *env;
     let mut out = vec![];
     for (ti, t) in tasks.iter().enumerate() {
         let prompt = template.render(&[serde_json::json!({"role": "user", "content": t.prompt})], None, true)?;
