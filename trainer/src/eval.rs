@@ -70,7 +70,7 @@ pub fn run(a: Args) -> Result<()> {
     let with_dirs: Vec<_> = tasks.iter().map(|t| (t, rollout::workspace_dir(t, &shard_dir))).collect();
     let eos = ck.eos_token_ids();
     let env = rollout::Env { model: &ck.model, tok, template: &template, eos: &eos, sandbox: &sandbox };
-    let (records, summary) = evaluate::run(&env, &with_dirs, &cfg, |n| bar.inc(n as u64))?;
+    let (records, summary) = evaluate::run(&env, &with_dirs, &cfg, trainer::reward::RewardSpec::default().numeric_tol, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let mut summary = serde_json::to_value(&summary)?;
     summary["model"] = json!(a.model);

@@ -65,17 +65,19 @@ pub fn summarize(rs: &[Record]) -> Summary {
     }
 }
 
-/// One rollout per task with `cfg` (greedy when its temperature is 0).
+/// One rollout per task with `cfg` (greedy when its temperature is 0); numbers in answers
+/// match up to `numeric_tol` (relative).
 pub fn run<B: Backend>(
     env: &Env<B>,
     tasks: &[(&RlTask, PathBuf)],
     cfg: &RolloutConfig,
+    numeric_tol: f64,
     progress: impl FnMut(usize),
 ) -> Result<(Vec<Record>, Summary)> {
     let refs: Vec<&RlTask> = tasks.iter().map(|t| t.0).collect();
     let dirs: Vec<PathBuf> = tasks.iter().map(|t| t.1.clone()).collect();
     let (trajs, _) = rollout::run(env, &refs, &dirs, 1, cfg, progress)?;
-    let records: Vec<Record> = trajs.iter().map(|t| Record::of(t, refs[t.task], reward::RewardSpec::default().numeric_tol)).collect();
+    let records: Vec<Record> = trajs.iter().map(|t| Record::of(t, refs[t.task], numeric_tol)).collect();
     let summary = summarize(&records);
     Ok((records, summary))
 }

@@ -46,11 +46,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     let eval_tasks: Vec<(&RlTask, PathBuf)> = heldout.iter().take(cfg.eval.tasks).map(|(t, d)| (t, d.clone())).collect();
     let device = Default::default();
 
-    let resume_dir = match resume {
-        Resume::Never => None,
-        Resume::Auto => run_ckpt::complete(out).pop(),
-        Resume::From(p) => Some(p.clone()),
-    };
+    let resume_dir = resume.checkpoint(out);
     let init_dir = init.unwrap_or(&cfg.model.init).to_path_buf();
     let ck = match &resume_dir {
         Some(dir) => Checkpoint::<TrainBackend>::load(dir, &device)?,
@@ -105,7 +101,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         let bar = bar(eval_tasks.len() as u64, "held-out");
         let policy = model.valid();
         let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
-        let (records, s) = evaluate::run(&env, &eval_tasks, &eval_cfg, |n| bar.inc(n as u64))?;
+        let (records, s) = evaluate::run(&env, &eval_tasks, &eval_cfg, cfg.reward.numeric_tol, |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
         // The rollouts, to read: out/eval/step-N.jsonl (one JSON object per task).
         let dir = out.join("eval");

@@ -37,6 +37,15 @@ impl Resume {
             p => Resume::From(PathBuf::from(p)),
         }
     }
+
+    /// The checkpoint a run in `out` continues from, if any.
+    pub fn checkpoint(&self, out: &Path) -> Option<PathBuf> {
+        match self {
+            Resume::Never => None,
+            Resume::Auto => run_ckpt::complete(out).pop(),
+            Resume::From(p) => Some(p.clone()),
+        }
+    }
 }
 
 /// Runs one SFT stage; `init` (from the curriculum) replaces the config's model source.
@@ -52,11 +61,7 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     let device = Default::default();
     let split = cfg.data.load()?;
 
-    let resume_dir = match resume {
-        Resume::Never => None,
-        Resume::Auto => run_ckpt::complete(out).pop(),
-        Resume::From(p) => Some(p.clone()),
-    };
+    let resume_dir = resume.checkpoint(out);
     let (ck, state) = match &resume_dir {
         Some(dir) => (Checkpoint::<TrainBackend>::load(dir, &device)?, Some(run_ckpt::read_state(dir)?)),
         None => (source_model(cfg, cfg_path, init, &split, &device)?, None),
