@@ -65,16 +65,19 @@ pub fn generate<B: Backend>(
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
 ) -> Vec<Generation> {
-    generate_with(model, tokenizer, prompts, cfg, |_| {})
+    generate_with(model, tokenizer, prompts, cfg, |_| {}, |_, _| {})
 }
 
-/// [`generate`], calling `on_step(step)` after each new position (for progress bars).
+/// [`generate`], calling `on_step(step)` after each new position (for progress bars) and
+/// `on_done(row, generation)` the moment a row stops by a stop token or string, while the
+/// others go on (a rollout starts that row's cell then).
 pub fn generate_with<B: Backend>(
     model: &Qwen3<B>,
     tokenizer: Option<&Tokenizer>,
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
     mut on_step: impl FnMut(usize),
+    mut on_done: impl FnMut(usize, &Generation),
 ) -> Vec<Generation> {
     assert!(prompts.iter().all(|p| !p.is_empty()), "every prompt needs at least one token");
     assert!(cfg.stop_strings.is_empty() || tokenizer.is_some(), "stop strings need a tokenizer");
@@ -137,6 +140,9 @@ pub fn generate_with<B: Backend>(
                     g.finish = Finish::StopString(s.clone());
                     done[i] = true;
                 }
+            }
+            if done[i] {
+                on_done(i, g);
             }
         }
         on_step(step + 1);

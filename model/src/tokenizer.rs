@@ -45,8 +45,8 @@ impl Tokenizer {
         Ok(Self { inner, path, config })
     }
 
-    /// Trains a byte-level BPE vocabulary of `vocab_size` ids on `texts` (GPT-2/Qwen-style
-    /// pre-tokenization, no unknown bytes). The chat template's four special tokens come
+    /// Trains a byte-level BPE vocabulary of `vocab_size` ids on `texts` (Qwen2/3's
+    /// pre-tokenization: digits one by one, so a number is copied digit by digit; no unknown bytes). The chat template's four special tokens come
     /// first and the ten DeepAnalyze tags are added tokens, so a tag is always one id.
     /// The config names the built-in DeepAnalyze template's end token as EOS.
     pub fn train_bpe<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + Send, vocab_size: usize) -> Result<Self> {
@@ -64,8 +64,8 @@ impl Tokenizer {
             .build();
         let mut tok = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
             .with_model(BPE::default())
-            .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false).into()))
-            .with_decoder(Some(ByteLevel::default().into()))
+            .with_pre_tokenizer(Some(qwen_pre_tokenizer().map_err(err)?))
+            .with_decoder(Some(ByteLevel::new(false, false, false).into()))
             .build()
             .map_err(err)?;
         tok.train(&mut trainer, texts).map_err(err)?;
@@ -178,4 +178,15 @@ pub fn special_token(config: &serde_json::Map<String, Value>, key: &str) -> Opti
         Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
         _ => None,
     }
+}
+
+/// Qwen2/3's pre-tokenizer (as in their tokenizer.json): split by Qwen's regex, which keeps
+/// every digit its own piece, then map bytes to byte-level characters.
+fn qwen_pre_tokenizer() -> tokenizers::Result<tokenizers::PreTokenizerWrapper> {
+    use tokenizers::pre_tokenizers::{byte_level::ByteLevel, sequence::Sequence, split::{Split, SplitPattern}};
+    use tokenizers::SplitDelimiterBehavior;
+    const QWEN_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    let split = Split::new(SplitPattern::Regex(QWEN_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)?;
+    let bytes = ByteLevel::new(false, false, false);
+    Ok(Sequence::new(vec![split.into(), bytes.into()]).into())
 }

@@ -144,8 +144,14 @@ fn rows_that_stop_leave_the_batch_without_changing_the_others() {
     let cfg = SamplingConfig { stop_token_ids: vec![stop], ..cfg };
     for use_cache in [true, false] {
         let cfg = SamplingConfig { use_cache, ..cfg.clone() };
-        let batch = generate(&ck.model, None, &prompts, &cfg);
+        // `on_done` hears of each stopped row at the step it stopped, with its tokens.
+        let step = std::cell::Cell::new(0);
+        let mut heard = vec![];
+        let batch = model::generate_with(&ck.model, None, &prompts, &cfg, |s| step.set(s), |row, g| heard.push((row, step.get() + 1, g.tokens.clone())));
         assert_eq!(batch[1].tokens.len(), 3);
+        let stopped: Vec<_> = batch.iter().enumerate().filter(|(_, g)| g.finish != model::Finish::Length).map(|(i, g)| (i, g.tokens.len(), g.tokens.clone())).collect();
+        heard.sort();
+        assert_eq!(heard, stopped);
         assert!(batch.iter().any(|g| g.tokens.len() == 16), "some row runs past the stop");
         for (i, p) in prompts.iter().enumerate() {
             let alone = &generate(&ck.model, None, &[p.clone()], &SamplingConfig { seed: cfg.seed + i as u64, ..cfg.clone() })[0];
@@ -362,6 +368,24 @@ fn qwen3_tokenizer_encodes_like_python_tokenizers_and_llama_cpp() {
     for case in fx["encodings_with_tags"].as_array().unwrap() {
         assert_eq!(tok.encode(case["text"].as_str().unwrap()).unwrap(), ids_of(&case["ids"]), "{}", case["text"]);
     }
+}
+
+#[test]
+fn trained_tokenizer_pre_tokenizes_like_qwen3() {
+    let corpus = ["@mean_len[18.81]\n", "df = pd.read_csv(\"ToothGrowth.csv\")\n", "<Answer>\n@n[1234]\n</Answer>"];
+    let tok = model::Tokenizer::train_bpe(corpus.iter().cycle().take(60), 400).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    tok.save(d.path()).unwrap();
+    let ours = read_json(&d.path().join("tokenizer.json"));
+    let qwen = read_json(&asset("qwen3-tokenizer").join("tokenizer.json"));
+    assert_eq!(ours["pre_tokenizer"], qwen["pre_tokenizer"]);
+    assert_eq!(ours["decoder"], qwen["decoder"]);
+    // Even a number seen 60 times stays one token per digit.
+    let text = "@mean_len[18.81]";
+    let ids = tok.encode(text).unwrap();
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.decode(&[i]).unwrap()).collect();
+    assert_eq!(pieces[pieces.len() - 7..], ["[", "1", "8", ".", "8", "1", "]"], "{pieces:?}");
+    assert_eq!(tok.decode(&ids).unwrap(), text);
 }
 
 #[test]

@@ -35,14 +35,26 @@ pub fn solve(task: &Task, sandbox: &Sandbox, ws: &Workspace, with_error: bool) -
         "<Analyze>\nThe task: {} Before computing anything I will look at {}: its shape, column names and types, and a few rows, so the code uses the exact column names and handles missing values correctly.\n</Analyze>\n",
         task.instruction.lines().next().unwrap_or(""), task.other.as_ref().map_or(t.label(), |o| format!("{} and {}", t.label(), o.label()))
     );
-    let look = match &task.other {
+    let mut look = match &task.other {
         Some(_) => "for d in (df, df2):\n    print(d.shape)\n    print(d.dtypes)\n    print(d.head())",
         None => "print(df.shape)\nprint(df.dtypes)\nprint(df.head())",
-    };
-    run(&format!("import pandas as pd\n{load}\n{look}"), &mut out);
+    }
+    .to_string();
+    // The column the task is about: its missing count and range are printed, so that every
+    // number the <Understand> states is one the model can read (none from memory).
     let focus = t.columns.iter().find(|c| c.name == task.focus);
-    let about = focus.map(|c| format!(" `{}` is {} with {} missing value{}{}.", c.name, c.dtype, c.missing, if c.missing == 1 { "" } else { "s" },
-        match (c.min, c.max) { (Some(a), Some(b)) => format!(", ranging from {a} to {b}"), _ => String::new() })).unwrap_or_default();
+    if let Some(c) = focus {
+        let s = format!("df[{}]", py(&c.name));
+        look += &format!("\nprint('missing:', {s}.isna().sum()");
+        look += &if c.min.is_some() { format!(", 'range:', {s}.min(), {s}.max())") } else { ")".into() };
+    }
+    let obs = run(&format!("import pandas as pd\n{load}\n{look}"), &mut out);
+    let printed: Vec<&str> = obs.lines().find_map(|l| l.strip_prefix("missing: ")).map_or(vec![], |l| l.split(' ').collect());
+    let about = match (focus, printed.as_slice()) {
+        (Some(c), [n, rest @ ..]) => format!(" `{}` is {} with {n} missing value{}{}.", c.name, c.dtype, if *n == "1" { "" } else { "s" },
+            match rest { ["range:", a, b] => format!(", ranging from {a} to {b}"), _ => String::new() }),
+        _ => String::new(),
+    };
     out.response += &format!(
         "<Understand>\n{} has {} rows and {} columns.{about} Looking closer at the table, the columns needed for this task are present.\n</Understand>\n",
         t.label(), t.rows, t.columns.len()
@@ -67,8 +79,9 @@ pub fn solve(task: &Task, sandbox: &Sandbox, ws: &Workspace, with_error: bool) -
     }
     let obs = run(&solution, &mut out);
     let answers = parse_answers(&obs);
-    out.response += &format!("<Understand>\nLet me check the boundaries of this result: {}.\n</Understand>\n", task.review);
-    let lines: Vec<String> = answers.iter().map(|(n, v)| format!("@{n}[{v}]")).collect();
-    out.response += &format!("<Answer>\n{}\n</Answer>", lines.join("\n"));
+    // The result is restated right before the answer: the answer copies what was printed.
+    let lines = answers.iter().map(|(n, v)| format!("@{n}[{v}]")).collect::<Vec<_>>().join("\n");
+    out.response += &format!("<Understand>\nLet me check the boundaries of this result: {}. The printed result stands:\n{lines}\n</Understand>\n", task.review);
+    out.response += &format!("<Answer>\n{lines}\n</Answer>");
     out
 }

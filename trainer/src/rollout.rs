@@ -2,12 +2,13 @@
 //! until `</Code>` or the end token, run the cell in the trajectory's own sandbox
 //! workspace, append `\n<Execute>\n{observation}\n</Execute>\n` (masked), continue, up to
 //! `max_turns` cells and `max_response_tokens`. Every unfinished trajectory generates in
-//! one batch per turn, and the turn's cells run in parallel on the sandbox's workers.
+//! one batch per turn; a row's cell starts on the sandbox's workers the moment the row
+//! stops, while the others are still generating.
 //! Token ids are kept exactly as generated, each with its rollout log-probability.
 use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use datasets::RlTask;
-use model::{generate, ChatTemplate, Qwen3, SamplingConfig, Tokenizer};
+use model::{generate_with, ChatTemplate, Qwen3, SamplingConfig, Tokenizer};
 use rayon::prelude::*;
 use sandbox::{extract_code, Mode, Sandbox};
 use std::path::{Path, PathBuf};
@@ -158,40 +159,62 @@ pub fn run<B: Backend>(
             ..cfg.sampling.clone()
         };
         let prompts: Vec<Vec<u32>> = active.iter().map(|&i| [out[i].prompt_ids.as_slice(), &out[i].ids].concat()).collect();
+        // A row that stops at `</Code>` gets its cell started on the sandbox at once, while
+        // the rest of the batch goes on generating; the next turn waits only for cells still
+        // running when the last row stops (timed as sandbox time).
         let t0 = Instant::now();
-        let gens = generate(model, Some(tok), &prompts, &sampling);
-        timing.generate += t0.elapsed().as_secs_f64();
-        let mut to_run = vec![];
-        for (&i, mut g) in active.iter().zip(gens) {
+        let (gens, observations, waited) = std::thread::scope(|scope| -> Result<_> {
+            let trajs = &out;
+            let mut running = vec![];
+            let mut failed = None;
+            let gens = generate_with(model, Some(tok), &prompts, &sampling, |_| {}, |row, g| {
+                let r = &trajs[active[row]];
+                if !matches!(g.finish, model::Finish::StopString(_)) || g.tokens.len() > cfg.max_response_tokens - r.ids.len() {
+                    return;
+                }
+                match tok.decode(&g.tokens) {
+                    Ok(text) => running.push((row, scope.spawn(move || observe(sandbox, r, &text)))),
+                    Err(e) => failed = Some(e),
+                }
+            });
+            let t_wait = Instant::now();
+            let observations: Vec<(usize, String)> =
+                running.into_iter().map(|(row, h)| (row, h.join().expect("a cell's thread panicked"))).collect();
+            match failed {
+                Some(e) => Err(e.into()),
+                None => Ok((gens, observations, t_wait.elapsed().as_secs_f64())),
+            }
+        })?;
+        timing.generate += t0.elapsed().as_secs_f64() - waited;
+        timing.sandbox += waited;
+        let mut ran = vec![false; active.len()];
+        for (row, _) in &observations {
+            ran[*row] = true;
+        }
+        for ((&i, mut g), &ran) in active.iter().zip(gens).zip(&ran) {
             let r = &mut out[i];
             // A row may have had less room than the turn's budget.
             let keep = g.tokens.len().min(cfg.max_response_tokens - r.ids.len());
-            let cut = keep < g.tokens.len();
             g.tokens.truncate(keep);
             g.logprobs.truncate(keep);
             r.ids.extend(&g.tokens);
             r.mask.extend(std::iter::repeat_n(1, g.tokens.len()));
             r.logprobs.extend(&g.logprobs);
-            match g.finish {
-                model::Finish::StopString(_) if !cut => {
-                    r.text.push_str(&tok.decode(&g.tokens)?);
-                    to_run.push(i);
-                }
-                model::Finish::StopToken(_) if !cut => {
-                    r.text.push_str(&tok.decode(&g.tokens[..g.tokens.len() - 1])?);
-                    r.finished = true;
-                    progress(1);
-                }
-                _ => {
-                    r.text.push_str(&tok.decode(&g.tokens)?);
-                    progress(1);
-                }
+            let end_token = matches!(g.finish, model::Finish::StopToken(_)) && keep == g.tokens.len() && !ran;
+            let shown = if end_token { &g.tokens[..g.tokens.len() - 1] } else { &g.tokens[..] };
+            r.text.push_str(&tok.decode(shown)?);
+            if end_token {
+                r.finished = true;
+            }
+            if !ran {
+                progress(1);
             }
         }
-        let t0 = Instant::now();
-        run_cells(sandbox, tok, &mut out, &to_run, cfg.max_response_tokens)?;
-        timing.sandbox += t0.elapsed().as_secs_f64();
-        active = to_run;
+        for (row, obs) in observations {
+            append_observation(&mut out[active[row]], tok, &obs, cfg.max_response_tokens)?;
+        }
+        // The rows that ran a cell go on, in the same order (each row keeps its seed).
+        active = active.iter().zip(&ran).filter(|(_, &r)| r).map(|(&i, _)| i).collect();
     }
     progress(active.len());
     Ok((out, timing))
@@ -199,29 +222,36 @@ pub fn run<B: Backend>(
 
 /// Runs the last cell of each trajectory in `which` in parallel, each in its own
 /// workspace, and appends its observation as masked tokens (cut at `max_response_tokens`).
-/// A cell without a fenced block gets the published "no code" error; a hostile cell gets
-/// the sandbox's error text, and only its own trajectory sees it.
 pub fn run_cells(sandbox: &Sandbox, tok: &Tokenizer, trajs: &mut [Trajectory], which: &[usize], max_response_tokens: usize) -> Result<()> {
-    let obs: Vec<String> = which
-        .par_iter()
-        .map(|&i| match (extract_code(&own_tail(&trajs[i].text)), &trajs[i].workspace) {
-            (Some(code), Some(ws)) => sandbox.run(ws, &code, Mode::Stateless).observation,
-            (Some(_), None) => "[Error]\nUnknown execution error.".to_string(),
-            (None, _) => sandbox::NO_CODE_OBSERVATION.to_string(),
-        })
-        .collect();
+    let obs: Vec<String> = which.par_iter().map(|&i| observe(sandbox, &trajs[i], "")).collect();
     for (&i, obs) in which.iter().zip(obs) {
-        let r = &mut trajs[i];
-        let block = format!("\n<Execute>\n{obs}\n</Execute>\n");
-        let ids = tok.encode(&block)?;
-        let n = ids.len().min(max_response_tokens.saturating_sub(r.ids.len()));
-        r.ids.extend(&ids[..n]);
-        r.mask.extend(std::iter::repeat_n(0, n));
-        r.logprobs.extend(std::iter::repeat_n(0.0, n));
-        r.failed_cells += usize::from(obs.starts_with("[Error]"));
-        r.observations.push(obs);
-        r.text.push_str(&block);
+        append_observation(&mut trajs[i], tok, &obs, max_response_tokens)?;
     }
+    Ok(())
+}
+
+/// The observation of the cell that ends `traj.text + new_text`, run in the trajectory's
+/// workspace. A cell without a fenced block gets the published "no code" error; a hostile
+/// cell gets the sandbox's error text, and only its own trajectory sees it.
+fn observe(sandbox: &Sandbox, traj: &Trajectory, new_text: &str) -> String {
+    match (extract_code(&own_tail(&format!("{}{new_text}", traj.text))), &traj.workspace) {
+        (Some(code), Some(ws)) => sandbox.run(ws, &code, Mode::Stateless).observation,
+        (Some(_), None) => "[Error]\nUnknown execution error.".to_string(),
+        (None, _) => sandbox::NO_CODE_OBSERVATION.to_string(),
+    }
+}
+
+/// Appends `\n<Execute>\n{obs}\n</Execute>\n` as masked tokens, cut at `max_response_tokens`.
+fn append_observation(r: &mut Trajectory, tok: &Tokenizer, obs: &str, max_response_tokens: usize) -> Result<()> {
+    let block = format!("\n<Execute>\n{obs}\n</Execute>\n");
+    let ids = tok.encode(&block)?;
+    let n = ids.len().min(max_response_tokens.saturating_sub(r.ids.len()));
+    r.ids.extend(&ids[..n]);
+    r.mask.extend(std::iter::repeat_n(0, n));
+    r.logprobs.extend(std::iter::repeat_n(0.0, n));
+    r.failed_cells += usize::from(obs.starts_with("[Error]"));
+    r.observations.push(obs.to_string());
+    r.text.push_str(&block);
     Ok(())
 }
 
