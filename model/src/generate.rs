@@ -1,9 +1,9 @@
 //! Batched generation: prompts of different lengths are left-padded into one batch, the
 //! KV cache (optional, for checking) grows by one position per step, and each row samples
 //! with its own seeded RNG so a row's tokens do not depend on its neighbours. Returns the
-//! tokens exactly as generated and the log-probability of each under the model's own
-//! distribution (temperature 1, no filtering): the numbers `score` would give, which is
-//! what RL's importance ratios need.
+//! tokens exactly as generated and the log-probability of each under the sampling policy:
+//! softmax(logits / temperature), before top-k/top-p filtering (temperature 1 when greedy),
+//! the numbers `score` gives at temperature 1, which is what RL's importance ratios need.
 use crate::qwen3::{AttnMask, KvCache, Qwen3};
 use crate::tokenizer::Tokenizer;
 use burn::prelude::*;
@@ -53,7 +53,7 @@ pub enum Finish {
 pub struct Generation {
     /// Generated ids, including the stop token when one ended the row.
     pub tokens: Vec<u32>,
-    /// `log p(token)` of each generated token under the unmodified model distribution.
+    /// `log p(token)` of each generated token under softmax(logits / temperature).
     pub logprobs: Vec<f32>,
     pub finish: Finish,
 }
@@ -92,6 +92,7 @@ pub fn generate_with<B: Backend>(
         (0..n).map(|_| Generation { tokens: vec![], logprobs: vec![], finish: Finish::Length }).collect();
     let mut done = vec![false; n];
     let mut cache = cfg.use_cache.then(|| KvCache::new(model.num_layers()));
+    let policy_temperature = if cfg.temperature > 0.0 { cfg.temperature } else { 1.0 };
     let max_stop_chars = cfg.stop_strings.iter().map(|s| s.chars().count()).max().unwrap_or(0);
     // Rows still generating (indices into `prompts`); finished rows leave the batch and
     // the cache, so a long row does not make the others pay for its steps.
@@ -127,7 +128,7 @@ pub fn generate_with<B: Backend>(
             seqs[i].push(token);
             let g = &mut out[i];
             g.tokens.push(token);
-            g.logprobs.push(logprob(row, token as usize));
+            g.logprobs.push(logprob(row, token as usize, policy_temperature));
             if cfg.stop_token_ids.contains(&token) {
                 g.finish = Finish::StopToken(token);
                 done[i] = true;
@@ -160,11 +161,12 @@ pub fn generate_with<B: Backend>(
     out
 }
 
-/// log-softmax of `logits` at `index`, computed stably in f64.
-pub fn logprob(logits: &[f32], index: usize) -> f32 {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
-    (logits[index] as f64 - lse) as f32
+/// log-softmax of `logits / temperature` at `index`, computed stably in f64.
+pub fn logprob(logits: &[f32], index: usize, temperature: f32) -> f32 {
+    let t = temperature as f64;
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
+    let lse = logits.iter().map(|&x| (x as f64 / t - max).exp()).sum::<f64>().ln() + max;
+    (logits[index] as f64 / t - lse) as f32
 }
 
 /// Greedy (first maximum, like torch.argmax) at temperature 0; otherwise temperature,

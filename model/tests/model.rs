@@ -131,6 +131,21 @@ fn generated_logprobs_equal_teacher_forced_scores() {
     for (a, b) in g.logprobs.iter().zip(scored) {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
+    // Sampling at temperature 0.6: each log-prob is of softmax(logits / 0.6), the policy
+    // that drew it (computed here in f64 from the teacher-forced logits).
+    let cfg = SamplingConfig { temperature: 0.6, ..cfg };
+    let g = &generate(&ck.model, None, &[prompt.clone()], &cfg)[0];
+    let full: Vec<u32> = prompt.iter().chain(&g.tokens).cloned().collect();
+    let n = full.len();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(full.iter().map(|&x| x as i64).collect(), [1, n]), &Default::default());
+    let logits = ck.model.forward(tokens).into_data().to_vec::<f32>().unwrap();
+    let v = logits.len() / n;
+    for (k, (&tok, &got)) in g.tokens.iter().zip(&g.logprobs).enumerate() {
+        let row: Vec<f64> = logits[(prompt.len() - 1 + k) * v..][..v].iter().map(|&x| x as f64 / 0.6).collect();
+        let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let want = row[tok as usize] - lse;
+        assert!((got as f64 - want).abs() < 1e-4, "token {k}: {got} vs {want}");
+    }
 }
 
 #[test]

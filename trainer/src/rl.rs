@@ -290,7 +290,8 @@ fn update(
     cfg: &RlConfig,
     lr: f64,
 ) -> Result<(Qwen3<TrainBackend>, LossStats, f64)> {
-    let (grads, stats) = policy_grads(&model, trajs, chosen, adv, reference, &cfg.grpo, cfg.rollout.max_response_tokens)?;
+    let r = &cfg.rollout;
+    let (grads, stats) = policy_grads(&model, trajs, chosen, adv, reference, &cfg.grpo, r.max_response_tokens, r.temperature)?;
     let (model, gn) = optim.apply(model, grads, lr);
     let gn = gn.map_err(|e| anyhow!("{} is {}", e.what, e.value))?;
     Ok((model, stats, gn))
@@ -298,7 +299,9 @@ fn update(
 
 /// Gradients of the GRPO loss over the generated tokens of `chosen` (`adv[i]` is
 /// trajectory i's advantage), micro-batched by `spec.micro_batch_tokens`; observation
-/// and prompt tokens are context only.
+/// and prompt tokens are context only. The policy is softmax(logits / `temperature`), the
+/// distribution the rollouts sampled from (1 when they were greedy).
+#[allow(clippy::too_many_arguments)]
 pub fn policy_grads<B: burn::tensor::backend::AutodiffBackend>(
     model: &Qwen3<B>,
     trajs: &[Trajectory],
@@ -307,7 +310,9 @@ pub fn policy_grads<B: burn::tensor::backend::AutodiffBackend>(
     reference: Option<&Qwen3<B::InnerBackend>>,
     spec: &GrpoSpec,
     max_response_tokens: usize,
+    temperature: f32,
 ) -> Result<(GradientsParams, LossStats)> {
+    let temperature = if temperature > 0.0 { temperature } else { 1.0 };
     let total_gen: usize = chosen.iter().map(|&i| trajs[i].generated()).sum();
     let n_seq = chosen.len() as f64;
     let constant = spec.constant_norm.unwrap_or(max_response_tokens as f64);
@@ -334,10 +339,10 @@ pub fn policy_grads<B: burn::tensor::backend::AutodiffBackend>(
             }
         }
         if let Some(r) = reference {
-            let (lp, _) = trained_logprobs(r, std::slice::from_ref(&row)).expect("generated tokens");
+            let (lp, _) = trained_logprobs(r, std::slice::from_ref(&row), temperature).expect("generated tokens");
             terms.ref_logp = Some(lp.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?);
         }
-        let (logp, full) = trained_logprobs(model, std::slice::from_ref(&row)).expect("generated tokens");
+        let (logp, full) = trained_logprobs(model, std::slice::from_ref(&row), temperature).expect("generated tokens");
         let (loss, s) = grpo::loss(logp, Some(full), &terms, spec);
         let v = loss.clone().into_scalar().elem::<f64>();
         if !v.is_finite() {

@@ -17,7 +17,7 @@ use std::path::Path;
 /// and how many there are. Documents see only themselves (the packing's document mask,
 /// positions restarting at each document); padding is one more document, never trained.
 pub fn nll_sum<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1>, usize) {
-    match trained_logprobs(model, seqs) {
+    match trained_logprobs(model, seqs, 1.0) {
         Some((logp, _)) => {
             let n = logp.dims()[0];
             (logp.sum().neg(), n)
@@ -26,9 +26,10 @@ pub fn nll_sum<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1
     }
 }
 
-/// Log-probability of every trained token of `seqs` (`[n]`, in row-major order of the
-/// positions), with the whole log-distribution at each (`[n, vocab]`); None without any.
-pub fn trained_logprobs<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
+/// Log-probability of every trained token of `seqs` under softmax(logits / temperature)
+/// (`[n]`, in row-major order of the positions), with the whole log-distribution at each
+/// (`[n, vocab]`); None without any.
+pub fn trained_logprobs<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq], temperature: f32) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
     let device = model.device();
     let (b, t) = (seqs.len(), seqs[0].ids.len());
     let mut ids = Vec::with_capacity(b * t);
@@ -60,7 +61,9 @@ pub fn trained_logprobs<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> Opt
     // Only trained positions reach the LM head: prompts and observations cost no logits.
     let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
     let picked = hidden.reshape([b * t, h]).select(0, rows).reshape([1, n, h]);
-    let logp = log_softmax(model.logits(picked), 2);
+    let logits = model.logits(picked);
+    let logits = if temperature == 1.0 { logits } else { logits.div_scalar(temperature) };
+    let logp = log_softmax(logits, 2);
     let v = logp.dims()[2];
     let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, n, 1]), &device);
     Some((logp.clone().gather(2, targets).reshape([n]), logp.reshape([n, v])))

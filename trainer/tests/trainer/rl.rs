@@ -244,14 +244,14 @@ fn observation_tokens_get_no_gradient() {
     let mut trajs = vec![make(1, 6), make(2, 9)];
     // Rollout log-probs = the current policy's: every ratio is 1, nothing is clipped.
     for t in trajs.iter_mut() {
-        let (lp, _) = trained_logprobs(&ck.model.valid(), &[packed_row(&[&*t])]).unwrap();
+        let (lp, _) = trained_logprobs(&ck.model.valid(), &[packed_row(&[&*t])], 1.0).unwrap();
         let lp: Vec<f32> = lp.into_data().to_vec().unwrap();
         let mut k = 0;
         t.logprobs = t.mask.iter().map(|&m| if m == 1 { k += 1; lp[k - 1] } else { 0.0 }).collect();
     }
     let adv = [1.0, -0.5];
     let spec = spec("micro_batch_tokens = 100000");
-    let (grads, stats) = policy_grads(&ck.model, &trajs, &[0, 1], &adv, None, &spec, 4096).unwrap();
+    let (grads, stats) = policy_grads(&ck.model, &trajs, &[0, 1], &adv, None, &spec, 4096, 1.0).unwrap();
     assert_eq!(stats.tokens, 2 * 16);
     assert!(stats.kl_old.abs() < 1e-4 && stats.clipped == 0.0);
 
@@ -315,4 +315,25 @@ fn a_hostile_cell_costs_its_own_trajectory_only() {
     // And the sandbox still serves the next turn.
     run_cells(&sb, &tok, &mut trajs[..1], &[0], 1 << 20).unwrap();
     assert_eq!(trajs[0].observations.len(), 2);
+}
+
+#[test]
+fn sampling_temperature_is_the_policy_the_update_scores() {
+    // Tokens sampled at temperature 0.7 by the (KV-cached) generator: the packed training
+    // forward gives each the same log-prob under softmax(logits / 0.7), so on-policy ratios
+    // are 1; at temperature 1 they differ.
+    let ck = fixture_model();
+    let prompt: Vec<u32> = vec![3, 14, 15, 92, 65];
+    let cfg = model::SamplingConfig { max_new_tokens: 12, temperature: 0.7, seed: 4, ..Default::default() };
+    let g = model::generate(&ck.model, None, &[prompt.clone()], &cfg).remove(0);
+    let t = Trajectory { prompt_ids: prompt, ids: g.tokens.clone(), mask: vec![1; g.tokens.len()], ..trajectory("", &[], None) };
+    let scored = |temp: f32| -> Vec<f32> {
+        trained_logprobs(&ck.model, &[packed_row(&[&t])], temp).unwrap().0.into_data().to_vec().unwrap()
+    };
+    let at = scored(0.7);
+    assert_eq!(at.len(), g.logprobs.len());
+    for (a, b) in at.iter().zip(&g.logprobs) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    assert!(scored(1.0).iter().zip(&g.logprobs).any(|(a, b)| (a - b).abs() > 1e-2));
 }
