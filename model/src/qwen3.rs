@@ -129,8 +129,21 @@ impl<B: Backend> Attention<B> {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
-        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
         let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        if t == 1 && !matches!(mask, LayerMask::Documents(_)) {
+            // One new position (decoding): it sees every cached key but padding, so the
+            // query heads of a KV head go in as that head's rows; no repeated K/V copies.
+            let n_rep = h / kvh;
+            let keys = k.dims()[2];
+            let q = q.reshape([b, kvh, n_rep, d]);
+            let m = match mask {
+                LayerMask::Tensor(m) => Some(m.clone().expand([b, kvh, n_rep, keys])),
+                _ => None,
+            };
+            let out = attention::<B>(q, k, v, m, None, AttentionModuleOptions { is_causal: false, ..causal });
+            return self.o_proj.forward(out.reshape([b, 1, h * d]));
+        }
+        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
         let out = match mask {
             LayerMask::Causal => attention::<B>(q, k, v, None, None, causal),
             LayerMask::Tensor(m) => {
