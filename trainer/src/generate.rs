@@ -33,7 +33,9 @@ pub struct Args {
     /// Stop once the output contains this string (repeatable), e.g. `</Code>`.
     #[arg(long)]
     stop: Vec<String>,
-    /// Print {"prompt_ids", "ids", "logprobs", "text", "finish_reason"} instead of the text.
+    /// Print {"prompt_ids", "ids", "logprobs", "text", "finish_reason"} instead of the text;
+    /// `logprobs` are of softmax(logits / temperature) before top-k/top-p (at temperature 1
+    /// or greedy, what `score` gives).
     #[arg(long)]
     json: bool,
 }

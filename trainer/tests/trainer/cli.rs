@@ -74,12 +74,13 @@ fn generate_and_score_agree_on_a_real_tokenizer_and_stop_strings_stop() {
     assert_eq!(ids.len(), 7);
     assert!(ids[0].as_u64().unwrap() >= 151669 && ids.last().unwrap().as_u64().unwrap() >= 151669);
 
+    // At temperature 1 the policy is the model's own distribution (top-k/top-p only filter
+    // the draw), so the reported log-probs are what `score` computes on prompt + output.
     let g = ok_json(&["generate", "--model", ck, "--prompt", "The mean of the column is", "--max-new-tokens", "12",
-                      "--temperature", "0.7", "--top-k", "50", "--top-p", "0.9", "--seed", "5", "--json"]);
+                      "--temperature", "1.0", "--top-k", "50", "--top-p", "0.9", "--seed", "5", "--json"]);
     let new: Vec<u64> = g["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
     assert_eq!(new.len(), 12);
     assert_eq!(g["finish_reason"], "length");
-    // The reported log-probs are what `score` computes on prompt + output.
     let all: Vec<String> = g["prompt_ids"].as_array().unwrap().iter().chain(g["ids"].as_array().unwrap())
         .map(|x| x.to_string()).collect();
     let s = ok_json(&["score", "--model", ck, "--ids", &all.join(",")]);
@@ -90,7 +91,7 @@ fn generate_and_score_agree_on_a_real_tokenizer_and_stop_strings_stop() {
     // Same seed, same output; a stop string taken from the middle of it ends generation there.
     let text = g["text"].as_str().unwrap().to_string();
     let g2 = ok_json(&["generate", "--model", ck, "--prompt", "The mean of the column is", "--max-new-tokens", "12",
-                       "--temperature", "0.7", "--top-k", "50", "--top-p", "0.9", "--seed", "5", "--json"]);
+                       "--temperature", "1.0", "--top-k", "50", "--top-p", "0.9", "--seed", "5", "--json"]);
     assert_eq!(g2["ids"], g["ids"]);
     let tok = tokenizers::Tokenizer::from_file(root().join("assets/qwen3-tokenizer/tokenizer.json")).unwrap();
     let ids32: Vec<u32> = new.iter().map(|&x| x as u32).collect();
@@ -105,7 +106,7 @@ fn generate_and_score_agree_on_a_real_tokenizer_and_stop_strings_stop() {
     let cut = cut.expect("some token of the output is a usable stop string");
     let (k, stop) = cut;
     let g3 = ok_json(&["generate", "--model", ck, "--prompt", "The mean of the column is", "--max-new-tokens", "12",
-                       "--temperature", "0.7", "--top-k", "50", "--top-p", "0.9", "--seed", "5", "--stop", &stop, "--json"]);
+                       "--temperature", "1.0", "--top-k", "50", "--top-p", "0.9", "--seed", "5", "--stop", &stop, "--json"]);
     assert_eq!(g3["finish_reason"]["stop_string"], stop.as_str());
     assert_eq!(g3["ids"].as_array().unwrap()[..], g["ids"].as_array().unwrap()[..=k]);
 }
