@@ -92,7 +92,7 @@ pub fn generate_with<B: Backend>(
         (0..n).map(|_| Generation { tokens: vec![], logprobs: vec![], finish: Finish::Length }).collect();
     let mut done = vec![false; n];
     let mut cache = cfg.use_cache.then(|| KvCache::new(model.num_layers()));
-    let policy_temperature = if cfg.temperature > 0.0 { cfg.temperature } else { 1.0 };
+    let policy_t = policy_temperature(cfg.temperature);
     let max_stop_chars = cfg.stop_strings.iter().map(|s| s.chars().count()).max().unwrap_or(0);
     // Rows still generating (indices into `prompts`); finished rows leave the batch and
     // the cache, so a long row does not make the others pay for its steps.
@@ -128,7 +128,7 @@ pub fn generate_with<B: Backend>(
             seqs[i].push(token);
             let g = &mut out[i];
             g.tokens.push(token);
-            g.logprobs.push(logprob(row, token as usize, policy_temperature));
+            g.logprobs.push(logprob(row, token as usize, policy_t));
             if cfg.stop_token_ids.contains(&token) {
                 g.finish = Finish::StopToken(token);
                 done[i] = true;
@@ -159,6 +159,12 @@ pub fn generate_with<B: Backend>(
         }
     }
     out
+}
+
+/// The temperature of the distribution a row is drawn from: greedy decoding (0) is scored
+/// under the model's own distribution (1).
+pub fn policy_temperature(temperature: f32) -> f32 {
+    if temperature > 0.0 { temperature } else { 1.0 }
 }
 
 /// log-softmax of `logits / temperature` at `index`, computed stably in f64.

@@ -12,7 +12,7 @@ pub mod tokenizer;
 pub use chat::ChatTemplate;
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
-pub use generate::{generate, generate_with, Finish, Generation, SamplingConfig};
+pub use generate::{generate, generate_with, policy_temperature, Finish, Generation, SamplingConfig};
 pub use qwen3::{AttnMask, KvCache, Qwen3};
 pub use tokenizer::{Tokenizer, DEEPANALYZE_TAGS};
 

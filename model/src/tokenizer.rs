@@ -46,8 +46,9 @@ impl Tokenizer {
     }
 
     /// Trains a byte-level BPE vocabulary of `vocab_size` ids on `texts` (Qwen2/3's
-    /// pre-tokenization: digits one by one, so a number is copied digit by digit; no unknown bytes). The chat template's four special tokens come
-    /// first and the ten DeepAnalyze tags are added tokens, so a tag is always one id.
+    /// pre-tokenization: digits one by one, so a number is copied digit by digit; no
+    /// unknown bytes). The chat template's four special tokens come first and the ten
+    /// DeepAnalyze tags are added tokens, so a tag is always one id.
     /// The config names the built-in DeepAnalyze template's end token as EOS.
     pub fn train_bpe<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + Send, vocab_size: usize) -> Result<Self> {
         use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};

@@ -312,7 +312,7 @@ pub fn policy_grads<B: burn::tensor::backend::AutodiffBackend>(
     max_response_tokens: usize,
     temperature: f32,
 ) -> Result<(GradientsParams, LossStats)> {
-    let temperature = if temperature > 0.0 { temperature } else { 1.0 };
+    let temperature = model::policy_temperature(temperature);
     let total_gen: usize = chosen.iter().map(|&i| trajs[i].generated()).sum();
     let n_seq = chosen.len() as f64;
     let constant = spec.constant_norm.unwrap_or(max_response_tokens as f64);
