@@ -11,7 +11,14 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Resu
     let text = std::fs::read_to_string(path).map_err(|e| Error::Config { path: name.clone(), reason: e.to_string() })?;
     let text = apply_overrides(&text, overrides).map_err(|reason| Error::Config { path: name.clone(), reason })?;
     toml::from_str(&text).map_err(|e: toml::de::Error| {
-        let at = e.span().map(|s| format!("line {}: ", text[..s.start].lines().count().max(1) + usize::from(text[..s.start].ends_with('\n')))).unwrap_or_default();
+        // The line number and the line itself, so a bad value's field is named too.
+        let at = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start].lines().count().max(1) + usize::from(text[..s.start].ends_with('\n'));
+                format!("line {line} (`{}`): ", text.lines().nth(line - 1).unwrap_or("").trim())
+            })
+            .unwrap_or_default();
         Error::Config { path: name, reason: format!("{at}{}", e.message().trim_end().replace('\n', "; ")) }
     })
 }

@@ -215,6 +215,7 @@ pub fn load<B: Backend>(dir: &Path, cfg: &Qwen3Config, device: &B::Device) -> Re
         norm,
         lm_head,
         rope: Rope::new(cfg),
+        compute: Default::default(),
     })
 }
 

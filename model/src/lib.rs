@@ -13,7 +13,7 @@ pub use chat::ChatTemplate;
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
 pub use generate::{generate, generate_with, policy_temperature, Finish, Generation, SamplingConfig};
-pub use qwen3::{AttnMask, KvCache, Qwen3};
+pub use qwen3::{AttnMask, Compute, KvCache, Precision, Qwen3};
 pub use tokenizer::{Tokenizer, DEEPANALYZE_TAGS};
 
 use burn::module::Param;
@@ -151,6 +151,7 @@ impl<B: Backend> Qwen3<B> {
             norm: norm(h),
             lm_head: (!cfg.tie_word_embeddings).then(|| linear(h, cfg.vocab_size, false)),
             rope: rope::Rope::new(cfg),
+            compute: qwen3::Compute::default(),
         }
     }
 

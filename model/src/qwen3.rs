@@ -2,12 +2,82 @@
 //! ...). A pure function of (weights, tokens, positions, cache): the KV cache lives outside
 //! the modules so one set of weights serves training, scoring and many rollouts.
 use crate::rope::{apply_rotary, Rope};
-use burn::module::Param;
+use burn::module::{AutodiffModule, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, silu};
-use burn::tensor::module::attention;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::FloatDType;
+
+/// Precision of the matmuls and attention. `Bf16` follows `torch.autocast(bfloat16)`:
+/// linear layers and attention in bf16, the residual stream, norms, RoPE and the
+/// log-softmax in f32, parameters (the master weights) as stored; unlike autocast the
+/// embedding rows are rounded to bf16 too, so a copy with bf16 matrices (the rollout
+/// policy) computes the same numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> FloatDType {
+        match self {
+            Precision::F32 => FloatDType::F32,
+            Precision::Bf16 => FloatDType::BF16,
+        }
+    }
+}
+
+/// How the model computes: precision, and whether training recomputes each layer in
+/// the backward instead of keeping its activations (transformers' gradient checkpointing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compute {
+    #[serde(default)]
+    pub precision: Precision,
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+}
+
+impl std::fmt::Display for Compute {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.precision {
+            Precision::F32 => write!(f, "f32")?,
+            Precision::Bf16 => write!(f, "bf16 (f32 master weights)")?,
+        }
+        if self.gradient_checkpointing {
+            write!(f, ", gradient checkpointing")?;
+        }
+        Ok(())
+    }
+}
+
+/// `x` in `dtype` (no op, and no autodiff node, when it already is).
+fn to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
+    if x.dtype() == dtype.into() {
+        x
+    } else {
+        x.cast(dtype)
+    }
+}
+
+/// A linear layer computed in `dtype` (the weights cast for the product, as autocast).
+fn proj<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
+    linear(to(x, dtype), to(l.weight.val(), dtype), l.bias.as_ref().map(|b| to(b.val(), dtype)))
+}
+
+/// RMSNorm in f32 whatever the input's and the gain's dtypes (Qwen3RMSNorm's upcast).
+fn norm<B: Backend, const D: usize>(n: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let x = to(x, FloatDType::F32);
+    let rms = (x.clone().square().mean_dim(D - 1) + n.epsilon).sqrt();
+    (x / rms) * to(n.gamma.val(), FloatDType::F32).unsqueeze()
+}
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -46,10 +116,12 @@ pub struct Qwen3<B: Backend> {
     pub lm_head: Option<Linear<B>>,
     #[module(skip)]
     pub rope: Rope,
+    #[module(skip)]
+    pub compute: Compute,
 }
 
 /// Keys and values of every layer for the tokens seen so far (after QK-norm and RoPE,
-/// with the checkpoint's KV heads, before they are repeated for GQA).
+/// with the checkpoint's KV heads, before they are repeated for GQA), in the compute dtype.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
@@ -116,15 +188,16 @@ impl<B: Backend> Attention<B> {
         sin: Tensor<B, 4>,
         mask: &LayerMask<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
+        dt: FloatDType,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]);
-        let q = self.q_norm.forward(heads(self.q_proj.forward(x.clone()), h)).swap_dims(1, 2);
-        let k = self.k_norm.forward(heads(self.k_proj.forward(x.clone()), kvh)).swap_dims(1, 2);
-        let v = heads(self.v_proj.forward(x), kvh).swap_dims(1, 2);
-        let q = apply_rotary(q, cos.clone(), sin.clone());
-        let k = apply_rotary(k, cos, sin);
+        let q = norm(&self.q_norm, heads(proj(&self.q_proj, x.clone(), dt), h)).swap_dims(1, 2);
+        let k = norm(&self.k_norm, heads(proj(&self.k_proj, x.clone(), dt), kvh)).swap_dims(1, 2);
+        let v = heads(proj(&self.v_proj, x, dt), kvh).swap_dims(1, 2);
+        let q = to(apply_rotary(q, cos.clone(), sin.clone()), dt);
+        let k = to(apply_rotary(k, cos, sin), dt);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
@@ -141,7 +214,7 @@ impl<B: Backend> Attention<B> {
                 _ => None,
             };
             let out = attention::<B>(q, k, v, m, None, AttentionModuleOptions { is_causal: false, ..causal });
-            return self.o_proj.forward(out.reshape([b, 1, h * d]));
+            return proj(&self.o_proj, out.reshape([b, 1, h * d]), dt);
         }
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
         let out = match mask {
@@ -164,7 +237,7 @@ impl<B: Backend> Attention<B> {
                 Tensor::cat(rows.collect(), 0)
             }
         };
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
+        proj(&self.o_proj, out.swap_dims(1, 2).reshape([b, t, h * d]), dt)
     }
 }
 
@@ -178,8 +251,18 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
 }
 
 impl<B: Backend> Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    fn forward(&self, x: Tensor<B, 3>, dt: FloatDType) -> Tensor<B, 3> {
+        proj(&self.down_proj, silu(proj(&self.gate_proj, x.clone(), dt)) * proj(&self.up_proj, x, dt), dt)
+    }
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// The residual stream after this layer (f32 in, f32 out).
+    fn forward(&self, x: Tensor<B, 3>, rope: &(Tensor<B, 4>, Tensor<B, 4>), mask: &LayerMask<B>, cache: Option<(&mut KvCache<B>, usize)>, dt: FloatDType) -> Tensor<B, 3> {
+        let attn = self.self_attn.forward(norm(&self.input_layernorm, x.clone()), rope.0.clone(), rope.1.clone(), mask, cache, dt);
+        let x = x + to(attn, FloatDType::F32);
+        let mlp = self.mlp.forward(norm(&self.post_attention_layernorm, x.clone()), dt);
+        x + to(mlp, FloatDType::F32)
     }
 }
 
@@ -196,7 +279,12 @@ impl<B: Backend> Qwen3<B> {
         self.embed_tokens.weight.device()
     }
 
-    /// Final hidden states `[batch, seq, hidden]` for `tokens` at `positions`
+    pub fn with_compute(mut self, compute: Compute) -> Self {
+        self.compute = compute;
+        self
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` (f32) for `tokens` at `positions`
     /// (`[batch][seq]`), appending to `cache` when given.
     pub fn forward_hidden(
         &self,
@@ -205,10 +293,25 @@ impl<B: Backend> Qwen3<B> {
         mask: &AttnMask<B>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let device = tokens.device();
-        let [_, t] = tokens.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let (cos, sin) = self.rope.cos_sin::<B>(positions, &device);
+        let (rope, mask) = self.prepare(positions, mask, past, &tokens.device());
+        let mut x = self.embed(tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &rope, &mask, cache.as_deref_mut().map(|c| (c, i)), self.compute.precision.dtype());
+        }
+        norm(&self.norm, x)
+    }
+
+    /// The embeddings of `tokens` as the f32 residual stream, rounded to the compute
+    /// dtype on the way (as a lookup in the matrix that dtype stores).
+    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let x = self.embed_tokens.forward(tokens);
+        to(to(x, self.compute.precision.dtype()), FloatDType::F32)
+    }
+
+    /// RoPE's cos/sin for `positions` and the mask as each layer applies it.
+    fn prepare(&self, positions: &[Vec<usize>], mask: &AttnMask<B>, past: usize, device: &B::Device) -> ((Tensor<B, 4>, Tensor<B, 4>), LayerMask<B>) {
+        let t = positions[0].len();
         let mask = match mask {
             AttnMask::Causal => LayerMask::Causal,
             AttnMask::KeyPadding(valid) => LayerMask::Tensor(padding_causal_mask(valid.clone(), t, past)),
@@ -218,29 +321,38 @@ impl<B: Backend> Qwen3<B> {
                 LayerMask::Documents(rows.clone())
             }
         };
-        let mut x = self.embed_tokens.forward(tokens);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let attn_in = layer.input_layernorm.forward(x.clone());
-            let c = cache.as_deref_mut().map(|c| (c, i));
-            x = x + layer.self_attn.forward(attn_in, cos.clone(), sin.clone(), &mask, c);
-            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
-        }
-        self.norm.forward(x)
+        (self.rope.cos_sin::<B>(positions, device), mask)
     }
 
-    /// Logits `[batch, seq, vocab]` from hidden states.
+    /// Logits `[batch, seq, vocab]` (f32) from hidden states, the product in the compute dtype.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
+        let dt = self.compute.precision.dtype();
+        let logits = match &self.lm_head {
+            Some(head) => proj(head, hidden, dt),
             // 2-D so backends can read the transposed embedding in place (Flex copies a
             // transposed operand once it is reshaped to 3-D: 14x slower generation).
             None => {
                 let [b, t, h] = hidden.dims();
-                let w = self.embed_tokens.weight.val();
+                let w = to(self.embed_tokens.weight.val(), dt);
                 let v = w.dims()[0];
-                hidden.reshape([b * t, h]).matmul(w.transpose()).reshape([b, t, v])
+                to(hidden.reshape([b * t, h]), dt).matmul(w.transpose()).reshape([b, t, v])
+            }
+        };
+        to(logits, FloatDType::F32)
+    }
+
+    /// The model with its matrices stored in `dtype` (for inference: bf16 matrices halve
+    /// the memory and the bytes each decoding step reads). Norm gains and biases stay as
+    /// they are, so in the compute dtype this computes exactly what the master weights do.
+    pub fn with_matrices_in(self, dtype: FloatDType) -> Self {
+        struct Cast(FloatDType);
+        impl<B: Backend> burn::module::ModuleMapper<B> for Cast {
+            fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+                let (id, tensor, mapper) = p.consume();
+                Param::from_mapped_value(id, if D == 2 { to(tensor, self.0) } else { tensor }, mapper)
             }
         }
+        self.map(&mut Cast(dtype))
     }
 
     /// Logits for unpadded sequences starting at position 0.
@@ -273,6 +385,73 @@ impl<B: Backend> Qwen3<B> {
             }
         }
         self.map(&mut Renumber(0))
+    }
+}
+
+impl<B: AutodiffBackend> Qwen3<B> {
+    /// The model without autodiff for generation and scoring, its weights in the compute
+    /// dtype (rounding f32 master weights to bf16 gives the bf16 weights the training
+    /// forward multiplies with, so rollout and update log-probs agree).
+    pub fn for_inference(&self) -> Qwen3<B::InnerBackend> {
+        let m = self.valid();
+        match self.compute.precision {
+            Precision::F32 => m,
+            p => m.with_matrices_in(p.dtype()),
+        }
+    }
+
+    /// Runs the model to final hidden states, `head` to a scalar loss, and the backward;
+    /// returns the loss and every parameter's gradient. With
+    /// `compute.gradient_checkpointing`, a first forward without autodiff keeps only each
+    /// layer's input; the backward then recomputes one layer at a time and carries the
+    /// hidden state's gradient down (one extra forward; activation memory is one layer's
+    /// plus the layer inputs, as transformers' gradient checkpointing).
+    pub fn loss_and_grads(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: &[Vec<usize>],
+        mask: &AttnMask<B>,
+        head: impl FnOnce(&Self, Tensor<B, 3>) -> Tensor<B, 1>,
+    ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+        if !self.compute.gradient_checkpointing {
+            let loss = head(self, self.forward_hidden(tokens, positions, mask, None));
+            let grads = GradientsParams::from_grads(loss.backward(), self);
+            return (loss.inner(), grads);
+        }
+        let dt = self.compute.precision.dtype();
+        let inner = self.valid();
+        let inner_mask = match mask {
+            AttnMask::Causal => AttnMask::Causal,
+            AttnMask::KeyPadding(m) => AttnMask::KeyPadding(m.clone().inner()),
+            AttnMask::Explicit(m) => AttnMask::Explicit(m.clone().inner()),
+            AttnMask::Documents(d) => AttnMask::Documents(d.clone()),
+        };
+        let (rope, layer_mask) = inner.prepare(positions, &inner_mask, 0, &inner.device());
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = inner.embed(tokens.clone().inner());
+        for layer in &inner.layers {
+            inputs.push(x.clone());
+            x = layer.forward(x, &rope, &layer_mask, None, dt);
+        }
+        drop((rope, layer_mask));
+        let mut acc = GradientsAccumulator::<Self>::new();
+        // Top: final norm, LM head and loss; then each layer, last first.
+        let top = Tensor::<B, 3>::from_inner(x).require_grad();
+        let loss = head(self, norm(&self.norm, top.clone()));
+        let mut grads = loss.backward();
+        let mut g = top.grad_remove(&mut grads).expect("the loss depends on the hidden states");
+        acc.accumulate(self, GradientsParams::from_grads(grads, self));
+        let (rope, layer_mask) = self.prepare(positions, mask, 0, &tokens.device());
+        for (layer, x) in self.layers.iter().zip(inputs).rev() {
+            let x = Tensor::<B, 3>::from_inner(x).require_grad();
+            let y = layer.forward(x.clone(), &rope, &layer_mask, None, dt);
+            let mut grads = (y * Tensor::from_inner(g)).sum().backward();
+            g = x.grad_remove(&mut grads).expect("a layer's output depends on its input");
+            acc.accumulate(self, GradientsParams::from_grads(grads, self));
+        }
+        let grads = (self.embed(tokens) * Tensor::from_inner(g)).sum().backward();
+        acc.accumulate(self, GradientsParams::from_grads(grads, self));
+        (loss.inner(), acc.grads())
     }
 }
 

@@ -13,11 +13,9 @@ use crate::rollout::{self, Env, RolloutConfig, Trajectory};
 use crate::run_ckpt::{self, RunState};
 use crate::sft::{Resume, TrainBackend};
 use crate::stage_config::lr_at;
-use crate::step::{trained_logprobs, Optim};
+use crate::step::{trained_logprobs, trained_loss_grads, Optim};
 use anyhow::{anyhow, bail, Context, Result};
-use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::prelude::*;
 use curriculum::{StageKind, StageOutcome};
 use datasets::{Loader, PackedSeq, RlTask, ShardWriter, Source};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -61,7 +59,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     let source_dtype = ck.config.dtype.clone();
     // The frozen reference for the KL term: the stage's starting weights.
     let reference = (cfg.grpo.kl_coef != 0.0)
-        .then(|| Checkpoint::<DefaultBackend>::load(&init_dir, &device).map(|c| c.model))
+        .then(|| Checkpoint::<TrainBackend>::load(&init_dir, &device).map(|c| c.model.with_compute(cfg.compute).for_inference()))
         .transpose()?;
     let sandbox = Sandbox::new(SandboxConfig::default())?;
 
@@ -83,10 +81,10 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         None => RunState { step: 0, total_steps, cursor: loader.cursor().clone(), seed: cfg.seed, tokens: 0, first_eval_loss: None },
     };
     let Checkpoint { config, model, .. } = ck;
-    let mut model = model.with_stable_ids();
+    let mut model = model.with_stable_ids().with_compute(cfg.compute);
     let mut metrics = Metrics::open(out, state.step)?;
-    eprintln!("rl: {} training tasks, {} held out ({} evaluated), {} steps of {} tasks × {} samples",
-              train.len(), heldout.len(), eval_tasks.len(), total_steps, cfg.rollout.tasks_per_step, cfg.rollout.group_size);
+    eprintln!("rl: {} training tasks, {} held out ({} evaluated), {} steps of {} tasks × {} samples; compute {}",
+              train.len(), heldout.len(), eval_tasks.len(), total_steps, cfg.rollout.tasks_per_step, cfg.rollout.group_size, cfg.compute);
 
     let eval_cfg = RolloutConfig {
         max_turns: cfg.rollout.max_turns,
@@ -99,7 +97,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             return Ok(None);
         }
         let bar = bar(eval_tasks.len() as u64, "held-out");
-        let policy = model.valid();
+        let policy = model.for_inference();
         let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
         let (records, s) = evaluate::run(&env, &eval_tasks, &eval_cfg, cfg.reward.numeric_tol, |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
@@ -149,7 +147,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             },
         };
         bar.set_message("rollouts");
-        let policy = model.valid();
+        let policy = model.for_inference();
         let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
         let (trajs, timing) = rollout::run(&env, &tasks, &dirs, cfg.rollout.group_size, &rcfg, |_| {})?;
         let t_score = Instant::now();
@@ -342,14 +340,18 @@ pub fn policy_grads<B: burn::tensor::backend::AutodiffBackend>(
             let (lp, _) = trained_logprobs(r, std::slice::from_ref(&row), temperature).expect("generated tokens");
             terms.ref_logp = Some(lp.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?);
         }
-        let (logp, full) = trained_logprobs(model, std::slice::from_ref(&row), temperature).expect("generated tokens");
-        let (loss, s) = grpo::loss(logp, Some(full), &terms, spec);
-        let v = loss.clone().into_scalar().elem::<f64>();
+        let mut s = None;
+        let (v, grads) = trained_loss_grads(model, std::slice::from_ref(&row), temperature, |logp, full| {
+            let (loss, st) = grpo::loss(logp, Some(full), &terms, spec);
+            s = Some(st);
+            loss
+        })
+        .expect("generated tokens");
         if !v.is_finite() {
             bail!("the loss is {v}");
         }
-        stats += s;
-        acc.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+        stats += s.expect("the loss ran");
+        acc.accumulate(model, grads);
     }
     Ok((acc.grads(), stats))
 }

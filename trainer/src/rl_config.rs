@@ -23,6 +23,9 @@ pub struct RlConfig {
     pub checkpoint: CheckpointSpec,
     #[serde(default)]
     pub eval: RlEval,
+    /// Precision and gradient checkpointing, as the SFT stages' `[compute]`.
+    #[serde(default)]
+    pub compute: model::Compute,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

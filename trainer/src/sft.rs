@@ -98,8 +98,8 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     let train_tokens: usize = sources.iter().flat_map(|s| &s.items).map(|t| t.len()).sum();
     let total_steps = cfg.train.max_steps.unwrap_or(((cfg.train.epochs * train_tokens as f64) / cfg.batch.batch_tokens as f64).ceil().max(1.0) as u64);
     eprintln!(
-        "{}: {} training samples ({} tokens, {} dropped as overlong), {} held-out sequences, {} steps of ≤{} tokens",
-        kind.name(), sources.iter().map(|s| s.items.len()).sum::<usize>(), train_tokens, dropped, eval_seqs.len(), total_steps, cfg.batch.batch_tokens
+        "{}: {} training samples ({} tokens, {} dropped as overlong), {} held-out sequences, {} steps of ≤{} tokens; compute {}",
+        kind.name(), sources.iter().map(|s| s.items.len()).sum::<usize>(), train_tokens, dropped, eval_seqs.len(), total_steps, cfg.batch.batch_tokens, cfg.compute
     );
 
     let mut loader = Loader::new(sources, cfg.seed);
@@ -122,7 +122,7 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     };
     let Checkpoint { config, model, tokenizer, .. } = ck;
     let tok = tokenizer.expect("checked above");
-    let mut model = model.with_stable_ids();
+    let mut model = model.with_stable_ids().with_compute(cfg.compute);
     let mut metrics = Metrics::open(out, state.step)?;
     let evaluate = |model: &Qwen3<TrainBackend>| eval_loss(model, &eval_seqs, cfg.batch.micro_batch);
     if state.step == 0 {

@@ -21,6 +21,9 @@ pub struct StageConfig {
     pub checkpoint: CheckpointSpec,
     #[serde(default)]
     pub eval: EvalSpec,
+    /// Precision and gradient checkpointing (`[compute]`; f32, no checkpointing by default).
+    #[serde(default)]
+    pub compute: model::Compute,
 }
 
 /// Where the weights come from: an HF folder (`init`), or a from-scratch architecture

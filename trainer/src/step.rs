@@ -30,43 +30,83 @@ pub fn nll_sum<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1
 /// (`[n]`, in row-major order of the positions), with the whole log-distribution at each
 /// (`[n, vocab]`); None without any.
 pub fn trained_logprobs<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq], temperature: f32) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
-    let device = model.device();
-    let (b, t) = (seqs.len(), seqs[0].ids.len());
-    let mut ids = Vec::with_capacity(b * t);
-    let mut docs = Vec::with_capacity(b);
-    let (mut rows, mut targets) = (vec![], vec![]);
-    for (s, seq) in seqs.iter().enumerate() {
-        ids.extend(seq.ids.iter().map(|&x| x as i64));
-        let mut lens = seq.doc_lens.clone();
-        if seq.real_tokens() < t {
-            lens.push(t - seq.real_tokens()); // the padding
-        }
-        docs.push(lens);
-        for i in 0..t - 1 {
-            if seq.mask[i + 1] == 1 {
-                rows.push((s * t + i) as i64);
-                targets.push(seq.ids[i + 1] as i64);
+    let p = Packed::new(seqs, &model.device())?;
+    let hidden = model.forward_hidden(p.tokens.clone(), &p.positions, &p.mask, None);
+    Some(p.logprobs(model, hidden, temperature))
+}
+
+/// The gradients of `loss(log-probs, log-distributions)` (as [`trained_logprobs`] gives
+/// them) and its value; the model's `compute` decides precision and checkpointing.
+pub fn trained_loss_grads<B: AutodiffBackend>(
+    model: &Qwen3<B>,
+    seqs: &[PackedSeq],
+    temperature: f32,
+    loss: impl FnOnce(Tensor<B, 1>, Tensor<B, 2>) -> Tensor<B, 1>,
+) -> Option<(f64, GradientsParams)> {
+    let p = Packed::new(seqs, &model.device())?;
+    let (value, grads) = model.loss_and_grads(p.tokens.clone(), &p.positions, &p.mask, |m, hidden| {
+        let (logp, full) = p.logprobs(m, hidden, temperature);
+        loss(logp, full)
+    });
+    Some((value.into_scalar().elem::<f64>(), grads))
+}
+
+/// Packed sequences as model inputs: tokens, positions, the document mask, and where
+/// the trained tokens are.
+struct Packed<B: Backend> {
+    tokens: Tensor<B, 2, Int>,
+    positions: Vec<Vec<usize>>,
+    mask: AttnMask<B>,
+    /// Flat indices (row * seq_len + i) of the positions whose next token is trained.
+    rows: Tensor<B, 1, Int>,
+    targets: Tensor<B, 3, Int>,
+}
+
+impl<B: Backend> Packed<B> {
+    fn new(seqs: &[PackedSeq], device: &B::Device) -> Option<Self> {
+        let (b, t) = (seqs.len(), seqs[0].ids.len());
+        let mut ids = Vec::with_capacity(b * t);
+        let mut docs = Vec::with_capacity(b);
+        let (mut rows, mut targets) = (vec![], vec![]);
+        for (s, seq) in seqs.iter().enumerate() {
+            ids.extend(seq.ids.iter().map(|&x| x as i64));
+            let mut lens = seq.doc_lens.clone();
+            if seq.real_tokens() < t {
+                lens.push(t - seq.real_tokens()); // the padding
+            }
+            docs.push(lens);
+            for i in 0..t - 1 {
+                if seq.mask[i + 1] == 1 {
+                    rows.push((s * t + i) as i64);
+                    targets.push(seq.ids[i + 1] as i64);
+                }
             }
         }
+        let n = rows.len();
+        if n == 0 {
+            return None;
+        }
+        Some(Self {
+            tokens: Tensor::from_data(TensorData::new(ids, [b, t]), device),
+            positions: seqs.iter().map(|s| s.positions.iter().map(|&p| p as usize).collect()).collect(),
+            mask: AttnMask::Documents(docs),
+            rows: Tensor::from_data(TensorData::new(rows, [n]), device),
+            targets: Tensor::from_data(TensorData::new(targets, [1, n, 1]), device),
+        })
     }
-    let n = rows.len();
-    if n == 0 {
-        return None;
+
+    /// Log-probs of the trained tokens from the final hidden states.
+    fn logprobs(&self, model: &Qwen3<B>, hidden: Tensor<B, 3>, temperature: f32) -> (Tensor<B, 1>, Tensor<B, 2>) {
+        let [b, t, h] = hidden.dims();
+        let n = self.rows.dims()[0];
+        // Only trained positions reach the LM head: prompts and observations cost no logits.
+        let picked = hidden.reshape([b * t, h]).select(0, self.rows.clone()).reshape([1, n, h]);
+        let logits = model.logits(picked);
+        let logits = if temperature == 1.0 { logits } else { logits.div_scalar(temperature) };
+        let logp = log_softmax(logits, 2);
+        let v = logp.dims()[2];
+        (logp.clone().gather(2, self.targets.clone()).reshape([n]), logp.reshape([n, v]))
     }
-    let positions: Vec<Vec<usize>> = seqs.iter().map(|s| s.positions.iter().map(|&p| p as usize).collect()).collect();
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
-    let mask = AttnMask::Documents(docs);
-    let hidden = model.forward_hidden(tokens, &positions, &mask, None);
-    let h = hidden.dims()[2];
-    // Only trained positions reach the LM head: prompts and observations cost no logits.
-    let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
-    let picked = hidden.reshape([b * t, h]).select(0, rows).reshape([1, n, h]);
-    let logits = model.logits(picked);
-    let logits = if temperature == 1.0 { logits } else { logits.div_scalar(temperature) };
-    let logp = log_softmax(logits, 2);
-    let v = logp.dims()[2];
-    let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, n, 1]), &device);
-    Some((logp.clone().gather(2, targets).reshape([n]), logp.reshape([n, v])))
 }
 
 /// Trained tokens of a set of sequences (the loss denominator).
@@ -119,17 +159,14 @@ impl<B: AutodiffBackend> Optim<B> {
         let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
         let mut nll = 0.0;
         for (i, mb) in micro_batches.iter().enumerate() {
-            let (sum, n) = nll_sum(&model, mb);
-            if n == 0 {
+            let Some((v, grads)) = trained_loss_grads(&model, mb, 1.0, |logp, _| logp.sum().neg().div_scalar(total as f64)) else {
                 continue;
-            }
-            let loss = sum.div_scalar(total as f64);
-            let v = loss.clone().into_scalar().elem::<f64>();
+            };
             if !v.is_finite() {
                 return (model, Err(NonFinite { micro_batch: Some(i), what: "loss", value: v }));
             }
             nll += v;
-            acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            acc.accumulate(&model, grads);
         }
         let (model, grad_norm) = self.apply(model, acc.grads(), lr);
         (model, grad_norm.map(|grad_norm| StepStats { loss: nll, grad_norm, lr, trained_tokens: total }))

@@ -3,7 +3,7 @@
 //! the final parameters, with gradient accumulation on and off.
 use crate::cli::root;
 use datasets::PackedSeq;
-use model::Checkpoint;
+use model::{Checkpoint, Compute, Precision};
 use serde_json::Value;
 use trainer::sft::TrainBackend;
 use trainer::stage_config::{lr_at, OptimSpec};
@@ -48,12 +48,13 @@ fn spec(r: &Value) -> OptimSpec {
 }
 
 #[test]
-fn adamw_steps_match_pytorch_with_and_without_accumulation() {
+fn adamw_steps_match_pytorch_with_and_without_accumulation_and_checkpointing() {
     let (dir, steps, reference) = fixture();
     let spec = spec(&reference);
-    for micro_batch in [2, 1] {
+    for (micro_batch, gradient_checkpointing) in [(2, false), (1, false), (2, true)] {
         let device = Default::default();
-        let mut model = Checkpoint::<TrainBackend>::load(&dir.join("model"), &device).unwrap().model.with_stable_ids();
+        let compute = Compute { gradient_checkpointing, ..Default::default() };
+        let mut model = Checkpoint::<TrainBackend>::load(&dir.join("model"), &device).unwrap().model.with_stable_ids().with_compute(compute);
         let mut optim = Optim::<TrainBackend>::new(&spec);
         for (i, seqs) in steps.iter().enumerate() {
             let want = &reference["steps"][i];
@@ -81,6 +82,31 @@ fn adamw_steps_match_pytorch_with_and_without_accumulation() {
             let norm = t.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).map(|x| x * x).sum::<f64>().sqrt();
             assert!(rel(norm, want.as_f64().unwrap()) < 1e-4, "micro_batch {micro_batch}: {name} norm {norm} vs {want}");
         }
+    }
+}
+
+#[test]
+fn a_bf16_step_tracks_torch_autocast_and_keeps_f32_master_weights() {
+    // Reference: the first step's loss and gradient norm under torch.autocast(bfloat16)
+    // (scripts/make_bf16_reference.py). Two correct bf16 implementations differ by about
+    // what either differs from f32, so the bound is a multiple of autocast's own offset.
+    let (dir, steps, reference) = fixture();
+    let autocast: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bf16.json")).unwrap()).unwrap();
+    let (f32_loss, f32_norm) = (reference["steps"][0]["loss"].as_f64().unwrap(), reference["steps"][0]["grad_norm"].as_f64().unwrap());
+    let (bf_loss, bf_norm) = (autocast["loss"].as_f64().unwrap(), autocast["grad_norm"].as_f64().unwrap());
+    for gradient_checkpointing in [false, true] {
+        let compute = Compute { precision: Precision::Bf16, gradient_checkpointing };
+        let model = Checkpoint::<TrainBackend>::load(&dir.join("model"), &Default::default()).unwrap().model.with_stable_ids().with_compute(compute);
+        let mut optim = Optim::<TrainBackend>::new(&spec(&reference));
+        let (model, stats) = optim.step(model, &[&steps[0][..]], 1e-3);
+        let stats = stats.unwrap();
+        eprintln!("checkpointing {gradient_checkpointing}: loss {} (autocast {bf_loss}, f32 {f32_loss}), grad norm {} (autocast {bf_norm}, f32 {f32_norm})", stats.loss, stats.grad_norm);
+        assert!(stats.loss != f32_loss && stats.grad_norm != f32_norm, "bf16 compute gave f32 numbers");
+        assert!(rel(stats.loss, bf_loss) < 3.0 * rel(bf_loss, f32_loss).max(1e-4), "loss {} vs autocast {bf_loss}", stats.loss);
+        assert!(rel(stats.grad_norm, bf_norm) < 3.0 * rel(bf_norm, f32_norm).max(1e-4), "grad norm {} vs autocast {bf_norm}", stats.grad_norm);
+        // The master weights stay f32 (the casts' backward returns f32 gradients).
+        assert_eq!(model.layers[0].mlp.up_proj.weight.val().dtype(), burn::tensor::DType::F32);
+        assert_eq!(model.norm.gamma.val().dtype(), burn::tensor::DType::F32);
     }
 }
 

@@ -135,7 +135,9 @@ fn sigkill_at_a_random_step_then_resume_gives_the_same_weights() {
 fn bad_input_names_the_file_and_field_and_keeps_earlier_checkpoints() {
     let fx = Fixture::new();
     let a = fx.config("a", &fx.scratch(), "");
-    ok(&["--stage", "sft-single", a.to_str().unwrap(), "--set", "train.max_steps=2"]);
+    // (bf16 compute with gradient checkpointing, end to end through the CLI.)
+    let run = ok(&["--stage", "sft-single", a.to_str().unwrap(), "--set", "train.max_steps=2", "--set", "compute.precision=\"bf16\"", "--set", "compute.gradient_checkpointing=true"]);
+    assert!(run.contains("bf16") && run.contains("gradient checkpointing"), "{run}");
     let init = fx.dir.join("a/init");
 
     let typo = fx.config("typo", &fx.from_init(&init), "[optim2]\nlrr = 1\n");
@@ -143,6 +145,8 @@ fn bad_input_names_the_file_and_field_and_keeps_earlier_checkpoints() {
     assert!(e.contains("typo.toml") && e.contains("unknown field `optim2`") && e.contains("line 26"), "{e}");
     let e = err_line(&["--stage", "sft-single", a.to_str().unwrap(), "--set", "optim.lrr=1"]);
     assert!(e.contains("unknown field `lrr`"), "{e}");
+    let e = err_line(&["--stage", "sft-single", a.to_str().unwrap(), "--set", "compute.precision=\"bf17\""]);
+    assert!(e.contains("unknown variant `bf17`") && e.contains("precision"), "{e}");
 
     let missing = fx.config("missing", &fx.from_init(&init), "");
     std::fs::write(&missing, std::fs::read_to_string(&missing).unwrap().replace("/data\"", "/no-such-shards\"")).unwrap();
