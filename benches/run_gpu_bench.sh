@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU checks, ours and PyTorch's side by side in one run, on one card:
+#   1. parity: this build's log-probs on the parity fixtures (f32 vs transformers, bf16 vs
+#      torch.autocast), the same bounds as the CPU tests;
+#   2. the card's measured bf16 matmul peak (for MFU);
+#   3. SFT step on a Qwen3-0.6B-shaped random model at seq 4096, the largest batch that
+#      fits from $BATCHES, without and with gradient checkpointing, ours and PyTorch eager
+#      (autocast bf16, sdpa);
+#   4. batched greedy generation, ours and transformers' generate (bf16 weights).
+# Each step's peak GPU memory is polled with nvidia-smi (the same way for both). The
+# JSON lines go to $OUT/gpu-bench.jsonl and the tables to $OUT/report.md.
+#
+# Build here (no GPU or CUDA toolkit needed), then run on the GPU machine:
+#   CUDARC_CUDA_VERSION=13000 cargo build --release -p benches --bin gpu-bench \
+#       --no-default-features --features cuda --target-dir target-cuda
+#   benches/run_gpu_bench.sh            # GPU_BENCH=path/to/gpu-bench PYTHON=python3
+# On a CPU build (GPU_BENCH=target/release/gpu-bench) with small SHAPE/SEQ it dry-runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bin=${GPU_BENCH:-target-cuda/release/gpu-bench}
+py=${PYTHON:-python3}
+shape=${SHAPE:-benches/shapes/qwen3-0.6b.json}
+seq=${SEQ:-4096}
+out=${OUT:-/tmp/gpu-bench}
+limit=${STEP_TIMEOUT:-240}     # seconds per attempt
+mkdir -p "$out"
+log=$out/gpu-bench.jsonl
+: > "$log"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: dry run"
+
+# run NAME CMD...: runs CMD with nvidia-smi polling; appends its JSON line with the peak
+# GPU memory (MiB above the idle level) and the shape path; fails when CMD fails.
+run() {
+  local name=$1; shift
+  local mem=$out/$name.mem
+  local idle
+  idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
+  (while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1; sleep 0.2; done) > "$mem" &
+  local poll=$!
+  timeout "$limit" "$@" > "$out/$name.json" 2> "$out/$name.err"
+  local rc=$?
+  kill "$poll" 2>/dev/null; wait "$poll" 2>/dev/null
+  if [ $rc -ne 0 ]; then echo "  $name: failed (rc $rc): $(tail -c 300 "$out/$name.err" | tr '\n' ' ')"; return 1; fi
+  "$py" - "$out/$name.json" "$mem" "${idle:-0}" "$shape" >> "$log" <<'PY'
+import json, sys
+path, mem, idle, shape = sys.argv[1:]
+used = [int(x) for x in open(mem).read().split() if x.strip().isdigit()]
+for line in open(path):
+    if line.startswith("{"):
+        r = json.loads(line)
+        r["peak_mem_mb"] = (max(used) - int(idle)) if used else None
+        r["shape_path"] = shape
+        print(json.dumps(r))
+PY
+  sed "s/^/  /" "$out/$name.json" >&2
+}
+
+# largest NAME "BATCHES" CMD...: the first batch of BATCHES (largest first) that runs.
+largest() {
+  local name=$1 batches=$2; shift 2
+  for b in $batches; do
+    if run "$name-b$b" "$@" --batch "$b"; then echo "$b"; return 0; fi
+  done
+  return 1
+}
+
+echo "== parity"; "$bin" parity | tee -a "$log"
+echo "== matmul peak"; "$py" benches/scripts/gpu_torch.py peak | tee -a "$log"
+echo "== SFT step, seq $seq"
+largest ours-sft "${BATCHES_OURS:-2 1}" "$bin" sft --shape "$shape" --seq "$seq" --steps 2 > "$out/b-ours"
+largest torch-sft "${BATCHES:-8 4 2 1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps 2 > "$out/b-torch"
+b=$(tail -1 "$out/b-torch")
+largest ours-sft-ckpt "${BATCHES_CKPT:-8 4 2 1}" "$bin" sft --shape "$shape" --seq "$seq" --steps 2 --checkpointing > "$out/b-ckpt"
+bc=$(tail -1 "$out/b-ckpt")
+[ -n "$bc" ] && run torch-sft-ckpt "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps 2 --checkpointing --batch "$bc"
+echo "== generation"
+gen="--shape $shape --batch ${GEN_BATCH:-16} --prompt ${GEN_PROMPT:-128} --new-tokens ${GEN_NEW:-256}"
+run ours-gen "$bin" generate $gen
+run torch-gen "$py" benches/scripts/gpu_torch.py generate $gen
+"$py" benches/scripts/gpu_torch.py report "$log" | tee "$out/report.md"
