@@ -8,23 +8,23 @@
 #      (autocast bf16, sdpa);
 #   4. batched greedy generation, ours and transformers' generate (bf16 weights).
 # Each step's peak GPU memory is polled with nvidia-smi (the same way for both). The
-# JSON lines go to $OUT/gpu-bench.jsonl and the tables to $OUT/report.md.
+# JSON lines go to $OUT/trainer-bench.jsonl and the tables to $OUT/report.md.
 #
 # Build here (no GPU or CUDA toolkit needed), then run on the GPU machine:
-#   CUDARC_CUDA_VERSION=13000 cargo build --release -p benches --bin gpu-bench \
+#   CUDARC_CUDA_VERSION=13000 cargo build --release -p benches --bin trainer-bench \
 #       --no-default-features --features cuda --target-dir target-cuda
-#   benches/run_gpu_bench.sh            # GPU_BENCH=path/to/gpu-bench PYTHON=python3
-# On a CPU build (GPU_BENCH=target/release/gpu-bench) with small SHAPE/SEQ it dry-runs.
+#   benches/run_gpu_bench.sh            # GPU_BENCH=path/to/trainer-bench PYTHON=python3
+# On a CPU build (GPU_BENCH=target/release/trainer-bench) with small SHAPE/SEQ it dry-runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bin=${GPU_BENCH:-target-cuda/release/gpu-bench}
+bin=${GPU_BENCH:-target-cuda/release/trainer-bench}
 py=${PYTHON:-python3}
 shape=${SHAPE:-benches/shapes/qwen3-0.6b.json}
 seq=${SEQ:-4096}
-out=${OUT:-/tmp/gpu-bench}
+out=${OUT:-/tmp/trainer-bench}
 limit=${STEP_TIMEOUT:-240}     # seconds per attempt
 mkdir -p "$out"
-log=$out/gpu-bench.jsonl
+log=$out/trainer-bench.jsonl
 : > "$log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: dry run"
 

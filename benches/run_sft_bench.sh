@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-cargo build --release -q -p benches --bin sft-bench
+cargo build --release -q -p benches --bin trainer-bench
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 run() { # shape seq batch steps
-  ours=$(target/release/sft-bench --shape "$1" --seq "$2" --batch "$3" --steps "$4")
+  ours=$(target/release/trainer-bench sft --precision f32 --shape "$1" --seq "$2" --batch "$3" --steps "$4")
   ref=$("$py" benches/scripts/pytorch_sft.py --shape "$1" --seq "$2" --batch "$3" --steps "$4")
   "$py" - "$ours" "$ref" <<'PY'
 import json, sys

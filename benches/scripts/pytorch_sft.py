@@ -1,4 +1,4 @@
-"""PyTorch twin of sft-bench: the same shape, random weights and tokens, one causal
+"""PyTorch twin of `trainer-bench sft --precision f32`: the same shape, random weights and tokens, one causal
 document per row, next-token loss on every token, backward, clip_grad_norm_(1.0),
 AdamW. Prints one JSON line with tokens/s and peak RSS."""
 import argparse, json, pathlib, resource, time

@@ -337,3 +337,25 @@ fn sampling_temperature_is_the_policy_the_update_scores() {
     }
     assert!(scored(1.0).iter().zip(&g.logprobs).any(|(a, b)| (a - b).abs() > 1e-2));
 }
+
+#[test]
+fn in_bf16_the_rollout_copy_samples_the_policy_the_update_scores() {
+    // With `precision = "bf16"` rollouts come from a copy whose matrices are stored in
+    // bf16 (`for_inference`), the update scores with f32 master weights cast per product.
+    // Same weights, same ops; the cached decoder reduces in another order than the packed
+    // forward, which in bf16 moves log-probs by rounding (about what bf16 moves them from
+    // f32 on this model), not by the 1e-4 of f32.
+    let compute = model::Compute { precision: model::Precision::Bf16, ..Default::default() };
+    let master = fixture_model().model.with_compute(compute);
+    let policy = master.for_inference();
+    assert_eq!(policy.layers[0].mlp.up_proj.weight.val().dtype(), burn::tensor::DType::BF16);
+    let prompt: Vec<u32> = vec![3, 14, 15, 92, 65];
+    let cfg = model::SamplingConfig { max_new_tokens: 12, temperature: 0.7, seed: 4, ..Default::default() };
+    let g = model::generate(&policy, None, &[prompt.clone()], &cfg).remove(0);
+    let t = Trajectory { prompt_ids: prompt, ids: g.tokens.clone(), mask: vec![1; g.tokens.len()], ..trajectory("", &[], None) };
+    let scored = |m: &model::Qwen3<B>| -> Vec<f32> { trained_logprobs(m, &[packed_row(&[&t])], 0.7).unwrap().0.into_data().to_vec().unwrap() };
+    let max_diff = |a: &[f32]| a.iter().zip(&g.logprobs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let (bf16, f32) = (max_diff(&scored(&master)), max_diff(&scored(&fixture_model().model)));
+    eprintln!("max |Δ log-prob| sampled vs update: bf16 {bf16}, f32 update {f32}");
+    assert!(bf16 < 1e-2, "bf16 update {bf16}, f32 update {f32}");
+}

@@ -301,10 +301,12 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
             "out = \"{out}\"\nseed = 5\n[model]\ninit = \"{init}\"\n[data]\ntasks = [\"{tasks}\"]\nheldout = 0.2\n\
              [rollout]\ntasks_per_step = 4\ngroup_size = 4\nmax_turns = 2\nmax_new_tokens = 24\nmax_response_tokens = 48\n\
              [grpo]\nupdate_epochs = 2\n[optim]\nlr = 1e-3\nclip = 1.0\nschedule = \"constant\"\n[train]\nsteps = 3\n\
-             [checkpoint]\nevery = 1\nkeep_last = 3\n[eval]\ntasks = 4\n",
+             [checkpoint]\nevery = 1\nkeep_last = 3\n[eval]\ntasks = 4\n\
+             [compute]\nprecision = \"bf16\"\ngradient_checkpointing = true\n",
             out = fx.dir.join(name).display(), init = fx.dir.join("sft/final").display(), tasks = fx.dir.join("tasks").display())).unwrap();
         p
     };
+    // (bf16 with gradient checkpointing: rollouts from bf16 matrices, resumed to the bit.)
     let (a, b) = (rl("rl-a"), rl("rl-b"));
     // Bad input: a misspelled key (file, line, key), a preset that needs a judge, no tasks.
     let typo = fx.dir.join("typo.toml");

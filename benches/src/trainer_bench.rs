@@ -1,7 +1,9 @@
-//! `gpu-bench`: the GPU checks in one binary (so one file travels to the GPU machine).
-//! `parity` compares this build's log-probs with the committed references (transformers
-//! f32, torch.autocast bf16); `sft` times our SFT step; `generate` times batched greedy
-//! generation. Each prints JSON lines; `benches/run_gpu_bench.sh` runs them beside PyTorch.
+//! `trainer-bench`: checks and timings of this build (CPU, or CUDA with `--features cuda`)
+//! in one binary, so one file travels to a GPU machine. `parity` compares its log-probs
+//! with the committed references (transformers f32, torch.autocast bf16); `sft` times the
+//! SFT step (`trainer::step`: packed loss, backward, global-norm clip, AdamW); `generate`
+//! times batched greedy generation. Each prints JSON lines; `benches/run_gpu_bench.sh` and
+//! `benches/run_sft_bench.sh` run them beside PyTorch.
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
@@ -132,6 +134,12 @@ fn parity(fixtures: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Peak resident host memory (the activations' memory on a CPU build).
+fn peak_rss_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
 fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precision: Precision, checkpointing: bool) -> Result<()> {
     let cfg = Qwen3Config::from_file(shape)?;
     <TrainBackend as Backend>::seed(&Default::default(), 0);
@@ -164,7 +172,7 @@ fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precisio
     let secs = t0.elapsed().as_secs_f64() / steps as f64;
     println!("{}", json!({"check": "sft", "impl": IMPL, "compute": compute.to_string(), "shape": shape.file_stem().unwrap().to_string_lossy(),
                            "seq": seq, "batch": batch, "step_s": secs, "tokens_per_s": (seq * batch) as f64 / secs,
-                           "warmup_s": warmup, "loss": loss}));
+                           "warmup_s": warmup, "loss": loss, "peak_rss_mb": peak_rss_mb()}));
     Ok(())
 }
 
