@@ -6,7 +6,6 @@
 //! `benches/run_sft_bench.sh` run them beside PyTorch.
 use anyhow::{bail, Result};
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use clap::{Parser, Subcommand};
 use datasets::PackedSeq;
 use model::{generate, Checkpoint, Compute, DefaultBackend as B, Precision, Qwen3, Qwen3Config, SamplingConfig};
@@ -115,7 +114,7 @@ fn parity(fixtures: &std::path::Path) -> Result<()> {
         let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(rows.concat(), [rows.len(), t]), &Default::default());
         let logprobs = |m: &Qwen3<B>| m.next_token_logprobs(tokens.clone()).0.into_data().convert::<f32>().to_vec::<f32>().unwrap();
         let f32_lp = logprobs(&ck.model);
-        let bf16 = ck.model.clone().with_compute(Compute { precision: Precision::Bf16, ..Default::default() }).with_matrices_in(FloatDType::BF16);
+        let bf16 = ck.model.clone().for_generation(Precision::Bf16);
         let bf16_lp = logprobs(&bf16);
         let (_, f32_max) = deviation(&f32_lp, t, &exp["next_token_logprobs"]);
         let (spread, _) = deviation(&f32_lp, t, &autocast);
@@ -179,10 +178,7 @@ fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precisio
 fn gen(shape: &std::path::Path, batch: usize, prompt: usize, new_tokens: usize, precision: Precision) -> Result<()> {
     let cfg = Qwen3Config::from_file(shape)?;
     <B as Backend>::seed(&Default::default(), 0);
-    let mut model = Qwen3::<B>::init(&cfg, &Default::default()).with_compute(Compute { precision, ..Default::default() });
-    if precision == Precision::Bf16 {
-        model = model.with_matrices_in(FloatDType::BF16);
-    }
+    let model = Qwen3::<B>::init(&cfg, &Default::default()).for_generation(precision);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let prompts: Vec<Vec<u32>> = (0..batch).map(|_| (0..prompt).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect()).collect();
     let sampling = SamplingConfig { max_new_tokens: new_tokens, temperature: 0.0, ..Default::default() };

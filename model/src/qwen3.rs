@@ -25,6 +25,17 @@ pub enum Precision {
     Bf16,
 }
 
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("`{s}`: expected f32 or bf16")),
+        }
+    }
+}
+
 impl Precision {
     pub fn dtype(self) -> FloatDType {
         match self {
@@ -341,6 +352,15 @@ impl<B: Backend> Qwen3<B> {
         to(logits, FloatDType::F32)
     }
 
+    /// The model computing in `precision`, its matrices stored in it (generation, eval).
+    pub fn for_generation(self, precision: Precision) -> Self {
+        let m = self.with_compute(Compute { precision, gradient_checkpointing: false });
+        match precision {
+            Precision::F32 => m,
+            p => m.with_matrices_in(p.dtype()),
+        }
+    }
+
     /// The model with its matrices stored in `dtype` (for inference: bf16 matrices halve
     /// the memory and the bytes each decoding step reads). Norm gains and biases stay as
     /// they are, so in the compute dtype this computes exactly what the master weights do.
@@ -393,11 +413,7 @@ impl<B: AutodiffBackend> Qwen3<B> {
     /// dtype (rounding f32 master weights to bf16 gives the bf16 weights the training
     /// forward multiplies with, so rollout and update log-probs agree).
     pub fn for_inference(&self) -> Qwen3<B::InnerBackend> {
-        let m = self.valid();
-        match self.compute.precision {
-            Precision::F32 => m,
-            p => m.with_matrices_in(p.dtype()),
-        }
+        self.valid().for_generation(self.compute.precision)
     }
 
     /// Runs the model to final hidden states, `head` to a scalar loss, and the backward;

@@ -36,10 +36,14 @@ pub struct Args {
     temperature: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// f32, or bf16 (bf16 matrices and compute, as `[compute] precision = "bf16"`; for GPUs).
+    #[arg(long, default_value = "f32")]
+    precision: model::Precision,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let ck = Checkpoint::<B>::load(&a.model, &Default::default())?;
+    let mut ck = Checkpoint::<B>::load(&a.model, &Default::default())?;
+    ck.model = ck.model.for_generation(a.precision);
     let tok = ck.tokenizer()?;
     let template = ck.chat_template()?;
     // A DABench folder becomes task shards in a temporary folder first.

@@ -38,6 +38,9 @@ pub struct Args {
     /// or greedy, what `score` gives).
     #[arg(long)]
     json: bool,
+    /// f32, or bf16 (bf16 matrices and compute, as `[compute] precision = "bf16"`; for GPUs).
+    #[arg(long, default_value = "f32")]
+    precision: model::Precision,
 }
 
 fn read_messages(path: &PathBuf) -> Result<(Vec<Value>, Option<Value>)> {
@@ -69,7 +72,8 @@ pub fn run(args: Args) -> Result<()> {
     if args.temperature < 0.0 {
         bail!("--temperature must be >= 0, got {}", args.temperature);
     }
-    let ck = Checkpoint::<B>::load(&args.model, &Default::default())?;
+    let mut ck = Checkpoint::<B>::load(&args.model, &Default::default())?;
+    ck.model = ck.model.for_generation(args.precision);
     let tok = ck.tokenizer()?;
     let prompt = match (&args.prompt, &args.messages) {
         (Some(p), _) => p.clone(),

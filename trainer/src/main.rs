@@ -63,7 +63,17 @@ fn main() {
     // A full disk or a file-size limit must surface as a write error naming the file
     // (and leave earlier checkpoints alone), not as a signal that kills the run.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        // Bad arguments: clap's reason on one line, without the usage block.
+        Err(e) => {
+            let text = e.to_string();
+            let reason: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more")).filter(|l| !l.is_empty()).collect();
+            eprintln!("{}", reason.join(" "));
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Score(a)) => score::run(a),

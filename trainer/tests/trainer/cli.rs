@@ -109,6 +109,15 @@ fn generate_and_score_agree_on_a_real_tokenizer_and_stop_strings_stop() {
                        "--temperature", "1.0", "--top-k", "50", "--top-p", "0.9", "--seed", "5", "--stop", &stop, "--json"]);
     assert_eq!(g3["finish_reason"]["stop_string"], stop.as_str());
     assert_eq!(g3["ids"].as_array().unwrap()[..], g["ids"].as_array().unwrap()[..=k]);
+
+    // --precision bf16: the same draw's log-probs within bf16 rounding of f32's `score`.
+    let b = ok_json(&["generate", "--model", ck, "--prompt", "The mean of the column is", "--max-new-tokens", "12",
+                      "--temperature", "1.0", "--seed", "5", "--json", "--precision", "bf16"]);
+    let all: Vec<String> = b["prompt_ids"].as_array().unwrap().iter().chain(b["ids"].as_array().unwrap()).map(|x| x.to_string()).collect();
+    let s = ok_json(&["score", "--model", ck, "--ids", &all.join(",")]);
+    let scored = &s["next_token_logprobs"].as_array().unwrap()[all.len() - 13..];
+    let worst = b["logprobs"].as_array().unwrap().iter().zip(scored).map(|(a, b)| (f(a) - f(b)).abs()).fold(0.0, f64::max);
+    assert!(worst > 1e-6 && worst < 0.1, "bf16 vs f32 log-probs: max |Δ| {worst}");
 }
 
 #[test]
@@ -133,6 +142,7 @@ fn bad_input_gets_a_one_line_error() {
     assert!(err_line(&["score", "--model", fx, "--ids", "1,500"]).contains("outside the vocabulary"));
     assert!(err_line(&["score", "--model", fx, "--text", "hi"]).contains("tokenizer.json"));
     assert!(err_line(&["generate", "--model", fx, "--prompt", "x", "--top-p", "0"]).contains("--top-p"));
+    assert!(err_line(&["generate", "--model", fx, "--prompt", "x", "--precision", "fp8"]).contains("expected f32 or bf16"));
     let d = tempfile::tempdir().unwrap();
     let msgs = d.path().join("m.json");
     std::fs::write(&msgs, r#"[{"role": "user"}]"#).unwrap();
