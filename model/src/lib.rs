@@ -1,5 +1,6 @@
 //! The `model` crate: the Qwen3 decoder in burn, Hugging Face checkpoint folders in and
 //! out, the checkpoint's tokenizer and chat template, and batched generation.
+pub mod attention;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod qwen3;
 pub mod rope;
 pub mod tokenizer;
 
+pub use attention::{CausalAttention, TrainingBackend};
 pub use chat::ChatTemplate;
 pub use config::Qwen3Config;
 pub use error::{Error, Result};

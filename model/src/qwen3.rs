@@ -1,13 +1,13 @@
 //! The Qwen3 decoder, field names mirroring the checkpoint (`model.layers.N.self_attn.q_proj`
 //! ...). A pure function of (weights, tokens, positions, cache): the KV cache lives outside
 //! the modules so one set of weights serves training, scoring and many rollouts.
+use crate::attention::{causal_attention, CausalAttention, TrainingBackend};
 use crate::rope::{apply_rotary, Rope};
 use burn::module::{AutodiffModule, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, silu};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::FloatDType;
@@ -191,7 +191,7 @@ enum LayerMask<B: Backend> {
     Documents(Vec<Vec<usize>>),
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: CausalAttention> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -241,7 +241,7 @@ impl<B: Backend> Attention<B> {
                     let parts = docs.iter().map(|&n| {
                         let s = [r..r + 1, 0..h, start..start + n, 0..d];
                         start += n;
-                        attention::<B>(q.clone().slice(s.clone()), k.clone().slice(s.clone()), v.clone().slice(s), None, None, causal)
+                        causal_attention(q.clone().slice(s.clone()), k.clone().slice(s.clone()), v.clone().slice(s))
                     });
                     Tensor::cat(parts.collect(), 2)
                 });
@@ -267,7 +267,7 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
-impl<B: Backend> DecoderLayer<B> {
+impl<B: CausalAttention> DecoderLayer<B> {
     /// The residual stream after this layer (f32 in, f32 out).
     fn forward(&self, x: Tensor<B, 3>, rope: &(Tensor<B, 4>, Tensor<B, 4>), mask: &LayerMask<B>, cache: Option<(&mut KvCache<B>, usize)>, dt: FloatDType) -> Tensor<B, 3> {
         let attn = self.self_attn.forward(norm(&self.input_layernorm, x.clone()), rope.0.clone(), rope.1.clone(), mask, cache, dt);
@@ -293,46 +293,6 @@ impl<B: Backend> Qwen3<B> {
     pub fn with_compute(mut self, compute: Compute) -> Self {
         self.compute = compute;
         self
-    }
-
-    /// Final hidden states `[batch, seq, hidden]` (f32) for `tokens` at `positions`
-    /// (`[batch][seq]`), appending to `cache` when given.
-    pub fn forward_hidden(
-        &self,
-        tokens: Tensor<B, 2, Int>,
-        positions: &[Vec<usize>],
-        mask: &AttnMask<B>,
-        mut cache: Option<&mut KvCache<B>>,
-    ) -> Tensor<B, 3> {
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        let (rope, mask) = self.prepare(positions, mask, past, &tokens.device());
-        let mut x = self.embed(tokens);
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, &rope, &mask, cache.as_deref_mut().map(|c| (c, i)), self.compute.precision.dtype());
-        }
-        norm(&self.norm, x)
-    }
-
-    /// The embeddings of `tokens` as the f32 residual stream, rounded to the compute
-    /// dtype on the way (as a lookup in the matrix that dtype stores).
-    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let x = self.embed_tokens.forward(tokens);
-        to(to(x, self.compute.precision.dtype()), FloatDType::F32)
-    }
-
-    /// RoPE's cos/sin for `positions` and the mask as each layer applies it.
-    fn prepare(&self, positions: &[Vec<usize>], mask: &AttnMask<B>, past: usize, device: &B::Device) -> ((Tensor<B, 4>, Tensor<B, 4>), LayerMask<B>) {
-        let t = positions[0].len();
-        let mask = match mask {
-            AttnMask::Causal => LayerMask::Causal,
-            AttnMask::KeyPadding(valid) => LayerMask::Tensor(padding_causal_mask(valid.clone(), t, past)),
-            AttnMask::Explicit(m) => LayerMask::Tensor(m.clone()),
-            AttnMask::Documents(rows) => {
-                assert!(past == 0 && rows.iter().all(|r| r.iter().sum::<usize>() == t), "document lengths must cover each row; no cache");
-                LayerMask::Documents(rows.clone())
-            }
-        };
-        (self.rope.cos_sin::<B>(positions, device), mask)
     }
 
     /// Logits `[batch, seq, vocab]` (f32) from hidden states, the product in the compute dtype.
@@ -375,23 +335,6 @@ impl<B: Backend> Qwen3<B> {
         self.map(&mut Cast(dtype))
     }
 
-    /// Logits for unpadded sequences starting at position 0.
-    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [b, t] = tokens.dims();
-        let positions = vec![(0..t).collect::<Vec<_>>(); b];
-        self.logits(self.forward_hidden(tokens, &positions, &AttnMask::Causal, None))
-    }
-
-    /// Teacher-forced log-probability of each next token: `[batch, seq-1]`, entry `i` is
-    /// `log p(tokens[i+1] | tokens[..=i])`. Also returns the logits for inspection.
-    pub fn next_token_logprobs(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 2>, Tensor<B, 3>) {
-        let [b, t] = tokens.dims();
-        let logits = self.forward(tokens.clone());
-        let logp = log_softmax(logits.clone().slice([0..b, 0..t - 1]), 2);
-        let targets = tokens.slice([0..b, 1..t]).unsqueeze_dim::<3>(2);
-        (logp.gather(2, targets).squeeze_dim::<2>(2), logits)
-    }
-
     /// Gives every parameter an id from its place in the module (0, 1, 2, ... in field
     /// order), so optimizer state saved by one process matches the same model loaded from
     /// safetensors by another (burn's ids are random at creation).
@@ -408,7 +351,66 @@ impl<B: Backend> Qwen3<B> {
     }
 }
 
-impl<B: AutodiffBackend> Qwen3<B> {
+impl<B: CausalAttention> Qwen3<B> {
+    /// Final hidden states `[batch, seq, hidden]` (f32) for `tokens` at `positions`
+    /// (`[batch][seq]`), appending to `cache` when given.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: &[Vec<usize>],
+        mask: &AttnMask<B>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let (rope, mask) = self.prepare(positions, mask, past, &tokens.device());
+        let mut x = self.embed(tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &rope, &mask, cache.as_deref_mut().map(|c| (c, i)), self.compute.precision.dtype());
+        }
+        norm(&self.norm, x)
+    }
+
+    /// The embeddings of `tokens` as the f32 residual stream, rounded to the compute
+    /// dtype on the way (as a lookup in the matrix that dtype stores).
+    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let x = self.embed_tokens.forward(tokens);
+        to(to(x, self.compute.precision.dtype()), FloatDType::F32)
+    }
+
+    /// RoPE's cos/sin for `positions` and the mask as each layer applies it.
+    fn prepare(&self, positions: &[Vec<usize>], mask: &AttnMask<B>, past: usize, device: &B::Device) -> ((Tensor<B, 4>, Tensor<B, 4>), LayerMask<B>) {
+        let t = positions[0].len();
+        let mask = match mask {
+            AttnMask::Causal => LayerMask::Causal,
+            AttnMask::KeyPadding(valid) => LayerMask::Tensor(padding_causal_mask(valid.clone(), t, past)),
+            AttnMask::Explicit(m) => LayerMask::Tensor(m.clone()),
+            AttnMask::Documents(rows) => {
+                assert!(past == 0 && rows.iter().all(|r| r.iter().sum::<usize>() == t), "document lengths must cover each row; no cache");
+                LayerMask::Documents(rows.clone())
+            }
+        };
+        (self.rope.cos_sin::<B>(positions, device), mask)
+    }
+
+    /// Logits for unpadded sequences starting at position 0.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
+        let positions = vec![(0..t).collect::<Vec<_>>(); b];
+        self.logits(self.forward_hidden(tokens, &positions, &AttnMask::Causal, None))
+    }
+
+    /// Teacher-forced log-probability of each next token: `[batch, seq-1]`, entry `i` is
+    /// `log p(tokens[i+1] | tokens[..=i])`. Also returns the logits for inspection.
+    pub fn next_token_logprobs(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 2>, Tensor<B, 3>) {
+        let [b, t] = tokens.dims();
+        let logits = self.forward(tokens.clone());
+        let logp = log_softmax(logits.clone().slice([0..b, 0..t - 1]), 2);
+        let targets = tokens.slice([0..b, 1..t]).unsqueeze_dim::<3>(2);
+        (logp.gather(2, targets).squeeze_dim::<2>(2), logits)
+    }
+}
+
+impl<B: TrainingBackend> Qwen3<B> {
     /// The model without autodiff for generation and scoring, its weights in the compute
     /// dtype (rounding f32 master weights to bf16 gives the bf16 weights the training
     /// forward multiplies with, so rollout and update log-probs agree).

@@ -4,7 +4,6 @@
 use crate::reward;
 use crate::rollout::{self, Env, RolloutConfig, Trajectory};
 use anyhow::Result;
-use burn::prelude::Backend;
 use datasets::RlTask;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -67,7 +66,7 @@ pub fn summarize(rs: &[Record]) -> Summary {
 
 /// One rollout per task with `cfg` (greedy when its temperature is 0); numbers in answers
 /// match up to `numeric_tol` (relative).
-pub fn run<B: Backend>(
+pub fn run<B: model::CausalAttention>(
     env: &Env<B>,
     tasks: &[(&RlTask, PathBuf)],
     cfg: &RolloutConfig,

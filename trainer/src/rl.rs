@@ -300,7 +300,7 @@ fn update(
 /// and prompt tokens are context only. The policy is softmax(logits / `temperature`), the
 /// distribution the rollouts sampled from (1 when they were greedy).
 #[allow(clippy::too_many_arguments)]
-pub fn policy_grads<B: burn::tensor::backend::AutodiffBackend>(
+pub fn policy_grads<B: model::TrainingBackend>(
     model: &Qwen3<B>,
     trajs: &[Trajectory],
     chosen: &[usize],

@@ -4,7 +4,6 @@
 //! crash or a full disk mid-write leaves the previous checkpoints as they were.
 use crate::step::Optim;
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use model::{Qwen3, Qwen3Config, Tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -25,7 +24,7 @@ pub struct RunState {
 
 /// Writes an HF folder (weights in `dtype`, config, tokenizer) to `dir` via a temporary
 /// sibling renamed into place; `extra` then adds files (optimizer, state) before the rename.
-pub fn write_atomic<B: AutodiffBackend>(
+pub fn write_atomic<B: model::TrainingBackend>(
     dir: &Path,
     model: &Qwen3<B>,
     cfg: &Qwen3Config,
@@ -62,7 +61,7 @@ pub fn checkpoints_dir(out: &Path) -> PathBuf {
 
 /// Saves a resumable checkpoint at `state.step`, then keeps only the newest `keep_last`.
 #[allow(clippy::too_many_arguments)]
-pub fn save<B: AutodiffBackend>(out: &Path, model: &Qwen3<B>, cfg: &Qwen3Config, tok: &Tokenizer, optim: &Optim<B>, state: &RunState, keep_last: usize) -> Result<PathBuf> {
+pub fn save<B: model::TrainingBackend>(out: &Path, model: &Qwen3<B>, cfg: &Qwen3Config, tok: &Tokenizer, optim: &Optim<B>, state: &RunState, keep_last: usize) -> Result<PathBuf> {
     let dir = checkpoints_dir(out).join(format!("step-{:08}", state.step));
     write_atomic(&dir, model, cfg, tok, "float32", |tmp| {
         optim.save(tmp)?;

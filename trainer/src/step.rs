@@ -10,13 +10,13 @@ use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use datasets::PackedSeq;
-use model::{AttnMask, Qwen3};
+use model::{AttnMask, CausalAttention, Qwen3, TrainingBackend};
 use std::path::Path;
 
 /// Summed negative log-likelihood of the trained tokens of `seqs` (all `seq_len` long),
 /// and how many there are. Documents see only themselves (the packing's document mask,
 /// positions restarting at each document); padding is one more document, never trained.
-pub fn nll_sum<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1>, usize) {
+pub fn nll_sum<B: CausalAttention>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1>, usize) {
     match trained_logprobs(model, seqs, 1.0) {
         Some((logp, _)) => {
             let n = logp.dims()[0];
@@ -29,7 +29,7 @@ pub fn nll_sum<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1
 /// Log-probability of every trained token of `seqs` under softmax(logits / temperature)
 /// (`[n]`, in row-major order of the positions), with the whole log-distribution at each
 /// (`[n, vocab]`); None without any.
-pub fn trained_logprobs<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq], temperature: f32) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
+pub fn trained_logprobs<B: CausalAttention>(model: &Qwen3<B>, seqs: &[PackedSeq], temperature: f32) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
     let p = Packed::new(seqs, &model.device())?;
     let hidden = model.forward_hidden(p.tokens.clone(), &p.positions, &p.mask, None);
     Some(p.logprobs(model, hidden, temperature))
@@ -37,7 +37,7 @@ pub fn trained_logprobs<B: Backend>(model: &Qwen3<B>, seqs: &[PackedSeq], temper
 
 /// The gradients of `loss(log-probs, log-distributions)` (as [`trained_logprobs`] gives
 /// them) and its value; the model's `compute` decides precision and checkpointing.
-pub fn trained_loss_grads<B: AutodiffBackend>(
+pub fn trained_loss_grads<B: TrainingBackend>(
     model: &Qwen3<B>,
     seqs: &[PackedSeq],
     temperature: f32,
@@ -139,7 +139,7 @@ pub struct NonFinite {
     pub value: f64,
 }
 
-impl<B: AutodiffBackend> Optim<B> {
+impl<B: TrainingBackend> Optim<B> {
     pub fn new(o: &OptimSpec) -> Self {
         let adamw = |wd: f64| {
             AdamWConfig::new()
@@ -270,7 +270,7 @@ pub fn clip_global_norm<B: AutodiffBackend>(model: &Qwen3<B>, grads: &mut Gradie
 
 /// Held-out loss: mean NLL per trained token over `seqs`, `micro_batch` at a time, on the
 /// model without autodiff.
-pub fn eval_loss<B: AutodiffBackend>(model: &Qwen3<B>, seqs: &[PackedSeq], micro_batch: usize) -> Option<f64> {
+pub fn eval_loss<B: TrainingBackend>(model: &Qwen3<B>, seqs: &[PackedSeq], micro_batch: usize) -> Option<f64> {
     let inner = model.valid();
     let (mut sum, mut n) = (0.0, 0usize);
     for mb in seqs.chunks(micro_batch) {

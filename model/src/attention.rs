@@ -1,0 +1,102 @@
+//! Causal self-attention with a memory-lean backward. The forward is the backend's own
+//! `attention` (burn-cuda autotunes a flash kernel); under autodiff the backward
+//! recomputes the probabilities one block of queries at a time from the saved q, k, v
+//! and output, so no len² tensor outlives a block. burn 0.21's autodiff attention instead
+//! keeps the len² scores and probabilities of every layer until the backward.
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{AttentionModuleOptions, FloatTensor, ModuleOps};
+use burn::tensor::{FloatDType, TensorPrimitive};
+
+/// Queries per block of the backward: a block's scores are `[batch, heads, BLOCK, keys]`.
+const BLOCK: usize = 512;
+
+/// Backends the model runs on: each gives causal attention with a lean backward.
+pub trait CausalAttention: Backend {
+    /// softmax(q kᵀ / √d, causal) v over `[batch, heads, len, head_dim]`, queries and keys
+    /// at the same positions.
+    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
+        let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        <Self as ModuleOps<Self>>::attention(q, k, v, None, None, causal)
+    }
+}
+
+#[cfg(feature = "flex")]
+impl CausalAttention for burn::backend::Flex {}
+#[cfg(feature = "cuda")]
+impl CausalAttention for burn::backend::Cuda<f32> {}
+
+/// What training code asks of its backend: autodiff, over a backend the model runs on.
+pub trait TrainingBackend: AutodiffBackend<InnerBackend: CausalAttention> + CausalAttention {}
+impl<B: AutodiffBackend<InnerBackend: CausalAttention> + CausalAttention> TrainingBackend for B {}
+
+/// [`CausalAttention::causal_attention`] on tensors.
+pub fn causal_attention<B: CausalAttention>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    Tensor::from_primitive(TensorPrimitive::Float(B::causal_attention(p(q), p(k), p(v))))
+}
+
+impl<B: CausalAttention, C: CheckpointStrategy> CausalAttention for Autodiff<B, C> {
+    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Lean;
+        impl<B: CausalAttention> Backward<B, 3> for Lean {
+            type State = [FloatTensor<B>; 4]; // q, k, v, output
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let t = |x: FloatTensor<B>| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+                let [q, k, v, out] = ops.state;
+                let d_out = grads.consume::<B>(&ops.node);
+                let (dq, dk, dv) = backward(t(q), t(k), t(v), t(out), t(d_out));
+                for (parent, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
+                    if let Some(node) = parent {
+                        grads.register::<B>(node.id, g.into_primitive().tensor());
+                    }
+                }
+            }
+        }
+        match Lean.prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = B::causal_attention(q.primitive.clone(), k.primitive.clone(), v.primitive.clone());
+                prep.finish([q.primitive, k.primitive, v.primitive, out.clone()], out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::causal_attention(q.primitive, k.primitive, v.primitive)),
+        }
+    }
+}
+
+/// Gradients of causal attention (FlashAttention-2's backward, by blocks of queries, in
+/// f32): with P = softmax(S), S = q kᵀ·s and Δ = rowsum(dO ∘ O),
+/// dV = Pᵀ dO, dS = P ∘ (dO vᵀ − Δ), dQ = dS k·s, dK = dSᵀ q·s.
+fn backward<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let dtype = q.dtype();
+    let f = |x: Tensor<B, 4>| x.cast(FloatDType::F32);
+    let (q, k, v, d_out) = (f(q), f(k), f(v), f(d_out));
+    let [b, h, len, d] = q.dims();
+    let scale = 1.0 / (d as f64).sqrt();
+    let delta = (d_out.clone() * f(out)).sum_dim(3); // [b, h, len, 1]
+    let device = q.device();
+    let (mut dq, mut dk, mut dv) = (Vec::new(), Tensor::<B, 4>::zeros([b, h, len, d], &device), Tensor::<B, 4>::zeros([b, h, len, d], &device));
+    for start in (0..len).step_by(BLOCK) {
+        let end = (start + BLOCK).min(len);
+        let (rows, keys) = ([0..b, 0..h, start..end, 0..d], [0..b, 0..h, 0..end, 0..d]);
+        let (qb, ob) = (q.clone().slice(rows.clone()), d_out.clone().slice(rows.clone()));
+        let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys.clone()));
+        // Keys after the block's last query are masked for every row: left out.
+        let future = Tensor::<B, 2, Bool>::tril_mask([end - start, end], start as i64, &device); // key > query
+        let s = qb.clone().matmul(kb.clone().swap_dims(2, 3)).mul_scalar(scale);
+        let p = softmax(s.mask_fill(future.unsqueeze::<4>().expand([b, h, end - start, end]), f32::NEG_INFINITY), 3);
+        dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + p.clone().swap_dims(2, 3).matmul(ob.clone()));
+        let dp = ob.matmul(vb.swap_dims(2, 3));
+        let ds = p * (dp - delta.clone().slice([0..b, 0..h, start..end, 0..1]));
+        dq.push(ds.clone().matmul(kb).mul_scalar(scale));
+        dk = dk.clone().slice_assign(keys.clone(), dk.slice(keys) + ds.swap_dims(2, 3).matmul(qb).mul_scalar(scale));
+    }
+    (Tensor::cat(dq, 2).cast(dtype), dk.cast(dtype), dv.cast(dtype))
+}
