@@ -26,6 +26,16 @@ seq=${SEQ:-4096}
 out=${OUT:-/tmp/trainer-bench}
 limit=${STEP_TIMEOUT:-150}     # seconds per attempt
 mkdir -p "$out"
+# cubecl compiles its kernels with NVRTC at run time. Without a CUDA toolkit the machine
+# still has the one PyTorch's wheels ship (nvidia/cu13/lib/libnvrtc.so.13 and the like).
+nvrtc=$("$py" - <<'PY' 2>/dev/null
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+hits = sorted(p for r in roots for p in glob.glob(os.path.join(r, "nvidia", "**", "libnvrtc.so*"), recursive=True))
+print(os.path.dirname(hits[-1]) if hits else "")
+PY
+)
+[ -n "$nvrtc" ] && export LD_LIBRARY_PATH="$nvrtc:${LD_LIBRARY_PATH:-}" && echo "NVRTC from $nvrtc"
 log=$out/trainer-bench.jsonl
 : > "$log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: dry run"
