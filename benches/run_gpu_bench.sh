@@ -25,6 +25,7 @@ shape=${SHAPE:-benches/shapes/qwen3-0.6b.json}
 seq=${SEQ:-4096}
 out=${OUT:-/tmp/trainer-bench}
 limit=${STEP_TIMEOUT:-150}     # seconds per attempt
+deadline=$((SECONDS + ${BUDGET:-540}))  # no attempt starts past this; the report is always written
 mkdir -p "$out"
 # cubecl compiles its kernels with NVRTC at run time. Without a CUDA toolkit the machine
 # still has the one PyTorch's wheels ship (nvidia/cu13/lib/libnvrtc.so.13 and the like).
@@ -45,11 +46,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 run() {
   local name=$1; shift
   local mem=$out/$name.mem
+  local left=$((deadline - SECONDS)); [ $left -lt $limit ] && limit_now=$left || limit_now=$limit
+  if [ "$limit_now" -lt 15 ]; then echo "  $name: skipped (time budget spent)" >&2; return 1; fi
   local idle
   idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
   (while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1; sleep 0.2; done) > "$mem" &
   local poll=$!
-  timeout "$limit" "$@" > "$out/$name.json" 2> "$out/$name.err"
+  timeout "$limit_now" "$@" > "$out/$name.json" 2> "$out/$name.err"
   local rc=$?
   kill "$poll" 2>/dev/null; wait "$poll" 2>/dev/null
   if [ $rc -ne 0 ]; then echo "  $name: failed (rc $rc): $(tail -c 300 "$out/$name.err" | tr "\n" " ")" >&2; return 1; fi
