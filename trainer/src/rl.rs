@@ -59,7 +59,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     let source_dtype = ck.config.dtype.clone();
     // The frozen reference for the KL term: the stage's starting weights.
     let reference = (cfg.grpo.kl_coef != 0.0)
-        .then(|| Checkpoint::<TrainBackend>::load(&init_dir, &device).map(|c| c.model.with_compute(cfg.compute).for_inference()))
+        .then(|| Checkpoint::<DefaultBackend>::load(&init_dir, &device).map(|c| c.model.for_generation(cfg.compute.precision)))
         .transpose()?;
     let sandbox = Sandbox::new(SandboxConfig::default())?;
 

@@ -300,13 +300,13 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
         std::fs::write(&p, format!(
             "out = \"{out}\"\nseed = 5\n[model]\ninit = \"{init}\"\n[data]\ntasks = [\"{tasks}\"]\nheldout = 0.2\n\
              [rollout]\ntasks_per_step = 4\ngroup_size = 4\nmax_turns = 2\nmax_new_tokens = 24\nmax_response_tokens = 48\n\
-             [grpo]\nupdate_epochs = 2\n[optim]\nlr = 1e-3\nclip = 1.0\nschedule = \"constant\"\n[train]\nsteps = 3\n\
+             [grpo]\nupdate_epochs = 2\nkl_coef = 0.05\n[optim]\nlr = 1e-3\nclip = 1.0\nschedule = \"constant\"\n[train]\nsteps = 3\n\
              [checkpoint]\nevery = 1\nkeep_last = 3\n[eval]\ntasks = 4\n\
              [compute]\nprecision = \"bf16\"\ngradient_checkpointing = true\n",
             out = fx.dir.join(name).display(), init = fx.dir.join("sft/final").display(), tasks = fx.dir.join("tasks").display())).unwrap();
         p
     };
-    // (bf16 with gradient checkpointing: rollouts from bf16 matrices, resumed to the bit.)
+    // (bf16 with gradient checkpointing and a KL term: rollouts from bf16 matrices, resumed to the bit.)
     let (a, b) = (rl("rl-a"), rl("rl-b"));
     // Bad input: a misspelled key (file, line, key), a preset that needs a judge, no tasks.
     let typo = fx.dir.join("typo.toml");
@@ -325,6 +325,7 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
         assert!(rows.iter().any(|r| r.get(key).is_some()), "metrics.jsonl lacks {key}");
     }
     assert!(rows.iter().any(|r| r.get("clip_fraction").is_some() && r.get("entropy").is_some()));
+    assert!(rows.iter().any(|r| r["kl_ref"].as_f64().is_some_and(|k| k.is_finite() && k >= -1e-6)), "KL to the reference is logged");
     assert!(rows.iter().filter(|r| r.get("eval_success").is_some()).count() == 2, "held-out evaluation before and after");
     let weights = |run: &str| std::fs::read(fx.dir.join(run).join("final/model.safetensors")).unwrap();
     assert!(weights("rl-a") != std::fs::read(fx.dir.join("sft/final/model.safetensors")).unwrap(), "the policy changed");
