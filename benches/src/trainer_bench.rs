@@ -40,8 +40,8 @@ enum Cmd {
         batch: usize,
         #[arg(long, default_value_t = 3)]
         steps: usize,
-        #[arg(long, value_enum, default_value = "bf16")]
-        precision: Prec,
+        #[arg(long, default_value = "bf16")]
+        precision: Precision,
         #[arg(long)]
         checkpointing: bool,
     },
@@ -55,24 +55,9 @@ enum Cmd {
         prompt: usize,
         #[arg(long, default_value_t = 256)]
         new_tokens: usize,
-        #[arg(long, value_enum, default_value = "bf16")]
-        precision: Prec,
+        #[arg(long, default_value = "bf16")]
+        precision: Precision,
     },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Prec {
-    F32,
-    Bf16,
-}
-
-impl From<Prec> for Precision {
-    fn from(p: Prec) -> Self {
-        match p {
-            Prec::F32 => Precision::F32,
-            Prec::Bf16 => Precision::Bf16,
-        }
-    }
 }
 
 const IMPL: &str = if cfg!(feature = "cuda") { "burn-cuda" } else { "burn-flex" };
@@ -80,8 +65,8 @@ const IMPL: &str = if cfg!(feature = "cuda") { "burn-cuda" } else { "burn-flex" 
 fn main() -> Result<()> {
     match Args::parse().cmd {
         Cmd::Parity { fixtures } => parity(&fixtures),
-        Cmd::Sft { shape, seq, batch, steps, precision, checkpointing } => sft(&shape, seq, batch, steps, precision.into(), checkpointing),
-        Cmd::Generate { shape, batch, prompt, new_tokens, precision } => gen(&shape, batch, prompt, new_tokens, precision.into()),
+        Cmd::Sft { shape, seq, batch, steps, precision, checkpointing } => sft(&shape, seq, batch, steps, precision, checkpointing),
+        Cmd::Generate { shape, batch, prompt, new_tokens, precision } => gen(&shape, batch, prompt, new_tokens, precision),
     }
 }
 
