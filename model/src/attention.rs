@@ -7,67 +7,47 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use crate::backend::ModelBackend;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{AttentionModuleOptions, FloatTensor, ModuleOps};
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{FloatDType, TensorPrimitive};
 
 /// Queries per block of the backward: a block's scores are `[batch, heads, BLOCK, keys]`.
 const BLOCK: usize = 512;
 
-/// Backends the model runs on: each gives causal attention with a lean backward.
-pub trait CausalAttention: Backend {
-    /// softmax(q kᵀ / √d, causal) v over `[batch, heads, len, head_dim]`, queries and keys
-    /// at the same positions.
-    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
-        let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        <Self as ModuleOps<Self>>::attention(q, k, v, None, None, causal)
-    }
-}
-
-#[cfg(feature = "flex")]
-impl CausalAttention for burn::backend::Flex {}
-#[cfg(feature = "cuda")]
-impl CausalAttention for burn::backend::Cuda<f32> {}
-
-/// What training code asks of its backend: autodiff, over a backend the model runs on.
-pub trait TrainingBackend: AutodiffBackend<InnerBackend: CausalAttention> + CausalAttention {}
-impl<B: AutodiffBackend<InnerBackend: CausalAttention> + CausalAttention> TrainingBackend for B {}
-
-/// [`CausalAttention::causal_attention`] on tensors.
-pub fn causal_attention<B: CausalAttention>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+/// [`ModelBackend::causal_attention`] on tensors.
+pub fn causal_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
     let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
     Tensor::from_primitive(TensorPrimitive::Float(B::causal_attention(p(q), p(k), p(v))))
 }
 
-impl<B: CausalAttention, C: CheckpointStrategy> CausalAttention for Autodiff<B, C> {
-    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Lean;
-        impl<B: CausalAttention> Backward<B, 3> for Lean {
-            type State = [FloatTensor<B>; 4]; // q, k, v, output
+/// Causal attention under autodiff: the inner backend's forward, the lean backward.
+pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Autodiff<B, C>>, k: FloatTensor<Autodiff<B, C>>, v: FloatTensor<Autodiff<B, C>>) -> FloatTensor<Autodiff<B, C>> {
+    #[derive(Debug)]
+    struct Lean;
+    impl<B: Backend> Backward<B, 3> for Lean {
+        type State = [FloatTensor<B>; 4]; // q, k, v, output
 
-            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let t = |x: FloatTensor<B>| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-                let [q, k, v, out] = ops.state;
-                let d_out = grads.consume::<B>(&ops.node);
-                let (dq, dk, dv) = backward(t(q), t(k), t(v), t(out), t(d_out));
-                for (parent, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
-                    if let Some(node) = parent {
-                        grads.register::<B>(node.id, g.into_primitive().tensor());
-                    }
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let t = |x: FloatTensor<B>| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+            let [q, k, v, out] = ops.state;
+            let d_out = grads.consume::<B>(&ops.node);
+            let (dq, dk, dv) = backward(t(q), t(k), t(v), t(out), t(d_out));
+            for (parent, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
+                if let Some(node) = parent {
+                    grads.register::<B>(node.id, g.into_primitive().tensor());
                 }
             }
         }
-        match Lean.prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let out = B::causal_attention(q.primitive.clone(), k.primitive.clone(), v.primitive.clone());
-                prep.finish([q.primitive, k.primitive, v.primitive, out.clone()], out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::causal_attention(q.primitive, k.primitive, v.primitive)),
+    }
+    match Lean.prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let out = B::causal_attention(q.primitive.clone(), k.primitive.clone(), v.primitive.clone());
+            prep.finish([q.primitive, k.primitive, v.primitive, out.clone()], out)
         }
+        OpsKind::UnTracked(prep) => prep.finish(B::causal_attention(q.primitive, k.primitive, v.primitive)),
     }
 }
 

@@ -59,7 +59,7 @@ pub struct Generation {
 }
 
 /// Generates a continuation of every prompt. `tokenizer` is needed only for stop strings.
-pub fn generate<B: crate::CausalAttention>(
+pub fn generate<B: crate::ModelBackend>(
     model: &Qwen3<B>,
     tokenizer: Option<&Tokenizer>,
     prompts: &[Vec<u32>],
@@ -71,7 +71,7 @@ pub fn generate<B: crate::CausalAttention>(
 /// [`generate`], calling `on_step(step)` after each new position (for progress bars) and
 /// `on_done(row, generation)` the moment a row stops by a stop token or string, while the
 /// others go on (a rollout starts that row's cell then).
-pub fn generate_with<B: crate::CausalAttention>(
+pub fn generate_with<B: crate::ModelBackend>(
     model: &Qwen3<B>,
     tokenizer: Option<&Tokenizer>,
     prompts: &[Vec<u32>],

@@ -1,16 +1,18 @@
 //! The `model` crate: the Qwen3 decoder in burn, Hugging Face checkpoint folders in and
 //! out, the checkpoint's tokenizer and chat template, and batched generation.
 pub mod attention;
+pub mod backend;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod lm_head;
 pub mod qwen3;
 pub mod rope;
 pub mod tokenizer;
 
-pub use attention::{CausalAttention, TrainingBackend};
+pub use backend::{ModelBackend, TrainingBackend};
 pub use chat::ChatTemplate;
 pub use config::Qwen3Config;
 pub use error::{Error, Result};

@@ -1,7 +1,9 @@
 //! The Qwen3 decoder, field names mirroring the checkpoint (`model.layers.N.self_attn.q_proj`
 //! ...). A pure function of (weights, tokens, positions, cache): the KV cache lives outside
 //! the modules so one set of weights serves training, scoring and many rollouts.
-use crate::attention::{causal_attention, CausalAttention, TrainingBackend};
+use crate::attention::causal_attention;
+use crate::backend::{ModelBackend, TrainingBackend};
+use crate::lm_head::{self, Head};
 use crate::rope::{apply_rotary, Rope};
 use burn::module::{AutodiffModule, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
@@ -191,7 +193,7 @@ enum LayerMask<B: Backend> {
     Documents(Vec<Vec<usize>>),
 }
 
-impl<B: CausalAttention> Attention<B> {
+impl<B: ModelBackend> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -267,7 +269,7 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
-impl<B: CausalAttention> DecoderLayer<B> {
+impl<B: ModelBackend> DecoderLayer<B> {
     /// The residual stream after this layer (f32 in, f32 out).
     fn forward(&self, x: Tensor<B, 3>, rope: &(Tensor<B, 4>, Tensor<B, 4>), mask: &LayerMask<B>, cache: Option<(&mut KvCache<B>, usize)>, dt: FloatDType) -> Tensor<B, 3> {
         let attn = self.self_attn.forward(norm(&self.input_layernorm, x.clone()), rope.0.clone(), rope.1.clone(), mask, cache, dt);
@@ -351,7 +353,7 @@ impl<B: Backend> Qwen3<B> {
     }
 }
 
-impl<B: CausalAttention> Qwen3<B> {
+impl<B: ModelBackend> Qwen3<B> {
     /// Final hidden states `[batch, seq, hidden]` (f32) for `tokens` at `positions`
     /// (`[batch][seq]`), appending to `cache` when given.
     pub fn forward_hidden(
@@ -397,6 +399,18 @@ impl<B: CausalAttention> Qwen3<B> {
         let [b, t] = tokens.dims();
         let positions = vec![(0..t).collect::<Vec<_>>(); b];
         self.logits(self.forward_hidden(tokens, &positions, &AttnMask::Causal, None))
+    }
+
+    /// log p(target) and the entropy of p (not differentiated) for each row of `hidden`
+    /// (`[n, hidden]`, final hidden states), p = softmax(logits / temperature): `([n], [n])`,
+    /// without materializing the `[n, vocab]` logits ([`lm_head`]).
+    pub fn token_logprobs(&self, hidden: Tensor<B, 2>, targets: Tensor<B, 1, Int>, temperature: f64) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let weight = match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.embed_tokens.weight.val().transpose(),
+        };
+        let head = Head::new(temperature, self.compute.precision.dtype(), self.vocab_size());
+        lm_head::token_logprobs(hidden, weight, targets, head)
     }
 
     /// Teacher-forced log-probability of each next token: `[batch, seq-1]`, entry `i` is

@@ -66,9 +66,22 @@ fn logprobs_match_transformers_on_every_shape() {
         }
         assert!(worst < 1e-4, "{}: max |Δ log-prob| = {worst}", dir.display());
 
-        // Top-5 logits at the last position.
+        // The same through the training head (chunked, tied or untied weight).
         let t = rows[0].len();
+        let positions = vec![(0..t).collect::<Vec<_>>(); 2];
         let flat: Vec<i64> = rows.iter().flatten().map(|&x| x as i64).collect();
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(flat.clone(), [2, t]), &Default::default());
+        let hidden = ck.model.forward_hidden(tokens, &positions, &model::AttnMask::Causal, None);
+        let h = hidden.dims()[2];
+        let hidden = Tensor::cat(vec![hidden.clone().slice([0..1, 0..t - 1, 0..h]), hidden.slice([1..2, 0..t - 1, 0..h])], 1).reshape([2 * (t - 1), h]);
+        let targets: Vec<i64> = rows.iter().flat_map(|r| r[1..].iter().map(|&x| x as i64)).collect();
+        let targets = Tensor::from_data(TensorData::new(targets, [2 * (t - 1)]), &Default::default());
+        let (lp, _) = ck.model.token_logprobs(hidden, targets, 1.0);
+        let want = exp["next_token_logprobs"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32));
+        let worst = lp.into_data().to_vec::<f32>().unwrap().iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{}: training head: max |Δ log-prob| = {worst}", dir.display());
+
+        // Top-5 logits at the last position.
         let logits = ck.model.forward(Tensor::from_data(TensorData::new(flat, [2, t]), &Default::default()));
         let v = ck.config.vocab_size;
         let last = logits.slice([0..2, t - 1..t, 0..v]).into_data().to_vec::<f32>().unwrap();
@@ -515,5 +528,43 @@ fn lean_attention_backward_matches_autodiff_through_burns_attention() {
         let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
         assert!(worst <= 1e-5 * scale.max(1.0), "{name}: max |Δ| {worst} (max |ref| {scale})");
+    }
+}
+
+#[test]
+fn chunked_lm_head_matches_autodiff_through_the_full_logits() {
+    // Token log-probs by chunks of 3 rows (backward recomputed per chunk) against burn's
+    // autodiff through the whole [n, vocab] logits and log_softmax: log-probs, entropies,
+    // and the gradients of hidden and weight for a loss with signed per-token weights (as
+    // GRPO's), in f32 and in bf16 compute.
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::{Distribution, FloatDType};
+    use model::lm_head::{token_logprobs, Head};
+    type A = burn::backend::Autodiff<B>;
+    let device = Default::default();
+    <A as Backend>::seed(&device, 11);
+    let (n, h, vocab, temperature) = (8, 16, 50, 0.7);
+    let hidden = Tensor::<A, 2>::random([n, h], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let weight = Tensor::<A, 2>::random([h, vocab], Distribution::Normal(0.0, 0.5), &device).require_grad();
+    let targets = Tensor::<A, 1, Int>::random([n], Distribution::Uniform(0.0, vocab as f64), &device);
+    let coef = Tensor::<A, 1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+    let vec = |t: Tensor<A, 1>| t.into_data().to_vec::<f32>().unwrap();
+    let run = |logp: Tensor<A, 1>, entropy: Tensor<A, 1>| {
+        let g = (logp.clone() * coef.clone()).sum().backward();
+        let grad = |t: &Tensor<A, 2>| t.grad(&g).unwrap().into_data().to_vec::<f32>().unwrap();
+        [vec(logp), vec(entropy), grad(&hidden), grad(&weight)]
+    };
+    for (dtype, tol) in [(FloatDType::F32, 1e-5), (FloatDType::BF16, 1e-2)] {
+        let (logp, entropy) = token_logprobs(hidden.clone(), weight.clone(), targets.clone(), Head { temperature, dtype, rows: 3 });
+        let ours = run(logp, entropy);
+        let z = hidden.clone().cast(dtype).matmul(weight.clone().cast(dtype)).cast(FloatDType::F32).div_scalar(temperature);
+        let l = log_softmax(z, 1);
+        let entropy = (l.clone().exp() * l.clone()).sum_dim(1).squeeze_dim::<1>(1).neg().detach();
+        let reference = run(l.gather(1, targets.clone().unsqueeze_dim(1)).squeeze_dim(1), entropy);
+        for (name, (a, b)) in ["logp", "entropy", "d hidden", "d weight"].iter().zip(ours.iter().zip(&reference)) {
+            let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+            assert!(worst <= tol * scale.max(1.0), "{dtype:?} {name}: max |Δ| {worst} (max |ref| {scale})");
+        }
     }
 }

@@ -66,7 +66,7 @@ pub fn summarize(rs: &[Record]) -> Summary {
 
 /// One rollout per task with `cfg` (greedy when its temperature is 0); numbers in answers
 /// match up to `numeric_tol` (relative).
-pub fn run<B: model::CausalAttention>(
+pub fn run<B: model::ModelBackend>(
     env: &Env<B>,
     tasks: &[(&RlTask, PathBuf)],
     cfg: &RolloutConfig,

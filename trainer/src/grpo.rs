@@ -123,9 +123,9 @@ impl std::ops::AddAssign for LossStats {
 }
 
 /// Σ_t w_t · (max(-A_t·ρ_t, -A_t·clip(ρ_t, 1-lo, 1+hi)) + β·KL_t) with ρ_t = exp(logp_t - old_t).
-/// `logp` is `[n]` (the current policy's log-prob of each generated token), `logp_full`
-/// `[n, vocab]` (for the entropy, not differentiated) when given.
-pub fn loss<B: Backend>(logp: Tensor<B, 1>, logp_full: Option<Tensor<B, 2>>, terms: &TokenTerms, spec: &GrpoSpec) -> (Tensor<B, 1>, LossStats) {
+/// `logp` is `[n]` (the current policy's log-prob of each generated token), `entropy`
+/// `[n]` (each token's policy entropy, for logging) when given.
+pub fn loss<B: Backend>(logp: Tensor<B, 1>, entropy: Option<Tensor<B, 1>>, terms: &TokenTerms, spec: &GrpoSpec) -> (Tensor<B, 1>, LossStats) {
     let device = logp.device();
     let n = terms.advantage.len();
     let data = |v: &[f32]| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [n]), &device);
@@ -143,9 +143,6 @@ pub fn loss<B: Backend>(logp: Tensor<B, 1>, logp_full: Option<Tensor<B, 2>>, ter
         per_token = per_token + kl.mul_scalar(spec.kl_coef);
     }
     let kl_old = (old - logp.clone().detach()).sum().into_scalar().elem::<f64>();
-    let entropy = logp_full.map_or(0.0, |l| {
-        let l = l.detach();
-        (l.clone().exp() * l).sum().neg().into_scalar().elem::<f64>()
-    });
+    let entropy = entropy.map_or(0.0, |e| e.detach().sum().into_scalar().elem::<f64>());
     ((per_token * w).sum(), LossStats { tokens: n, clipped, kl_old, kl_ref, entropy })
 }

@@ -341,8 +341,8 @@ pub fn policy_grads<B: model::TrainingBackend>(
             terms.ref_logp = Some(lp.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?);
         }
         let mut s = None;
-        let (v, grads) = trained_loss_grads(model, std::slice::from_ref(&row), temperature, |logp, full| {
-            let (loss, st) = grpo::loss(logp, Some(full), &terms, spec);
+        let (v, grads) = trained_loss_grads(model, std::slice::from_ref(&row), temperature, |logp, entropy| {
+            let (loss, st) = grpo::loss(logp, Some(entropy), &terms, spec);
             s = Some(st);
             loss
         })

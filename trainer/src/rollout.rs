@@ -111,7 +111,7 @@ pub struct Env<'a, B: Backend> {
 
 /// Runs `samples` trajectories of every task (task-major: task 0's samples first).
 /// `workspaces[i]` is task i's source folder. `progress(n)` counts finished trajectories.
-pub fn run<B: model::CausalAttention>(
+pub fn run<B: model::ModelBackend>(
     env: &Env<B>,
     tasks: &[&RlTask],
     workspaces: &[PathBuf],

@@ -7,16 +7,15 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use datasets::PackedSeq;
-use model::{AttnMask, CausalAttention, Qwen3, TrainingBackend};
+use model::{AttnMask, ModelBackend, Qwen3, TrainingBackend};
 use std::path::Path;
 
 /// Summed negative log-likelihood of the trained tokens of `seqs` (all `seq_len` long),
 /// and how many there are. Documents see only themselves (the packing's document mask,
 /// positions restarting at each document); padding is one more document, never trained.
-pub fn nll_sum<B: CausalAttention>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1>, usize) {
+pub fn nll_sum<B: ModelBackend>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Tensor<B, 1>, usize) {
     match trained_logprobs(model, seqs, 1.0) {
         Some((logp, _)) => {
             let n = logp.dims()[0];
@@ -27,26 +26,26 @@ pub fn nll_sum<B: CausalAttention>(model: &Qwen3<B>, seqs: &[PackedSeq]) -> (Ten
 }
 
 /// Log-probability of every trained token of `seqs` under softmax(logits / temperature)
-/// (`[n]`, in row-major order of the positions), with the whole log-distribution at each
-/// (`[n, vocab]`); None without any.
-pub fn trained_logprobs<B: CausalAttention>(model: &Qwen3<B>, seqs: &[PackedSeq], temperature: f32) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
+/// (`[n]`, in row-major order of the positions), with the entropy of that distribution at
+/// each (`[n]`, not differentiated); None without any.
+pub fn trained_logprobs<B: ModelBackend>(model: &Qwen3<B>, seqs: &[PackedSeq], temperature: f32) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {
     let p = Packed::new(seqs, &model.device())?;
     let hidden = model.forward_hidden(p.tokens.clone(), &p.positions, &p.mask, None);
     Some(p.logprobs(model, hidden, temperature))
 }
 
-/// The gradients of `loss(log-probs, log-distributions)` (as [`trained_logprobs`] gives
-/// them) and its value; the model's `compute` decides precision and checkpointing.
+/// The gradients of `loss(log-probs, entropies)` (as [`trained_logprobs`] gives them)
+/// and its value; the model's `compute` decides precision and checkpointing.
 pub fn trained_loss_grads<B: TrainingBackend>(
     model: &Qwen3<B>,
     seqs: &[PackedSeq],
     temperature: f32,
-    loss: impl FnOnce(Tensor<B, 1>, Tensor<B, 2>) -> Tensor<B, 1>,
+    loss: impl FnOnce(Tensor<B, 1>, Tensor<B, 1>) -> Tensor<B, 1>,
 ) -> Option<(f64, GradientsParams)> {
     let p = Packed::new(seqs, &model.device())?;
     let (value, grads) = model.loss_and_grads(p.tokens.clone(), &p.positions, &p.mask, |m, hidden| {
-        let (logp, full) = p.logprobs(m, hidden, temperature);
-        loss(logp, full)
+        let (logp, entropy) = p.logprobs(m, hidden, temperature);
+        loss(logp, entropy)
     });
     Some((value.into_scalar().elem::<f64>(), grads))
 }
@@ -59,10 +58,10 @@ struct Packed<B: Backend> {
     mask: AttnMask<B>,
     /// Flat indices (row * seq_len + i) of the positions whose next token is trained.
     rows: Tensor<B, 1, Int>,
-    targets: Tensor<B, 3, Int>,
+    targets: Tensor<B, 1, Int>,
 }
 
-impl<B: Backend> Packed<B> {
+impl<B: ModelBackend> Packed<B> {
     fn new(seqs: &[PackedSeq], device: &B::Device) -> Option<Self> {
         let (b, t) = (seqs.len(), seqs[0].ids.len());
         let mut ids = Vec::with_capacity(b * t);
@@ -91,21 +90,16 @@ impl<B: Backend> Packed<B> {
             positions: seqs.iter().map(|s| s.positions.iter().map(|&p| p as usize).collect()).collect(),
             mask: AttnMask::Documents(docs),
             rows: Tensor::from_data(TensorData::new(rows, [n]), device),
-            targets: Tensor::from_data(TensorData::new(targets, [1, n, 1]), device),
+            targets: Tensor::from_data(TensorData::new(targets, [n]), device),
         })
     }
 
-    /// Log-probs of the trained tokens from the final hidden states.
-    fn logprobs(&self, model: &Qwen3<B>, hidden: Tensor<B, 3>, temperature: f32) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    /// Log-probs (and entropies) of the trained tokens from the final hidden states.
+    fn logprobs(&self, model: &Qwen3<B>, hidden: Tensor<B, 3>, temperature: f32) -> (Tensor<B, 1>, Tensor<B, 1>) {
         let [b, t, h] = hidden.dims();
-        let n = self.rows.dims()[0];
         // Only trained positions reach the LM head: prompts and observations cost no logits.
-        let picked = hidden.reshape([b * t, h]).select(0, self.rows.clone()).reshape([1, n, h]);
-        let logits = model.logits(picked);
-        let logits = if temperature == 1.0 { logits } else { logits.div_scalar(temperature) };
-        let logp = log_softmax(logits, 2);
-        let v = logp.dims()[2];
-        (logp.clone().gather(2, self.targets.clone()).reshape([n]), logp.reshape([n, v]))
+        let picked = hidden.reshape([b * t, h]).select(0, self.rows.clone());
+        model.token_logprobs(picked, self.targets.clone(), temperature as f64)
     }
 }
 

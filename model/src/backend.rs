@@ -1,0 +1,47 @@
+//! The backends the model runs on. Two ops get their own autodiff: causal attention
+//! ([`crate::attention`]) and the log-probabilities of chosen tokens through the LM head
+//! ([`crate::lm_head`]); both recompute in the backward instead of keeping a tensor that
+//! grows with length² or with length × vocabulary.
+use crate::lm_head::{self, Head};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{AttentionModuleOptions, FloatTensor, IntTensor, ModuleOps};
+use burn::tensor::TensorPrimitive;
+
+pub trait ModelBackend: Backend {
+    /// softmax(q kᵀ / √d, causal) v over `[batch, heads, len, head_dim]`, queries and keys
+    /// at the same positions.
+    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
+        let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        <Self as ModuleOps<Self>>::attention(q, k, v, None, None, causal)
+    }
+
+    /// log p(target) and the entropy of p for each row of `hidden` (`[n, hidden]`), p =
+    /// softmax(hidden · weight / temperature), `weight` `[hidden, vocab]`: `([n], [n])`.
+    fn token_logprobs(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: IntTensor<Self>, head: Head) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let f = |x| Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
+        let (logp, entropy) = lm_head::forward(f(hidden), f(weight), Tensor::from_primitive(targets), head);
+        (logp.into_primitive().tensor(), entropy.into_primitive().tensor())
+    }
+}
+
+#[cfg(feature = "flex")]
+impl ModelBackend for burn::backend::Flex {}
+#[cfg(feature = "cuda")]
+impl ModelBackend for burn::backend::Cuda<f32> {}
+
+impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::attention::autodiff::<B, C>(q, k, v)
+    }
+
+    fn token_logprobs(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: IntTensor<Self>, head: Head) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        lm_head::autodiff::<B, C>(hidden, weight, targets, head)
+    }
+}
+
+/// What training code asks of its backend: autodiff, over a backend the model runs on.
+pub trait TrainingBackend: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
+impl<B: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend> TrainingBackend for B {}
