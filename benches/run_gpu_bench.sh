@@ -7,8 +7,8 @@
 #   4. SFT step on a Qwen3-0.6B-shaped random model at seq 4096: PyTorch eager (autocast
 #      bf16, sdpa) at the largest batch of $BATCHES that fits; ours with gradient
 #      checkpointing at the largest that fits from there down, and PyTorch with
-#      checkpointing at that batch; ours without checkpointing at $BATCHES_OURS (burn's
-#      training attention is O(seq^2), so batch 1).
+#      checkpointing at that batch; ours without checkpointing at PyTorch's batch (the
+#      like-for-like eager comparison), else batch 1.
 # Each step's peak GPU memory is polled with nvidia-smi (the same way for both). The
 # JSON lines go to $OUT/trainer-bench.jsonl and the tables to $OUT/report.md.
 #
@@ -90,5 +90,5 @@ echo "== SFT step, seq $seq"
 b=$(largest torch-sft "${BATCHES:-8 4 2 1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps 2)
 bc=$(largest ours-sft-ckpt "${BATCHES_CKPT:-${b:-4} 2 1}" "$bin" sft --shape "$shape" --seq "$seq" --steps 2 --checkpointing)
 [ -n "$bc" ] && run torch-sft-ckpt "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps 2 --checkpointing --batch "$bc"
-largest ours-sft "${BATCHES_OURS:-1}" "$bin" sft --shape "$shape" --seq "$seq" --steps 2 > /dev/null
+largest ours-sft "${BATCHES_OURS:-$( [ "${b:-1}" = 1 ] && echo 1 || echo "$b 1")}" "$bin" sft --shape "$shape" --seq "$seq" --steps 2 > /dev/null
 "$py" benches/scripts/gpu_torch.py report "$log" | tee "$out/report.md"

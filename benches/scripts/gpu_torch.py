@@ -143,7 +143,7 @@ def ratio(rows, what):
     for o in ours:
         for r in ref:
             if o.get("compute", "").endswith("checkpointing") == r.get("compute", "").endswith("checkpointing"):
-                print(f"\n{what}: ours/PyTorch tokens/s = {o['tokens_per_s'] / r['tokens_per_s']:.2f}x ({o.get('compute', o.get('precision'))})")
+                print(f"\n{what}: ours/PyTorch tokens/s = {o['tokens_per_s'] / r['tokens_per_s']:.2f}x ({o.get('compute', o.get('precision'))}; batch {o['batch']} vs {r['batch']})")
     print()
 
 
