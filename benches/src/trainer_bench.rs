@@ -118,26 +118,12 @@ fn parity(fixtures: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Peak resident host memory (the activations' memory on a CPU build).
-fn peak_rss_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
-}
-
 fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precision: Precision, checkpointing: bool) -> Result<()> {
     let cfg = Qwen3Config::from_file(shape)?;
     <TrainBackend as Backend>::seed(&Default::default(), 0);
     let compute = Compute { precision, gradient_checkpointing: checkpointing };
     let mut model = Qwen3::<TrainBackend>::init(&cfg, &Default::default()).with_stable_ids().with_compute(compute);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let seqs: Vec<PackedSeq> = (0..batch)
-        .map(|_| PackedSeq {
-            ids: (0..seq).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect(),
-            mask: (0..seq).map(|i| u8::from(i > 0)).collect(),
-            positions: (0..seq as u32).collect(),
-            doc_lens: vec![seq],
-        })
-        .collect();
+    let seqs = trainer::estimate::random_rows(cfg.vocab_size, batch, seq, seq);
     let spec = toml::from_str("lr = 1e-4\nweight_decay = 0.1\nclip = 1.0")?;
     let mut optim = Optim::<TrainBackend>::new(&spec);
     let mbs: Vec<&[PackedSeq]> = vec![&seqs];
@@ -156,7 +142,7 @@ fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precisio
     let secs = t0.elapsed().as_secs_f64() / steps as f64;
     println!("{}", json!({"check": "sft", "impl": IMPL, "compute": compute.to_string(), "shape": shape.file_stem().unwrap().to_string_lossy(),
                            "seq": seq, "batch": batch, "step_s": secs, "tokens_per_s": (seq * batch) as f64 / secs,
-                           "warmup_s": warmup, "loss": loss, "peak_rss_mb": peak_rss_mb()}));
+                           "warmup_s": warmup, "loss": loss, "peak_rss_mb": trainer::estimate::peak_rss() / (1u64 << 20) as f64}));
     Ok(())
 }
 

@@ -5,6 +5,7 @@ mod eval;
 mod exec;
 mod generate;
 mod init_model;
+mod plan;
 mod score;
 mod stages;
 mod synth;
@@ -57,6 +58,8 @@ enum Command {
     Eval(eval::Args),
     /// Write a randomly initialised Qwen3 checkpoint (HF folder) for a shape and tokenizer.
     InitModel(init_model::Args),
+    /// What a run will take: steps, one device's memory by part, FLOPs, a measured step.
+    Plan(plan::Args),
 }
 
 fn main() {
@@ -78,6 +81,7 @@ fn main() {
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Score(a)) => score::run(a),
         Some(Command::InitModel(a)) => init_model::run(a),
+        Some(Command::Plan(a)) => plan::run(a),
         Some(Command::Exec(a)) => exec::run(a),
         Some(Command::Data(c)) => data::run(c),
         Some(Command::Synth(a)) => synth::run(a),

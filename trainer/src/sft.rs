@@ -96,7 +96,7 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     bar.finish_and_clear();
     let eval_seqs = eval_set(heldout, cfg, pad);
     let train_tokens: usize = sources.iter().flat_map(|s| &s.items).map(|t| t.len()).sum();
-    let total_steps = cfg.train.max_steps.unwrap_or(((cfg.train.epochs * train_tokens as f64) / cfg.batch.batch_tokens as f64).ceil().max(1.0) as u64);
+    let total_steps = total_steps(cfg, train_tokens);
     eprintln!(
         "{}: {} training samples ({} tokens, {} dropped as overlong), {} held-out sequences, {} steps of ≤{} tokens; compute {}",
         kind.name(), sources.iter().map(|s| s.items.len()).sum::<usize>(), train_tokens, dropped, eval_seqs.len(), total_steps, cfg.batch.batch_tokens, cfg.compute
@@ -199,8 +199,13 @@ fn pad_id(tok: &Tokenizer) -> u32 {
     ["pad_token", "eos_token"].iter().find_map(|k| tok.special_token(k).and_then(|t| tok.token_to_id(&t))).unwrap_or(0)
 }
 
+/// The stage's optimizer steps: `train.max_steps`, or epochs over the training tokens.
+pub fn total_steps(cfg: &StageConfig, train_tokens: usize) -> u64 {
+    cfg.train.max_steps.unwrap_or(((cfg.train.epochs * train_tokens as f64) / cfg.batch.batch_tokens as f64).ceil().max(1.0) as u64)
+}
+
 /// Tokenizes in parallel; drops samples with nothing to train, handles overlong ones.
-fn tokenize_all(samples: &[Sample], tok: &Tokenizer, template: &ChatTemplate, seq_len: usize, overlong: Overlong) -> Result<(Vec<Tokenized>, usize)> {
+pub fn tokenize_all(samples: &[Sample], tok: &Tokenizer, template: &ChatTemplate, seq_len: usize, overlong: Overlong) -> Result<(Vec<Tokenized>, usize)> {
     let st = SampleTokenizer { tokenizer: tok, template };
     let all: Vec<Tokenized> = samples
         .par_iter()
@@ -287,7 +292,7 @@ fn source_model(cfg: &StageConfig, cfg_path: &Path, init: Option<&Path>, split: 
 }
 
 /// A byte-level BPE tokenizer trained on the corpus shards (default: the training split).
-fn train_tokenizer(cfg: &StageConfig, split: &curriculum::Split) -> Result<Tokenizer> {
+pub fn train_tokenizer(cfg: &StageConfig, split: &curriculum::Split) -> Result<Tokenizer> {
     let bar = spinner("training the BPE tokenizer");
     let texts: Vec<String> = if cfg.model.tokenizer_corpus.is_empty() {
         split.train.iter().flat_map(|(_, _, s)| s.iter().map(Sample::text)).collect()

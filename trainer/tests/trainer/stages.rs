@@ -380,3 +380,49 @@ fn difficulty_order_walks_the_first_epoch_easy_to_hard_then_shuffles() {
     b.sort_by(f32::total_cmp);
     assert_eq!(a, b, "each epoch takes every sample once");
 }
+
+#[test]
+fn plan_counts_the_steps_and_vocabulary_a_run_will_have_before_it_runs() {
+    let fx = Fixture::new();
+    // Epochs, not max_steps: the plan must tokenize the data (with the BPE tokenizer the
+    // run will train) to know the step count.
+    let s1 = fx.config("p1", &fx.scratch(), "");
+    std::fs::write(&s1, std::fs::read_to_string(&s1).unwrap().replace("max_steps = 24", "epochs = 1.5")).unwrap();
+    let s2 = fx.config("p2", &fx.from_init(&fx.dir.join("p1/final")), "[compute]\ngradient_checkpointing = true\n");
+    let curriculum = fx.dir.join("plan.toml");
+    std::fs::write(&curriculum, format!("[[stage]]\nkind = \"sft-single\"\nconfig = \"{}\"\nfrom_previous = false\n\
+                                         [[stage]]\nkind = \"sft-multi\"\nconfig = \"{}\"\n", s1.display(), s2.display())).unwrap();
+    let o = stage(&["plan", curriculum.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (p1, p2) = (&plan["stages"][0], &plan["stages"][1]);
+    // Stage 2 does not exist yet; the plan follows stage 1's model.
+    assert_eq!(p2["model"]["vocab"], p1["model"]["vocab"]);
+    assert_eq!(p2["steps"], 24);
+    assert!(p1["measured"]["step_s"].as_f64().is_some_and(|s| s > 0.0), "{p1}");
+    let parts = |p: &serde_json::Value| -> Vec<String> { p["memory"]["parts"].as_array().unwrap().iter().map(|x| x["part"].as_str().unwrap().to_string()).collect() };
+    assert!(parts(p1).contains(&"activations".into()) && parts(p2).contains(&"layer inputs (checkpointing)".into()));
+
+    // The run then takes exactly the planned steps with the planned vocabulary.
+    ok(&["--stage", "sft-single", s1.to_str().unwrap()]);
+    let outcome: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.dir.join("p1/outcome.json")).unwrap()).unwrap();
+    assert_eq!(outcome["steps"], p1["steps"]);
+    eprintln!("planned and taken: {} steps", p1["steps"]);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.dir.join("p1/final/config.json")).unwrap()).unwrap();
+    assert_eq!(config["vocab_size"], p1["model"]["vocab"]);
+    assert_eq!(p1["model"]["params"]["total"].as_u64().unwrap(), config_params(&fx.dir.join("p1/final")));
+
+    // Bad input: a stage whose model does not exist yet, planned alone; several GPUs.
+    let alone = fx.config("p3", &fx.from_init(Path::new("/not/yet/written")), "");
+    let e = err_line(&["plan", alone.to_str().unwrap(), "--no-measure"]);
+    assert!(e.contains("p3.toml") && e.contains("model.init") && e.contains("/not/yet/written"), "{e}");
+    let e = err_line(&["plan", s1.to_str().unwrap(), "--gpus", "8"]);
+    assert!(e.contains("--gpus 8") && e.contains("not implemented"), "{e}");
+}
+
+/// Parameters of a checkpoint folder as safetensors stores them.
+fn config_params(dir: &Path) -> u64 {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().iter().map(|(_, t)| t.shape().iter().product::<usize>() as u64).sum()
+}

@@ -1,0 +1,160 @@
+//! What a run will take, from the model's shape and the stage config: parameters, the
+//! memory of one device by part, and the FLOPs of a step. `trainer plan` prints these
+//! beside a measured step; README "Planning a run" compares them with measured peaks.
+use datasets::PackedSeq;
+use model::{lm_head, Compute, Precision, Qwen3Config};
+
+/// Parameter counts of a Qwen3 shape.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Params {
+    pub total: usize,
+    /// The input embedding (and the LM head, when untied).
+    pub embedding: usize,
+    /// Weights that multiply activations per token: every linear layer and the LM head.
+    pub matmul: usize,
+}
+
+pub fn params(c: &Qwen3Config) -> Params {
+    let (h, q, kv, i, v) = (c.hidden_size, q_dim(c), kv_dim(c), c.intermediate_size, c.vocab_size);
+    let bias = if c.attention_bias { q + 2 * kv + h } else { 0 };
+    let layer_matmul = h * q + 2 * h * kv + q * h + 3 * h * i;
+    let layer = layer_matmul + bias + 2 * c.head_dim + 2 * h; // + q/k norms, two RMSNorms
+    let embedding = if c.tie_word_embeddings { v * h } else { 2 * v * h };
+    Params { total: c.num_hidden_layers * layer + h + embedding, embedding, matmul: c.num_hidden_layers * layer_matmul + v * h }
+}
+
+fn q_dim(c: &Qwen3Config) -> usize {
+    c.num_attention_heads * c.head_dim
+}
+
+fn kv_dim(c: &Qwen3Config) -> usize {
+    c.num_key_value_heads * c.head_dim
+}
+
+/// Bytes of one device's memory by part; the total sums them (not all peak at once, and
+/// allocators keep some more: README "Planning a run" compares it with measured peaks).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Memory {
+    pub parts: Vec<(String, f64)>,
+}
+
+impl Memory {
+    fn add(&mut self, name: &str, bytes: f64) {
+        self.parts.push((name.to_string(), bytes));
+    }
+
+    pub fn total(&self) -> f64 {
+        self.parts.iter().map(|(_, b)| b).sum()
+    }
+}
+
+/// Training memory for forwards of `rows` sequences of `seq` tokens: f32 weights,
+/// gradients and AdamW moments (16 bytes a parameter), the activations autodiff keeps
+/// (every layer's, or with checkpointing the layer inputs and one layer's), the lean
+/// attention backward's block of scores, and the LM head's chunk (`model::lm_head`).
+pub fn training(c: &Qwen3Config, compute: Compute, rows: usize, seq: usize) -> Memory {
+    let p = params(c).total as f64;
+    let (h, l) = (c.hidden_size as f64, c.num_hidden_layers as f64);
+    let tokens = (rows * seq) as f64;
+    let mut m = Memory::default();
+    m.add("weights (f32)", 4.0 * p);
+    m.add("gradients (f32)", 4.0 * p);
+    m.add("AdamW moments (f32)", 8.0 * p);
+    // Per layer and token, the tensors a layer's backward reads: RMSNorm inputs and outputs,
+    // q/k/v before and after norm and RoPE, the attention output, MLP gate/up/activation/
+    // product (4-byte floats; bf16 keeps the matmul inputs in 2 bytes).
+    let floats = (4 * c.hidden_size + 3 * q_dim(c) + 3 * kv_dim(c) + 4 * c.intermediate_size) as f64;
+    let bytes = if compute.precision == Precision::Bf16 { 3.0 } else { 4.0 };
+    if compute.gradient_checkpointing {
+        m.add("layer inputs (checkpointing)", l * tokens * h * 4.0);
+        m.add("one layer's activations", tokens * floats * bytes);
+    } else {
+        m.add("activations", l * tokens * floats * bytes);
+    }
+    let block = seq.min(512) as f64;
+    // Scores and probabilities of a block of queries.
+    m.add("attention backward block", rows as f64 * c.num_attention_heads as f64 * block * seq as f64 * 4.0 * 2.0);
+    let v = c.vocab_size as f64;
+    let chunk = (lm_head::CHUNK_LOGITS / c.vocab_size).max(1).min(rows * seq) as f64;
+    // A chunk's logits and softmax (its gradient takes the place of one); the head
+    // weight's gradient, accumulated in f32.
+    m.add("LM head chunk", chunk * v * 4.0 * 2.0 + v * h * 4.0);
+    m
+}
+
+/// GRPO adds to training the rollout copy of the policy (its matrices in bf16 when the
+/// compute is; f32 shares the master weights), the frozen KL reference when `kl`, and
+/// the KV cache of `rows` rollouts of up to `tokens` tokens each.
+pub fn rl(c: &Qwen3Config, compute: Compute, micro_batch_tokens: usize, rows: usize, tokens: usize, kl: bool) -> Memory {
+    let mut m = training(c, compute, 1, micro_batch_tokens);
+    let p = params(c).total as f64;
+    let bytes = if compute.precision == Precision::Bf16 { 2.0 } else { 4.0 };
+    if compute.precision == Precision::Bf16 {
+        m.add("rollout copy (bf16 matrices)", 2.0 * p);
+    }
+    if kl {
+        m.add("KL reference", bytes * p);
+    }
+    let per_token = (c.num_hidden_layers * 2 * kv_dim(c)) as f64 * bytes;
+    m.add("KV cache of the rollouts", (rows * tokens) as f64 * per_token);
+    m
+}
+
+/// FLOPs to train on one token of a `seq`-token sequence: 6 per matmul weight (forward
+/// and backward) plus causal attention over seq/2 keys on average (QKᵀ and PV); gradient
+/// checkpointing adds one forward.
+pub fn train_flops_per_token(c: &Qwen3Config, seq: usize, checkpointing: bool) -> f64 {
+    let forward = 2.0 * params(c).matmul as f64 + 2.0 * 2.0 * (c.num_hidden_layers * q_dim(c)) as f64 * seq as f64 / 2.0;
+    forward * if checkpointing { 4.0 } else { 3.0 }
+}
+
+/// Timing of optimizer steps on a random model of the run's shape.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StepTiming {
+    /// The first step (kernel compilation and autotuning on CUDA).
+    pub warmup_s: f64,
+    /// The step after it.
+    pub step_s: f64,
+}
+
+/// Times one optimizer step (after a warm-up step) over `micro_batches`, as the SFT loop
+/// takes it, on randomly initialized weights of `c`'s shape.
+pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedSeq>]) -> anyhow::Result<StepTiming> {
+    use burn::tensor::backend::Backend;
+    type B = crate::sft::TrainBackend;
+    <B as Backend>::seed(&Default::default(), 0);
+    let model = model::Qwen3::<B>::init(c, &Default::default()).with_stable_ids().with_compute(compute);
+    let mut optim = crate::step::Optim::<B>::new(&toml::from_str("lr = 1e-4\nweight_decay = 0.1\nclip = 1.0")?);
+    let mbs: Vec<&[PackedSeq]> = micro_batches.iter().map(Vec::as_slice).collect();
+    let mut step = |model| {
+        let t = std::time::Instant::now();
+        let (m, s) = optim.step(model, &mbs, 1e-4);
+        s.map(|_| (m, t.elapsed().as_secs_f64())).map_err(|e| anyhow::anyhow!("the timed step: {} is {}", e.what, e.value))
+    };
+    let (model, warmup_s) = step(model)?;
+    let (_, step_s) = step(model)?;
+    Ok(StepTiming { warmup_s, step_s })
+}
+
+/// `rows` sequences of `seq` random tokens, each made of documents of `doc` tokens (the
+/// last one shorter), every next token trained.
+pub fn random_rows(vocab: usize, rows: usize, seq: usize, doc: usize) -> Vec<PackedSeq> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let doc = doc.clamp(2, seq);
+    let doc_lens: Vec<usize> = (0..seq).step_by(doc).map(|s| doc.min(seq - s)).collect();
+    (0..rows)
+        .map(|_| PackedSeq {
+            ids: (0..seq).map(|_| rng.random_range(0..vocab as u32)).collect(),
+            mask: doc_lens.iter().flat_map(|&n| (0..n).map(|i| u8::from(i > 0))).collect(),
+            positions: doc_lens.iter().flat_map(|&n| 0..n as u32).collect(),
+            doc_lens: doc_lens.clone(),
+        })
+        .collect()
+}
+
+/// Peak resident memory of this process in bytes (a CPU build's training memory).
+pub fn peak_rss() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0) * 1024.0
+}

@@ -1,0 +1,311 @@
+//! `trainer plan CONFIG.toml`: what a run will take before it starts. For each stage (one
+//! stage config, or every stage of a curriculum, each following the model its previous
+//! stage writes): the model and its parameters, the steps (the training data tokenized as
+//! the run will), one device's memory by part, the FLOPs of a step, and one micro-batch
+//! step measured on this machine (random weights of the same shape) for the time.
+use anyhow::{bail, Context, Result};
+use curriculum::{Plan, StageKind};
+use model::{ChatTemplate, Compute, Qwen3Config, Tokenizer};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use trainer::estimate::{self, Memory};
+use trainer::rl_config::RlConfig;
+use trainer::sft;
+use trainer::stage_config::StageConfig;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A stage config (SFT or RL) or a curriculum (`[[stage]]` entries).
+    config: PathBuf,
+    /// Override a config value: key=value (repeatable; every stage of a curriculum).
+    #[arg(long = "set")]
+    set: Vec<String>,
+    /// Devices to plan for. Training runs on one device today.
+    #[arg(long, default_value_t = 1)]
+    gpus: usize,
+    /// Do not time a step on this machine (memory and FLOPs only).
+    #[arg(long)]
+    no_measure: bool,
+    /// One JSON object on stdout instead of the text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The model a stage trains: its shape, and its tokenizer when one exists (to count the
+/// data's tokens as the run will).
+struct Resolved {
+    source: String,
+    config: Qwen3Config,
+    tokenizer: Option<(Tokenizer, ChatTemplate)>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.gpus != 1 {
+        bail!("--gpus {}: data-parallel training is not implemented yet; a run trains on one device", a.gpus);
+    }
+    let text = std::fs::read_to_string(&a.config).with_context(|| a.config.display().to_string())?;
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    let stages: Vec<(StageKind, PathBuf, bool)> = if doc.contains_key("stage") {
+        Plan::load(&a.config, &[])?.stages.into_iter().enumerate().map(|(i, s)| (s.kind, s.config, i > 0 && s.from_previous)).collect()
+    } else if doc.contains_key("rollout") {
+        vec![(StageKind::Rl, a.config.clone(), false)]
+    } else {
+        vec![(StageKind::SftSingle, a.config.clone(), false)] // (the SFT loop is the same for both)
+    };
+    let n = stages.len();
+    let mut previous: Option<Resolved> = None;
+    let mut out = vec![];
+    for (i, (kind, path, follow)) in stages.into_iter().enumerate() {
+        let prev = if follow {
+            previous.take().map(|r| Resolved { source: "the previous stage's final model".into(), ..r })
+        } else {
+            None
+        };
+        let (plan, resolved) = match kind {
+            StageKind::Rl => plan_rl(&path, &a, prev)?,
+            _ => plan_sft(if n == 1 { "sft" } else { kind.name() }, &path, &a, prev)?,
+        };
+        if !a.json {
+            print_stage(i, n, &plan);
+        }
+        out.push(plan);
+        previous = Some(resolved);
+    }
+    if a.json {
+        println!("{}", json!({ "stages": out }));
+    }
+    Ok(())
+}
+
+fn plan_sft(kind: &str, path: &Path, a: &Args, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
+    let cfg = StageConfig::load(path, &a.set)?;
+    let split = cfg.data.load();
+    let r = match prev {
+        Some(r) => r,
+        None => resolve_sft(&cfg, path, split.as_ref().ok())?,
+    };
+    let b = &cfg.batch;
+    let forwards = b.batch_tokens.div_ceil(b.seq_len).div_ceil(b.micro_batch);
+    // The data tokenized as the run will: the step count, and a real first step to time.
+    let (steps, steps_from, first_step) = match (&split, &r.tokenizer) {
+        (Ok(split), Some((tok, template))) => {
+            let overlong = if b.overlong == "drop" { datasets::Overlong::Drop } else { datasets::Overlong::Truncate };
+            let sources = split.train.iter().map(|(_, _, s)| sft::tokenize_all(s, tok, template, b.seq_len, overlong).map(|(t, _)| t)).collect::<Result<Vec<_>>>()?;
+            let train_tokens: usize = sources.iter().flatten().map(|t| t.len()).sum();
+            (Some(sft::total_steps(&cfg, train_tokens)), format!("{train_tokens} training tokens"), Some(first_batch(&sources, &cfg)))
+        }
+        (Err(e), _) if cfg.train.max_steps.is_none() => (None, format!("unknown until the data exists: {e}"), None),
+        _ => (cfg.train.max_steps, "train.max_steps".to_string(), None),
+    };
+    let (batch, batch_is) = match first_step {
+        Some(mbs) => (mbs, "the data's first documents, packed"),
+        None => (vec![estimate::random_rows(r.config.vocab_size, b.micro_batch, b.seq_len, b.seq_len); forwards], "random full sequences"),
+    };
+    let memory = estimate::training(&r.config, cfg.compute, b.micro_batch, b.seq_len);
+    let flops = estimate::train_flops_per_token(&r.config, b.seq_len, cfg.compute.gradient_checkpointing) * (b.micro_batch * b.seq_len * forwards) as f64;
+    let timing = measure(a, &r.config, cfg.compute, &batch, &memory)?;
+    let step_s = timing.as_ref().ok().map(|t| t.step_s);
+    let plan = json!({
+        "kind": kind, "config": path, "model": model_json(&r), "compute": cfg.compute.to_string(),
+        "forward": {"rows": b.micro_batch, "seq_len": b.seq_len}, "forwards_per_step": forwards, "batch_tokens": b.batch_tokens,
+        "steps": steps, "steps_from": steps_from, "memory": memory_json(&memory), "flops_per_step": flops,
+        "measured": timing_json(&timing, batch_is), "step_s": step_s, "total_s": step_s.zip(steps).map(|(s, n)| s * n as f64),
+    });
+    Ok((plan, r))
+}
+
+/// A first step's documents (taken from the sources in turn until `batch_tokens`), packed
+/// and cut into micro-batches as the SFT loop does.
+fn first_batch(sources: &[Vec<datasets::Tokenized>], cfg: &StageConfig) -> Vec<Vec<datasets::PackedSeq>> {
+    let (mut docs, mut total) = (vec![], 0);
+    'fill: for i in 0.. {
+        let mut any = false;
+        for s in sources.iter().filter_map(|s| s.get(i)) {
+            any = true;
+            if !docs.is_empty() && total + s.len() > cfg.batch.batch_tokens {
+                break 'fill;
+            }
+            total += s.len();
+            docs.push(s.clone());
+        }
+        if !any {
+            break;
+        }
+    }
+    let pack = datasets::PackConfig { seq_len: cfg.batch.seq_len, overlong: datasets::Overlong::Truncate, pad_id: 0 };
+    datasets::pack(&docs, &pack).0.chunks(cfg.batch.micro_batch).map(<[_]>::to_vec).collect()
+}
+
+fn plan_rl(path: &Path, a: &Args, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
+    let cfg = RlConfig::load(path, &a.set)?;
+    let r = match prev {
+        Some(r) => r,
+        None => {
+            let dir = &cfg.model.init;
+            let config = Qwen3Config::from_dir(dir).map_err(|e| anyhow::anyhow!("{}: model.init: {e}", path.display()))?;
+            Resolved { source: dir.display().to_string(), config, tokenizer: None }
+        }
+    };
+    let ro = &cfg.rollout;
+    let rows = ro.tasks_per_step * ro.group_size;
+    let g = &cfg.grpo;
+    let memory = estimate::rl(&r.config, cfg.compute, g.micro_batch_tokens, rows, ro.max_response_tokens, g.kl_coef != 0.0);
+    // At most: every rollout's whole response trained, update_epochs times, packed into
+    // micro-batches of micro_batch_tokens.
+    let tokens = rows * ro.max_response_tokens * g.update_epochs;
+    let flops = estimate::train_flops_per_token(&r.config, ro.max_response_tokens, cfg.compute.gradient_checkpointing) * tokens as f64;
+    let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens, ro.max_response_tokens)];
+    let timing = measure(a, &r.config, cfg.compute, &micro, &memory)?;
+    let forwards = tokens.div_ceil(g.micro_batch_tokens);
+    let plan = json!({
+        "kind": "rl", "config": path, "model": model_json(&r), "compute": cfg.compute.to_string(),
+        "rollouts_per_step": rows, "max_response_tokens": ro.max_response_tokens, "steps": cfg.train.steps,
+        "memory": memory_json(&memory), "update_flops_per_step_at_most": flops, "update_forwards_at_most": forwards,
+        "measured": timing_json(&timing, "one micro-batch of random responses"),
+        "update_s_at_most": timing.as_ref().ok().map(|t| t.step_s * forwards as f64),
+    });
+    Ok((plan, r))
+}
+
+/// The model a stage config names when no earlier stage gives it.
+fn resolve_sft(cfg: &StageConfig, path: &Path, split: Option<&curriculum::Split>) -> Result<Resolved> {
+    let m = &cfg.model;
+    let field = |f: &str, e: model::Error| anyhow::anyhow!("{}: {f}: {e}", path.display());
+    let from_dir = |dir: &Path, source: String| -> Result<Resolved> {
+        let mut config = Qwen3Config::from_dir(dir).map_err(|e| field("model.init", e))?;
+        let mut tok = Tokenizer::from_dir(dir).map_err(|e| field("model.init", e))?;
+        if m.add_tags {
+            tok.add_deepanalyze_tags();
+        }
+        config.vocab_size = config.vocab_size.max(tok.len());
+        let template = ChatTemplate::from_dir(dir, &tok.config).map_err(|e| field("model.init", e))?;
+        Ok(Resolved { source, config, tokenizer: Some((tok, template)) })
+    };
+    if let Some(dir) = &m.init {
+        return from_dir(dir, dir.display().to_string());
+    }
+    let arch = m.arch.as_ref().expect("validated: init or arch");
+    let own_init = cfg.out.join("init");
+    if own_init.join("config.json").exists() {
+        return from_dir(&own_init, format!("{} (made by an earlier run from {})", own_init.display(), arch.display()));
+    }
+    let mut config = Qwen3Config::from_file(arch).map_err(|e| field("model.arch", e))?;
+    let (tokenizer, how) = match (&m.tokenizer, split) {
+        (Some(dir), _) => {
+            let mut t = Tokenizer::from_dir(dir).map_err(|e| field("model.tokenizer", e))?;
+            if m.add_tags {
+                t.add_deepanalyze_tags();
+            }
+            let template = ChatTemplate::from_dir(dir, &t.config).map_err(|e| field("model.tokenizer", e))?;
+            (Some((t, template)), format!("tokenizer {}", dir.display()))
+        }
+        (None, Some(split)) => {
+            let t = sft::train_tokenizer(cfg, split)?;
+            (Some((t, ChatTemplate::deepanalyze())), "BPE tokenizer trained on the corpus, as the run will".into())
+        }
+        (None, None) => (None, format!("tokenizer to be trained (vocabulary ≤ {})", m.tokenizer_vocab)),
+    };
+    config.vocab_size = tokenizer.as_ref().map_or(m.tokenizer_vocab, |(t, _)| t.len());
+    Ok(Resolved { source: format!("from scratch: {}, {how}", arch.display()), config, tokenizer })
+}
+
+/// Times a step, unless told not to or it cannot fit in this machine's memory.
+fn measure(a: &Args, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets::PackedSeq>], memory: &Memory) -> Result<std::result::Result<estimate::StepTiming, String>> {
+    if a.no_measure {
+        return Ok(Err("--no-measure".into()));
+    }
+    if !cfg!(feature = "cuda") {
+        let available = mem_available();
+        if memory.total() > 0.9 * available {
+            return Ok(Err(format!("needs about {} and this machine has {} available", gib(memory.total()), gib(available))));
+        }
+    }
+    let tokens: usize = batch.iter().flatten().map(|s| s.ids.len()).sum();
+    eprintln!("plan: timing a step ({} forward(s), {tokens} tokens) on this machine ...", batch.len());
+    Ok(estimate::time_step(c, compute, batch).map_err(|e| e.to_string()))
+}
+
+fn mem_available() -> f64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    s.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).map_or(f64::INFINITY, |kb| kb * 1024.0)
+}
+
+fn model_json(r: &Resolved) -> Value {
+    let c = &r.config;
+    json!({"source": r.source, "layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
+           "kv_heads": c.num_key_value_heads, "head_dim": c.head_dim, "intermediate": c.intermediate_size,
+           "vocab": c.vocab_size, "tied": c.tie_word_embeddings, "params": estimate::params(c)})
+}
+
+fn memory_json(m: &Memory) -> Value {
+    json!({"total_bytes": m.total(), "parts": m.parts.iter().map(|(k, v)| json!({"part": k, "bytes": v})).collect::<Vec<_>>()})
+}
+
+fn timing_json(t: &std::result::Result<estimate::StepTiming, String>, batch: &str) -> Value {
+    match t {
+        Ok(t) => json!({"step_s": t.step_s, "warmup_s": t.warmup_s, "batch": batch,
+                        "device": if cfg!(feature = "cuda") { "cuda" } else { "cpu" }, "peak_rss_bytes": estimate::peak_rss()}),
+        Err(why) => json!({"skipped": why}),
+    }
+}
+
+fn gib(b: f64) -> String {
+    if b >= (1u64 << 30) as f64 { format!("{:.2} GiB", b / (1u64 << 30) as f64) } else { format!("{:.1} MiB", b / (1u64 << 20) as f64) }
+}
+
+fn count(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.2}B", n / 1e9),
+        n if n >= 1e6 => format!("{:.2}M", n / 1e6),
+        n if n >= 1e3 => format!("{:.1}K", n / 1e3),
+        n => format!("{n}"),
+    }
+}
+
+fn duration(s: f64) -> String {
+    match s {
+        s if s >= 3600.0 => format!("{:.1} h", s / 3600.0),
+        s if s >= 60.0 => format!("{:.1} min", s / 60.0),
+        s => format!("{s:.2} s"),
+    }
+}
+
+fn print_stage(i: usize, n: usize, p: &Value) {
+    let m = &p["model"];
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    println!("stage {}/{n}: {} ({})", i + 1, p["kind"].as_str().unwrap_or(""), p["config"].as_str().unwrap_or(""));
+    println!("  model    {}", m["source"].as_str().unwrap_or(""));
+    println!("           {} layers, hidden {}, {}/{} heads x {}, MLP {}, vocabulary {}{}: {} parameters ({} in the embedding)",
+             m["layers"], m["hidden"], m["heads"], m["kv_heads"], m["head_dim"], m["intermediate"], m["vocab"],
+             if m["tied"].as_bool() == Some(true) { ", tied" } else { "" }, count(f(&m["params"]["total"])), count(f(&m["params"]["embedding"])));
+    println!("  compute  {}", p["compute"].as_str().unwrap_or(""));
+    if p["kind"] == "rl" {
+        println!("  steps    {} of {} rollouts (≤ {} response tokens each)", p["steps"], p["rollouts_per_step"], p["max_response_tokens"]);
+        println!("  work     ≤ {:.3} TFLOP per update (rollouts not included)", f(&p["update_flops_per_step_at_most"]) / 1e12);
+    } else {
+        println!("  batch    {} x {} tokens per forward, {} forwards per step ({} tokens)", p["forward"]["rows"], p["forward"]["seq_len"], p["forwards_per_step"], p["batch_tokens"]);
+        match p["steps"].as_u64() {
+            Some(s) => println!("  steps    {s} ({})", p["steps_from"].as_str().unwrap_or("")),
+            None => println!("  steps    {}", p["steps_from"].as_str().unwrap_or("")),
+        }
+        println!("  work     {:.3} TFLOP per step", f(&p["flops_per_step"]) / 1e12);
+    }
+    let mem = &p["memory"];
+    let parts: Vec<String> = mem["parts"].as_array().into_iter().flatten().map(|x| format!("{} {}", x["part"].as_str().unwrap_or(""), gib(f(&x["bytes"])))).collect();
+    println!("  memory   {} per device (estimate): {}", gib(f(&mem["total_bytes"])), parts.join(", "));
+    let t = &p["measured"];
+    match t["skipped"].as_str() {
+        Some(why) => println!("  time     not measured ({why})"),
+        None => {
+            let rss = if t["device"] == "cpu" { format!("; peak RSS {}", gib(f(&t["peak_rss_bytes"]))) } else { String::new() };
+            let on = format!("{} on this machine, warm-up {}{rss}", t["batch"].as_str().unwrap_or(""), duration(f(&t["warmup_s"])));
+            if p["kind"] == "rl" {
+                println!("  time     {} per update micro-batch ({on}); ≤ {} per update of ≤ {} micro-batches; rollouts not included",
+                         duration(f(&t["step_s"])), duration(f(&p["update_s_at_most"])), p["update_forwards_at_most"]);
+            } else {
+                let total = p["total_s"].as_f64().map_or(String::new(), |s| format!(", {} for {} steps", duration(s), p["steps"]));
+                println!("  time     {} per step{total}, evaluations and checkpoints not included ({on})", duration(f(&t["step_s"])));
+            }
+        }
+    }
+}
