@@ -60,13 +60,16 @@ fn backward<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: 
     let (q, k, v, d_out) = (f(q), f(k), f(v), f(d_out));
     let [b, h, len, d] = q.dims();
     let scale = 1.0 / (d as f64).sqrt();
-    let delta = (d_out.clone() * f(out)).sum_dim(3); // [b, h, len, 1]
+    let out = f(out);
     let device = q.device();
     let (mut dq, mut dk, mut dv) = (Vec::new(), Tensor::<B, 4>::zeros([b, h, len, d], &device), Tensor::<B, 4>::zeros([b, h, len, d], &device));
     for start in (0..len).step_by(BLOCK) {
         let end = (start + BLOCK).min(len);
         let (rows, keys) = ([0..b, 0..h, start..end, 0..d], [0..b, 0..h, 0..end, 0..d]);
         let (qb, ob) = (q.clone().slice(rows.clone()), d_out.clone().slice(rows.clone()));
+        // Per block, so Δ is contiguous: a slice of a whole-length Δ broadcast against the
+        // block's scores would take Flex's scalar strided path (12% of a tiny SFT step).
+        let delta = (ob.clone() * out.clone().slice(rows.clone())).sum_dim(3); // [b, h, block, 1]
         let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys.clone()));
         // Keys after the block's last query are masked for every row: left out.
         let future = Tensor::<B, 2, Bool>::tril_mask([end - start, end], start as i64, &device); // key > query
@@ -74,7 +77,7 @@ fn backward<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: 
         let p = softmax(s.mask_fill(future.unsqueeze::<4>().expand([b, h, end - start, end]), f32::NEG_INFINITY), 3);
         dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + p.clone().swap_dims(2, 3).matmul(ob.clone()));
         let dp = ob.matmul(vb.swap_dims(2, 3));
-        let ds = p * (dp - delta.clone().slice([0..b, 0..h, start..end, 0..1]));
+        let ds = p * (dp - delta);
         dq.push(ds.clone().matmul(kb).mul_scalar(scale));
         dk = dk.clone().slice_assign(keys.clone(), dk.slice(keys) + ds.swap_dims(2, 3).matmul(qb).mul_scalar(scale));
     }
