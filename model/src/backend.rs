@@ -19,10 +19,10 @@ pub trait ModelBackend: Backend {
     }
 
     /// log p(target) and the entropy of p for each row of `hidden` (`[n, hidden]`), p =
-    /// softmax(hidden · weight / temperature), `weight` `[hidden, vocab]`: `([n], [n])`.
+    /// softmax(hidden · weight / temperature) (`weight`'s layout: [`Head`]): `([n], [n])`.
     fn token_logprobs(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: IntTensor<Self>, head: Head) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let f = |x| Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
-        let (logp, entropy) = lm_head::forward(f(hidden), f(weight), Tensor::from_primitive(targets), head);
+        let (logp, entropy, _) = lm_head::forward(f(hidden), f(weight), Tensor::from_primitive(targets), head);
         (logp.into_primitive().tensor(), entropy.into_primitive().tensor())
     }
 }

@@ -405,11 +405,11 @@ impl<B: ModelBackend> Qwen3<B> {
     /// (`[n, hidden]`, final hidden states), p = softmax(logits / temperature): `([n], [n])`,
     /// without materializing the `[n, vocab]` logits ([`lm_head`]).
     pub fn token_logprobs(&self, hidden: Tensor<B, 2>, targets: Tensor<B, 1, Int>, temperature: f64) -> (Tensor<B, 1>, Tensor<B, 1>) {
-        let weight = match &self.lm_head {
-            Some(head) => head.weight.val(),
-            None => self.embed_tokens.weight.val().transpose(),
+        let (weight, vocab_major) = match &self.lm_head {
+            Some(head) => (head.weight.val(), false),
+            None => (self.embed_tokens.weight.val(), true),
         };
-        let head = Head::new(temperature, self.compute.precision.dtype(), self.vocab_size());
+        let head = Head::new(temperature, self.compute.precision.dtype(), self.vocab_size(), vocab_major);
         lm_head::token_logprobs(hidden, weight, targets, head)
     }
 

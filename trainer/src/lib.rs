@@ -4,6 +4,7 @@
 pub mod estimate;
 pub mod evaluate;
 pub mod grpo;
+pub mod interrupt;
 pub mod metrics;
 pub mod plots;
 pub mod reward;

@@ -7,6 +7,7 @@ mod generate;
 mod init_model;
 mod plan;
 mod score;
+mod submit;
 mod stages;
 mod synth;
 
@@ -60,6 +61,8 @@ enum Command {
     InitModel(init_model::Args),
     /// What a run will take: steps, one device's memory by part, FLOPs, a measured step.
     Plan(plan::Args),
+    /// Run a config as a Slurm batch job (an sbatch script that resumes on every start).
+    Submit(submit::Args),
 }
 
 fn main() {
@@ -82,6 +85,7 @@ fn main() {
         Some(Command::Score(a)) => score::run(a),
         Some(Command::InitModel(a)) => init_model::run(a),
         Some(Command::Plan(a)) => plan::run(a),
+        Some(Command::Submit(a)) => submit::run(a),
         Some(Command::Exec(a)) => exec::run(a),
         Some(Command::Data(c)) => data::run(c),
         Some(Command::Synth(a)) => synth::run(a),

@@ -43,15 +43,34 @@ pub fn run(a: Args) -> Result<()> {
     if a.gpus != 1 {
         bail!("--gpus {}: data-parallel training is not implemented yet; a run trains on one device", a.gpus);
     }
-    let text = std::fs::read_to_string(&a.config).with_context(|| a.config.display().to_string())?;
-    let doc: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
-    let stages: Vec<(StageKind, PathBuf, bool)> = if doc.contains_key("stage") {
-        Plan::load(&a.config, &[])?.stages.into_iter().enumerate().map(|(i, s)| (s.kind, s.config, i > 0 && s.from_previous)).collect()
+    let plans = stages(&a.config, &a.set, !a.no_measure, |i, n, p| {
+        if !a.json {
+            print_stage(i, n, p)
+        }
+    })?;
+    if a.json {
+        println!("{}", json!({ "stages": plans }));
+    }
+    Ok(())
+}
+
+/// What `trainer --stage` would run for CONFIG: every stage of a curriculum, else the one
+/// stage (RL when it has `[rollout]`).
+pub fn kinds(config: &Path) -> Result<Vec<(StageKind, PathBuf, bool)>> {
+    let text = std::fs::read_to_string(config).with_context(|| config.display().to_string())?;
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    Ok(if doc.contains_key("stage") {
+        Plan::load(config, &[])?.stages.into_iter().enumerate().map(|(i, s)| (s.kind, s.config, i > 0 && s.from_previous)).collect()
     } else if doc.contains_key("rollout") {
-        vec![(StageKind::Rl, a.config.clone(), false)]
+        vec![(StageKind::Rl, config.to_path_buf(), false)]
     } else {
-        vec![(StageKind::SftSingle, a.config.clone(), false)] // (the SFT loop is the same for both)
-    };
+        vec![(StageKind::SftSingle, config.to_path_buf(), false)] // (the SFT loop is the same for both)
+    })
+}
+
+/// The plan of every stage of `config` (as JSON), each passed to `each` as it is made.
+pub fn stages(config: &Path, set: &[String], measure: bool, mut each: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
+    let stages = kinds(config)?;
     let n = stages.len();
     let mut previous: Option<Resolved> = None;
     let mut out = vec![];
@@ -62,23 +81,18 @@ pub fn run(a: Args) -> Result<()> {
             None
         };
         let (plan, resolved) = match kind {
-            StageKind::Rl => plan_rl(&path, &a, prev)?,
-            _ => plan_sft(if n == 1 { "sft" } else { kind.name() }, &path, &a, prev)?,
+            StageKind::Rl => plan_rl(&path, set, measure, prev)?,
+            _ => plan_sft(if n == 1 { "sft" } else { kind.name() }, &path, set, measure, prev)?,
         };
-        if !a.json {
-            print_stage(i, n, &plan);
-        }
+        each(i, n, &plan);
         out.push(plan);
         previous = Some(resolved);
     }
-    if a.json {
-        println!("{}", json!({ "stages": out }));
-    }
-    Ok(())
+    Ok(out)
 }
 
-fn plan_sft(kind: &str, path: &Path, a: &Args, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
-    let cfg = StageConfig::load(path, &a.set)?;
+fn plan_sft(kind: &str, path: &Path, set: &[String], measure: bool, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
+    let cfg = StageConfig::load(path, set)?;
     let split = cfg.data.load();
     let r = match prev {
         Some(r) => r,
@@ -103,7 +117,7 @@ fn plan_sft(kind: &str, path: &Path, a: &Args, prev: Option<Resolved>) -> Result
     };
     let memory = estimate::training(&r.config, cfg.compute, b.micro_batch, b.seq_len);
     let flops = estimate::train_flops_per_token(&r.config, b.seq_len, cfg.compute.gradient_checkpointing) * (b.micro_batch * b.seq_len * forwards) as f64;
-    let timing = measure(a, &r.config, cfg.compute, &batch, &memory)?;
+    let timing = time(measure, &r.config, cfg.compute, &batch, &memory)?;
     let step_s = timing.as_ref().ok().map(|t| t.step_s);
     let plan = json!({
         "kind": kind, "config": path, "model": model_json(&r), "compute": cfg.compute.to_string(),
@@ -136,8 +150,8 @@ fn first_batch(sources: &[Vec<datasets::Tokenized>], cfg: &StageConfig) -> Vec<V
     datasets::pack(&docs, &pack).0.chunks(cfg.batch.micro_batch).map(<[_]>::to_vec).collect()
 }
 
-fn plan_rl(path: &Path, a: &Args, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
-    let cfg = RlConfig::load(path, &a.set)?;
+fn plan_rl(path: &Path, set: &[String], measure: bool, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
+    let cfg = RlConfig::load(path, set)?;
     let r = match prev {
         Some(r) => r,
         None => {
@@ -155,7 +169,7 @@ fn plan_rl(path: &Path, a: &Args, prev: Option<Resolved>) -> Result<(Value, Reso
     let tokens = rows * ro.max_response_tokens * g.update_epochs;
     let flops = estimate::train_flops_per_token(&r.config, ro.max_response_tokens, cfg.compute.gradient_checkpointing) * tokens as f64;
     let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens, ro.max_response_tokens)];
-    let timing = measure(a, &r.config, cfg.compute, &micro, &memory)?;
+    let timing = time(measure, &r.config, cfg.compute, &micro, &memory)?;
     let forwards = tokens.div_ceil(g.micro_batch_tokens);
     let plan = json!({
         "kind": "rl", "config": path, "model": model_json(&r), "compute": cfg.compute.to_string(),
@@ -210,8 +224,8 @@ fn resolve_sft(cfg: &StageConfig, path: &Path, split: Option<&curriculum::Split>
 }
 
 /// Times a step, unless told not to or it cannot fit in this machine's memory.
-fn measure(a: &Args, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets::PackedSeq>], memory: &Memory) -> Result<std::result::Result<estimate::StepTiming, String>> {
-    if a.no_measure {
+fn time(measure: bool, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets::PackedSeq>], memory: &Memory) -> Result<std::result::Result<estimate::StepTiming, String>> {
+    if !measure {
         return Ok(Err("--no-measure".into()));
     }
     if !cfg!(feature = "cuda") {

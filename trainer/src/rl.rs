@@ -163,6 +163,17 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             .filter(|&i| !cfg.grpo.overlong_filter || trajs[i].finished)
             .filter(|&i| trajs[i].generated() > 0)
             .collect();
+        // Stopping mid-step (Slurm signals the sandbox's workers too, so this step's cells
+        // may have been killed): drop the step, keep the previous one's checkpoint.
+        if crate::interrupt::requested() {
+            bar.abandon();
+            if state.step == 0 {
+                bail!("rl: stopped by SIGTERM during the first step; nothing to keep (a rerun starts over)");
+            }
+            let dir = run_ckpt::checkpoints_dir(out).join(format!("step-{:08}", state.step));
+            let dir = if dir.join("state.json").exists() { dir } else { run_ckpt::save(out, &model, &config, &tok, &optim, &state, cfg.checkpoint.keep_last)? };
+            return Err(crate::interrupt::stopped("rl", state.step, &dir));
+        }
         bar.set_message("update");
         let t_update = Instant::now();
         let lr = lr_at(&cfg.optim, state.step, total_steps);
@@ -225,8 +236,9 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         if last || (cfg.eval.every > 0 && step % cfg.eval.every == 0) {
             last_success = evaluate(&model, step, &mut metrics)?;
         }
-        if last || (cfg.checkpoint.every > 0 && step % cfg.checkpoint.every == 0) {
-            run_ckpt::save(out, &model, &config, &tok, &optim, &state, cfg.checkpoint.keep_last)?;
+        if let Err(e) = run_ckpt::after_step("rl", out, &model, &config, &tok, &optim, &state, &cfg.checkpoint, last) {
+            bar.abandon();
+            return Err(e);
         }
     }
     bar.finish();

@@ -2,6 +2,7 @@
 //! f32 master weights plus the optimizer state and `state.json` (step, loader cursor,
 //! seed, tokens). Written into a hidden temporary folder and renamed into place, so a
 //! crash or a full disk mid-write leaves the previous checkpoints as they were.
+use crate::stage_config::CheckpointSpec;
 use crate::step::Optim;
 use anyhow::{Context, Result};
 use model::{Qwen3, Qwen3Config, Tokenizer};
@@ -73,6 +74,22 @@ pub fn save<B: model::TrainingBackend>(out: &Path, model: &Qwen3<B>, cfg: &Qwen3
         let _ = std::fs::remove_dir_all(old);
     }
     Ok(dir)
+}
+
+/// The end of step `state.step`: a checkpoint when `every` (or the last step) asks for
+/// one, or when SIGTERM asks the run to stop, which then ends in an error naming it.
+#[allow(clippy::too_many_arguments)]
+pub fn after_step<B: model::TrainingBackend>(stage: &str, out: &Path, model: &Qwen3<B>, cfg: &Qwen3Config, tok: &Tokenizer, optim: &Optim<B>, state: &RunState, spec: &CheckpointSpec, last: bool) -> Result<()> {
+    let save = || save(out, model, cfg, tok, optim, state, spec.keep_last);
+    let saved = if last || (spec.every > 0 && state.step % spec.every == 0) { Some(save()?) } else { None };
+    if !last && crate::interrupt::requested() {
+        let dir = match saved {
+            Some(d) => d,
+            None => save()?,
+        };
+        return Err(crate::interrupt::stopped(stage, state.step, &dir));
+    }
+    Ok(())
 }
 
 /// Complete checkpoints, oldest first (temporary folders of an interrupted write are ignored).

@@ -165,8 +165,9 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
                 last_eval = Some(l);
             }
         }
-        if last || (cfg.checkpoint.every > 0 && state.step % cfg.checkpoint.every == 0) {
-            run_ckpt::save(out, &model, &config, &tok, &optim, &state, cfg.checkpoint.keep_last)?;
+        if let Err(e) = run_ckpt::after_step(kind.name(), out, &model, &config, &tok, &optim, &state, &cfg.checkpoint, last) {
+            bar.abandon();
+            return Err(e);
         }
     }
     bar.finish();

@@ -10,6 +10,7 @@ use trainer::sft::{self, Resume};
 use trainer::stage_config::StageConfig;
 
 pub fn run(kind: Option<StageKind>, config: &Path, overrides: &[String], resume: &Resume) -> Result<()> {
+    trainer::interrupt::install();
     let Some(kind) = kind else { return run_plan(config, overrides, resume) };
     run_one(kind, config, overrides, None, resume).map(|_| ())
 }

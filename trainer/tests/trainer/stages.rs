@@ -95,7 +95,7 @@ fn lines(p: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn sigkill_at_a_random_step_then_resume_gives_the_same_weights() {
+fn sigkill_or_sigterm_at_a_random_step_then_resume_gives_the_same_weights() {
     let fx = Fixture::new();
     let a = fx.config("a", &fx.scratch(), "");
     ok(&["--stage", "sft-single", a.to_str().unwrap()]);
@@ -129,6 +129,37 @@ fn sigkill_at_a_random_step_then_resume_gives_the_same_weights() {
     let steps: Vec<u64> = lines(&metrics).iter().filter(|r| r.get("loss").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=24).collect::<Vec<_>>());
     assert!(std::fs::read_dir(fx.dir.join("b/checkpoints")).unwrap().count() <= 2, "keep_last = 2");
+
+    // SIGTERM (Slurm's preemption and time-limit signal), with no periodic checkpoints:
+    // the run stops at the end of its step with a checkpoint there; nothing is lost.
+    let c = fx.config("c", &fx.from_init(&init), "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["--stage", "sft-single", c.to_str().unwrap(), "--set", "checkpoint.every=0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = fx.dir.join("c/metrics.jsonl");
+    while lines_if_any(&metrics).iter().filter_map(|r| r["step"].as_u64()).max().unwrap_or(0) < kill_at {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before step {kill_at}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or("");
+    assert!(!out.status.success() && last.contains("stopped by SIGTERM after step") && last.contains("--resume auto"), "{err}");
+    let stopped: u64 = last.split("after step ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    assert!(stopped >= kill_at && stopped < 24, "stopped at {stopped}");
+    let log = ok(&["--stage", "sft-single", c.to_str().unwrap(), "--set", "checkpoint.every=0"]);
+    assert!(log.contains(&format!("resumed at step {stopped} ")), "{log}");
+    assert!(weights("a") == weights("c"), "stopped by SIGTERM at step {stopped} and resumed: final weights differ");
+    let steps: Vec<u64> = lines(&metrics).iter().filter(|r| r.get("loss").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=24).collect::<Vec<_>>());
+}
+
+/// The JSON lines of `p` so far (none when it does not exist yet; a half-written last line is skipped).
+fn lines_if_any(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 #[test]
@@ -425,4 +456,54 @@ fn config_params(dir: &Path) -> u64 {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors().iter().map(|(_, t)| t.shape().iter().product::<usize>() as u64).sum()
+}
+
+#[test]
+fn submit_writes_an_sbatch_script_that_runs_and_resumes_the_stage() {
+    let fx = Fixture::new();
+    let cfg = fx.config("job", &fx.scratch(), "");
+    // Stand-ins for Slurm's commands: srun runs its command; sbatch records its argument.
+    let bin = fx.dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let exe = |name: &str, body: &str| {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    exe("srun", "shift\nexec \"$@\"");
+    exe("sbatch", &format!("echo \"$1\" > {}\necho 'Submitted batch job 4242'", fx.dir.join("sbatch-arg").display()));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let submit = |extra: &[&str]| {
+        let mut args = vec!["submit", "--slurm", cfg.to_str().unwrap(), "--set", "train.max_steps=3", "--time", "00:30:00"];
+        args.extend(extra);
+        trainer_cmd(&args).env("PATH", &path).output().unwrap()
+    };
+    let o = submit(&["--dry-run"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let script = fx.dir.join("job/job.sbatch");
+    assert_eq!(std::fs::read_to_string(&script).unwrap(), text);
+    for line in ["#SBATCH --requeue", "#SBATCH --signal=TERM@120", "#SBATCH --time=00:30:00", "#SBATCH --ntasks=1", "--stage sft-single", "--set 'train.max_steps=3' --resume auto"] {
+        assert!(text.contains(line), "{line} missing in:\n{text}");
+    }
+    let mem: u64 = text.lines().find_map(|l| l.strip_prefix("#SBATCH --mem=")?.strip_suffix('G')?.parse().ok()).expect("a --mem line");
+    assert!(mem >= 4, "{text}");
+    assert!(!fx.dir.join("sbatch-arg").exists(), "--dry-run must not submit");
+
+    // The script itself runs the stage (from any folder), and a second start resumes.
+    let run = || Command::new("bash").arg(&script).current_dir("/").env("PATH", &path).output().unwrap();
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let outcome: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.dir.join("job/outcome.json")).unwrap()).unwrap();
+    assert_eq!(outcome["steps"], 3);
+    assert!(String::from_utf8_lossy(&run().stderr).contains("finished earlier"));
+
+    // Submitted through sbatch; bad requests get one line.
+    let o = submit(&[]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Submitted batch job 4242"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(fx.dir.join("sbatch-arg")).unwrap().trim(), script.to_str().unwrap());
+    let e = err_line(&["submit", "--slurm", cfg.to_str().unwrap(), "--nodes", "2"]);
+    assert!(e.contains("--nodes 2") && e.contains("not implemented"), "{e}");
+    let e = err_line(&["submit", "--slurm", cfg.to_str().unwrap(), "--stage", "sft"]);
+    assert!(e.contains("--stage sft"), "{e}");
 }

@@ -1,0 +1,135 @@
+//! `trainer submit --slurm CONFIG.toml`: the run as a Slurm batch job. Writes an sbatch
+//! script beside the run (resources from `trainer plan`'s estimate, `--requeue` for
+//! preemption, SIGTERM 120 s before the time limit so the run stops at a step boundary
+//! with a checkpoint) and submits it with `sbatch`; every start of the script resumes
+//! (`--resume auto`), so a requeued or resubmitted job continues where it stopped.
+use crate::plan;
+use anyhow::{bail, Context, Result};
+use curriculum::StageKind;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The config to run (a stage config or a curriculum).
+    #[arg(long, value_name = "CONFIG.toml")]
+    slurm: PathBuf,
+    /// Stage to run: sft-single, sft-multi, rl or all (default: all for a curriculum, rl
+    /// for an RL config, sft-single otherwise).
+    #[arg(long)]
+    stage: Option<String>,
+    /// Override a config value: key=value (repeatable), passed on to the run.
+    #[arg(long = "set")]
+    set: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    #[arg(long, default_value_t = 1)]
+    gpus_per_node: usize,
+    /// CPUs for the job (the sandbox runs the model's cells on them).
+    #[arg(long, default_value_t = 16)]
+    cpus: usize,
+    /// Wall-time limit (HH:MM:SS or D-HH:MM:SS; default: the partition's).
+    #[arg(long)]
+    time: Option<String>,
+    #[arg(long)]
+    partition: Option<String>,
+    #[arg(long)]
+    account: Option<String>,
+    /// Write and print the script; do not call sbatch.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.nodes != 1 || a.gpus_per_node != 1 {
+        bail!("--nodes {} --gpus-per-node {}: data-parallel training is not implemented yet; a job runs on one device", a.nodes, a.gpus_per_node);
+    }
+    let stages = plan::kinds(&a.slurm)?;
+    let stage = match (&a.stage, stages.len()) {
+        (Some(s), _) if ["sft-single", "sft-multi", "rl", "all"].contains(&s.as_str()) => s.clone(),
+        (Some(s), _) => bail!("--stage {s}: expected sft-single, sft-multi, rl or all"),
+        (None, 1) => stages[0].0.name().to_string(),
+        (None, _) => "all".into(),
+    };
+    let plans = plan::stages(&a.slurm, &a.set, false, |_, _, _| {})?;
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let params = plans.iter().map(|p| f(&p["model"]["params"]["total"])).fold(0.0, f64::max);
+    let device_mem = plans.iter().map(|p| f(&p["memory"]["total_bytes"])).fold(0.0, f64::max);
+    // Host memory: on a CPU build the training itself; on a GPU the checkpoint is read and
+    // converted to f32 on the host first (4 bytes a parameter, twice while converting).
+    let host = if cfg!(feature = "cuda") { 8.0 * params } else { 1.25 * device_mem } + (4u64 << 30) as f64;
+    let mem_gb = (host / (1u64 << 30) as f64).ceil() as u64;
+
+    let cwd = std::env::current_dir()?;
+    let config = std::fs::canonicalize(&a.slurm).with_context(|| a.slurm.display().to_string())?;
+    let exe = std::env::current_exe()?;
+    let dir = cwd.join(run_folder(&stages)?);
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    let stem = a.slurm.file_stem().map_or("run".into(), |s| s.to_string_lossy().to_string());
+    let script = dir.join(format!("{stem}.sbatch"));
+
+    let mut s = String::from("#!/bin/bash\n");
+    s += &format!("# Written by `trainer submit`: --stage {stage} {}.\n", config.display());
+    s += "# Every start resumes (--resume auto). SIGTERM (preemption, scancel, and 120 s before\n";
+    s += "# the time limit) makes the run save a checkpoint at its step boundary and stop;\n";
+    s += "# a preempted job is requeued; after the time limit, submit this script again.\n";
+    let mut sb = |k: &str, v: String| s += &format!("#SBATCH --{k}={v}\n");
+    sb("job-name", stem.clone());
+    sb("nodes", "1".into());
+    sb("ntasks", "1".into());
+    sb("cpus-per-task", a.cpus.to_string());
+    if cfg!(feature = "cuda") {
+        sb("gpus-per-node", "1".into());
+    }
+    sb("mem", format!("{mem_gb}G"));
+    if let Some(t) = &a.time {
+        sb("time", t.clone());
+    }
+    if let Some(p) = &a.partition {
+        sb("partition", p.clone());
+    }
+    if let Some(acc) = &a.account {
+        sb("account", acc.clone());
+    }
+    sb("output", dir.join("slurm-%j.out").display().to_string());
+    sb("open-mode", "append".into());
+    sb("signal", "TERM@120".into());
+    s += "#SBATCH --requeue\n\nset -euo pipefail\n";
+    s += &format!("cd {}\n", quote(&cwd.display().to_string()));
+    let sets: String = a.set.iter().map(|kv| format!(" --set {}", quote(kv))).collect();
+    s += &format!("srun --kill-on-bad-exit=1 {} --stage {stage} {}{sets} --resume auto\n", quote(&exe.display().to_string()), quote(&config.display().to_string()));
+    std::fs::write(&script, &s).with_context(|| script.display().to_string())?;
+    if a.dry_run {
+        print!("{s}");
+        eprintln!("submit: wrote {} (not submitted: --dry-run)", script.display());
+        return Ok(());
+    }
+    let out = match Command::new("sbatch").arg(&script).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("sbatch: not found on PATH (not a Slurm login node?); the script is {}: submit it with sbatch there", script.display())
+        }
+        Err(e) => bail!("sbatch: {e}"),
+    };
+    if !out.status.success() {
+        bail!("sbatch {}: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim().replace('\n', " "));
+    }
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("submit: {} (log: {})", script.display(), dir.join("slurm-<job id>.out").display());
+    Ok(())
+}
+
+/// The folder the script and logs go in: the run folder of a stage config, or the folder
+/// holding a curriculum's first run folder.
+fn run_folder(stages: &[(StageKind, PathBuf, bool)]) -> Result<PathBuf> {
+    let (_, path, _) = &stages[0];
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let out = doc.get("out").and_then(|v| v.as_str()).map(PathBuf::from).ok_or_else(|| anyhow::anyhow!("{}: out: missing", path.display()))?;
+    Ok(if stages.len() > 1 { out.parent().map(Path::to_path_buf).unwrap_or_default() } else { out })
+}
+
+/// `s` as one shell word.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
