@@ -84,7 +84,7 @@ pub fn training(c: &Qwen3Config, compute: Compute, rows: usize, seq: usize) -> M
 
 /// GRPO adds to training the rollout copy of the policy (its matrices in bf16 when the
 /// compute is; f32 shares the master weights), the frozen KL reference when `kl`, and
-/// the KV cache of `rows` rollouts of up to `tokens` tokens each.
+/// the KV cache of `rows` rollouts of up to `tokens` tokens each (prompt and response).
 pub fn rl(c: &Qwen3Config, compute: Compute, micro_batch_tokens: usize, rows: usize, tokens: usize, kl: bool) -> Memory {
     let mut m = training(c, compute, 1, micro_batch_tokens);
     let p = params(c).total as f64;

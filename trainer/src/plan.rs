@@ -156,26 +156,44 @@ fn plan_rl(path: &Path, set: &[String], measure: bool, prev: Option<Resolved>) -
         Some(r) => r,
         None => {
             let dir = &cfg.model.init;
-            let config = Qwen3Config::from_dir(dir).map_err(|e| anyhow::anyhow!("{}: model.init: {e}", path.display()))?;
-            Resolved { source: dir.display().to_string(), config, tokenizer: None }
+            let field = |e: model::Error| anyhow::anyhow!("{}: model.init: {e}", path.display());
+            let config = Qwen3Config::from_dir(dir).map_err(field)?;
+            let tok = Tokenizer::from_dir(dir).map_err(field)?;
+            let template = ChatTemplate::from_dir(dir, &tok.config).map_err(field)?;
+            Resolved { source: dir.display().to_string(), config, tokenizer: Some((tok, template)) }
         }
     };
     let ro = &cfg.rollout;
     let rows = ro.tasks_per_step * ro.group_size;
     let g = &cfg.grpo;
-    let memory = estimate::rl(&r.config, cfg.compute, g.micro_batch_tokens, rows, ro.max_response_tokens, g.kl_coef != 0.0);
-    // At most: every rollout's whole response trained, update_epochs times, packed into
-    // micro-batches of micro_batch_tokens.
-    let tokens = rows * ro.max_response_tokens * g.update_epochs;
-    let flops = estimate::train_flops_per_token(&r.config, ro.max_response_tokens, cfg.compute.gradient_checkpointing) * tokens as f64;
-    let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens, ro.max_response_tokens)];
+    // Prompt lengths of the training tasks, rendered and encoded as the rollouts do.
+    let prompts = match (trainer::rl::load_tasks(&cfg), &r.tokenizer) {
+        (Ok((train, _)), Some((tok, template))) => {
+            let mut lens = vec![];
+            for (t, _) in &train {
+                lens.push(tok.encode(&template.render(&[json!({"role": "user", "content": t.prompt})], None, true)?)?.len());
+            }
+            json!({"tasks": lens.len(), "max": lens.iter().max(), "mean": lens.iter().sum::<usize>() as f64 / lens.len() as f64})
+        }
+        (Err(e), _) => json!({"unknown": e.to_string()}),
+        (_, None) => json!({"unknown": "no tokenizer"}),
+    };
+    let max_prompt = prompts["max"].as_u64().unwrap_or(0) as usize;
+    let mean_prompt = prompts["mean"].as_f64().unwrap_or(0.0) as usize;
+    let memory = estimate::rl(&r.config, cfg.compute, g.micro_batch_tokens, rows, max_prompt + ro.max_response_tokens, g.kl_coef != 0.0);
+    // At most: every rollout at max_response_tokens after a mean prompt (context for the
+    // update's forward), update_epochs times, packed into micro-batches of micro_batch_tokens.
+    let row = mean_prompt + ro.max_response_tokens;
+    let tokens = rows * row * g.update_epochs;
+    let flops = estimate::train_flops_per_token(&r.config, row, cfg.compute.gradient_checkpointing) * tokens as f64;
+    let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens.max(row), row)];
     let timing = time(measure, &r.config, cfg.compute, &micro, &memory)?;
-    let forwards = tokens.div_ceil(g.micro_batch_tokens);
+    let forwards = tokens.div_ceil(g.micro_batch_tokens.max(row));
     let plan = json!({
         "kind": "rl", "config": path, "model": model_json(&r), "compute": cfg.compute.to_string(),
-        "rollouts_per_step": rows, "max_response_tokens": ro.max_response_tokens, "steps": cfg.train.steps,
+        "rollouts_per_step": rows, "max_response_tokens": ro.max_response_tokens, "prompt_tokens": prompts, "steps": cfg.train.steps,
         "memory": memory_json(&memory), "update_flops_per_step_at_most": flops, "update_forwards_at_most": forwards,
-        "measured": timing_json(&timing, "one micro-batch of random responses"),
+        "measured": timing_json(&timing, "one micro-batch of random trajectories"),
         "update_s_at_most": timing.as_ref().ok().map(|t| t.step_s * forwards as f64),
     });
     Ok((plan, r))
@@ -294,7 +312,12 @@ fn print_stage(i: usize, n: usize, p: &Value) {
              if m["tied"].as_bool() == Some(true) { ", tied" } else { "" }, count(f(&m["params"]["total"])), count(f(&m["params"]["embedding"])));
     println!("  compute  {}", p["compute"].as_str().unwrap_or(""));
     if p["kind"] == "rl" {
-        println!("  steps    {} of {} rollouts (≤ {} response tokens each)", p["steps"], p["rollouts_per_step"], p["max_response_tokens"]);
+        let pr = &p["prompt_tokens"];
+        let prompts = match pr["unknown"].as_str() {
+            Some(why) => format!("prompt lengths unknown: {why}"),
+            None => format!("prompts of {:.0} tokens on average, {} at most, over {} tasks", f(&pr["mean"]), pr["max"], pr["tasks"]),
+        };
+        println!("  steps    {} of {} rollouts (≤ {} response tokens each; {prompts})", p["steps"], p["rollouts_per_step"], p["max_response_tokens"]);
         println!("  work     ≤ {:.3} TFLOP per update (rollouts not included)", f(&p["update_flops_per_step_at_most"]) / 1e12);
     } else {
         println!("  batch    {} x {} tokens per forward, {} forwards per step ({} tokens)", p["forward"]["rows"], p["forward"]["seq_len"], p["forwards_per_step"], p["batch_tokens"]);

@@ -253,7 +253,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
 }
 
 /// Training and held-out tasks, each with its workspace folder.
-fn load_tasks(cfg: &RlConfig) -> Result<(Vec<(RlTask, PathBuf)>, Vec<(RlTask, PathBuf)>)> {
+pub fn load_tasks(cfg: &RlConfig) -> Result<(Vec<(RlTask, PathBuf)>, Vec<(RlTask, PathBuf)>)> {
     let (mut train, mut held) = (vec![], vec![]);
     for dir in &cfg.data.tasks {
         let tasks = datasets::read_all::<RlTask>(dir).with_context(|| format!("data.tasks: {}", dir.display()))?;

@@ -348,6 +348,19 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
     assert!(e.contains("[reward.judge]") && e.contains("qa"), "{e}");
     let e = err_line(&["--stage", "rl", a.to_str().unwrap(), "--set", "data.tasks=[\"/nonexistent/tasks\"]"]);
     assert!(e.contains("/nonexistent/tasks"), "{e}");
+    // The plan of this stage: its parts (bf16 rollout copy, KL reference, KV cache) and
+    // the prompts encoded as the rollouts will (32 of the 40 tasks are not held out).
+    let o = stage(&["plan", a.to_str().unwrap(), "--json", "--no-measure"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = &plan["stages"][0];
+    let parts: Vec<&str> = p["memory"]["parts"].as_array().unwrap().iter().map(|x| x["part"].as_str().unwrap()).collect();
+    for part in ["rollout copy (bf16 matrices)", "KL reference", "KV cache of the rollouts", "layer inputs (checkpointing)"] {
+        assert!(parts.contains(&part), "{part} missing: {parts:?}");
+    }
+    let held = (0..40).filter(|i| curriculum::heldout(&format!("rl-{i}"), 0.2)).count();
+    assert_eq!(p["prompt_tokens"]["tasks"].as_u64().unwrap() as usize, 40 - held);
+    assert!(p["prompt_tokens"]["max"].as_u64().unwrap() > 10, "{p}");
     ok(&["--stage", "rl", a.to_str().unwrap()]);
     let rows = lines(&fx.dir.join("rl-a/metrics.jsonl"));
     let trained: u64 = rows.iter().filter_map(|r| r["trained_trajectories"].as_u64()).sum();
