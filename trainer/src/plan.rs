@@ -1,8 +1,8 @@
 //! `trainer plan CONFIG.toml`: what a run will take before it starts. For each stage (one
 //! stage config, or every stage of a curriculum, each following the model its previous
 //! stage writes): the model and its parameters, the steps (the training data tokenized as
-//! the run will), one device's memory by part, the FLOPs of a step, and one micro-batch
-//! step measured on this machine (random weights of the same shape) for the time.
+//! the run will), one device's memory by part, the FLOPs of a step, and one step timed on
+//! this machine (random weights of the same shape, the data's first documents) for the time.
 use anyhow::{bail, Context, Result};
 use curriculum::{Plan, StageKind};
 use model::{ChatTemplate, Compute, Qwen3Config, Tokenizer};
