@@ -6,9 +6,9 @@
 #   3. batched greedy generation, ours and transformers' generate (bf16 weights);
 #   4. SFT step on a Qwen3-0.6B-shaped random model at seq 4096: PyTorch eager (autocast
 #      bf16, sdpa) at the largest batch of $BATCHES that fits; ours with gradient
-#      checkpointing at the largest that fits from there down, and PyTorch with
-#      checkpointing at that batch; ours without checkpointing at PyTorch's batch (the
-#      like-for-like eager comparison), else batch 1.
+#      checkpointing at the largest that fits from twice that down, and PyTorch with
+#      checkpointing at that batch (else its eager batch); ours without checkpointing at
+#      PyTorch's batch (the like-for-like eager comparison), else batch 1.
 # Each step's peak GPU memory is polled with nvidia-smi (the same way for both). The
 # JSON lines go to $OUT/trainer-bench.jsonl and the tables to $OUT/report.md.
 #
@@ -72,7 +72,7 @@ PY
 
 # largest NAME "BATCHES" CMD...: the first batch of BATCHES (largest first) that runs.
 largest() {
-  local name=$1 batches=$2; shift 2
+  local name=$1 batches=$2 b; shift 2
   for b in $batches; do
     if run "$name-b$b" "$@" --batch "$b"; then echo "$b"; return 0; fi
   done
@@ -88,7 +88,9 @@ run ours-gen "$bin" generate $gen
 run torch-gen "$py" benches/scripts/gpu_torch.py generate $gen
 echo "== SFT step, seq $seq"
 b=$(largest torch-sft "${BATCHES:-8 4 2 1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps 2)
-bc=$(largest ours-sft-ckpt "${BATCHES_CKPT:-${b:-4} 2 1}" "$bin" sft --shape "$shape" --seq "$seq" --steps 2 --checkpointing)
-[ -n "$bc" ] && run torch-sft-ckpt "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps 2 --checkpointing --batch "$bc"
+# Ours keeps no [tokens, vocab] logits (`trainer plan`: 0.6B bf16 seq 4096 with
+# checkpointing ~18 GiB at batch 8), so it starts at twice PyTorch's batch.
+bc=$(largest ours-sft-ckpt "${BATCHES_CKPT:-$((2 * ${b:-4})) ${b:-4} 2 1}" "$bin" sft --shape "$shape" --seq "$seq" --steps 2 --checkpointing)
+[ -n "$bc" ] && largest torch-sft-ckpt "$bc ${b:-1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps 2 --checkpointing > /dev/null
 largest ours-sft "${BATCHES_OURS:-$( [ "${b:-1}" = 1 ] && echo 1 || echo "$b 1")}" "$bin" sft --shape "$shape" --seq "$seq" --steps 2 > /dev/null
 "$py" benches/scripts/gpu_torch.py report "$log" | tee "$out/report.md"
