@@ -175,7 +175,7 @@ fn plan_rl(path: &Path, set: &[String], measure: bool, prev: Option<Resolved>) -
             }
             json!({"tasks": lens.len(), "max": lens.iter().max(), "mean": lens.iter().sum::<usize>() as f64 / lens.len() as f64})
         }
-        (Err(e), _) => json!({"unknown": e.to_string()}),
+        (Err(e), _) => json!({"unknown": format!("{e:#}")}),
         (_, None) => json!({"unknown": "no tokenizer"}),
     };
     let max_prompt = prompts["max"].as_u64().unwrap_or(0) as usize;
