@@ -7,14 +7,11 @@
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use clap::{Parser, Subcommand};
-use datasets::PackedSeq;
 use model::{generate, Checkpoint, Compute, DefaultBackend as B, Precision, Qwen3, Qwen3Config, SamplingConfig};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Instant;
-use trainer::sft::TrainBackend;
-use trainer::step::Optim;
 
 #[derive(Parser)]
 struct Args {
@@ -120,29 +117,12 @@ fn parity(fixtures: &std::path::Path) -> Result<()> {
 
 fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precision: Precision, checkpointing: bool) -> Result<()> {
     let cfg = Qwen3Config::from_file(shape)?;
-    <TrainBackend as Backend>::seed(&Default::default(), 0);
     let compute = Compute { precision, gradient_checkpointing: checkpointing };
-    let mut model = Qwen3::<TrainBackend>::init(&cfg, &Default::default()).with_stable_ids().with_compute(compute);
     let seqs = trainer::estimate::random_rows(cfg.vocab_size, batch, seq, seq);
-    let spec = toml::from_str("lr = 1e-4\nweight_decay = 0.1\nclip = 1.0")?;
-    let mut optim = Optim::<TrainBackend>::new(&spec);
-    let mbs: Vec<&[PackedSeq]> = vec![&seqs];
-    let t = Instant::now();
-    let (m, s) = optim.step(model, &mbs, 1e-4); // warm-up (and autotune)
-    let warmup = t.elapsed().as_secs_f64();
-    s.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    model = m;
-    let t0 = Instant::now();
-    let mut loss = 0.0;
-    for _ in 0..steps {
-        let (m, s) = optim.step(model, &mbs, 1e-4);
-        loss = s.map_err(|e| anyhow::anyhow!("{e:?}"))?.loss;
-        model = m;
-    }
-    let secs = t0.elapsed().as_secs_f64() / steps as f64;
+    let t = trainer::estimate::time_step(&cfg, compute, &[seqs], steps)?;
     println!("{}", json!({"check": "sft", "impl": IMPL, "compute": compute.to_string(), "shape": shape.file_stem().unwrap().to_string_lossy(),
-                           "seq": seq, "batch": batch, "step_s": secs, "tokens_per_s": (seq * batch) as f64 / secs,
-                           "warmup_s": warmup, "loss": loss, "peak_rss_mb": trainer::estimate::peak_rss() / (1u64 << 20) as f64}));
+                           "seq": seq, "batch": batch, "step_s": t.step_s, "tokens_per_s": (seq * batch) as f64 / t.step_s,
+                           "warmup_s": t.warmup_s, "loss": t.loss, "peak_rss_mb": trainer::estimate::peak_rss() / (1u64 << 20) as f64}));
     Ok(())
 }
 

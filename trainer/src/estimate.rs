@@ -113,27 +113,35 @@ pub fn train_flops_per_token(c: &Qwen3Config, seq: usize, checkpointing: bool) -
 pub struct StepTiming {
     /// The first step (kernel compilation and autotuning on CUDA).
     pub warmup_s: f64,
-    /// The step after it.
+    /// Mean of the timed steps after it.
     pub step_s: f64,
+    /// The last step's loss.
+    pub loss: f64,
 }
 
-/// Times one optimizer step (after a warm-up step) over `micro_batches`, as the SFT loop
-/// takes it, on randomly initialized weights of `c`'s shape.
-pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedSeq>]) -> anyhow::Result<StepTiming> {
+/// Times `steps` optimizer steps (after a warm-up step) over `micro_batches`, as the SFT
+/// loop takes them, on randomly initialized weights of `c`'s shape.
+pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedSeq>], steps: usize) -> anyhow::Result<StepTiming> {
     use burn::tensor::backend::Backend;
     type B = crate::sft::TrainBackend;
     <B as Backend>::seed(&Default::default(), 0);
-    let model = model::Qwen3::<B>::init(c, &Default::default()).with_stable_ids().with_compute(compute);
+    let mut model = model::Qwen3::<B>::init(c, &Default::default()).with_stable_ids().with_compute(compute);
     let mut optim = crate::step::Optim::<B>::new(&toml::from_str("lr = 1e-4\nweight_decay = 0.1\nclip = 1.0")?);
     let mbs: Vec<&[PackedSeq]> = micro_batches.iter().map(Vec::as_slice).collect();
-    let mut step = |model| {
+    let (mut warmup_s, mut total, mut loss) = (0.0, 0.0, f64::NAN);
+    for i in 0..=steps {
         let t = std::time::Instant::now();
         let (m, s) = optim.step(model, &mbs, 1e-4);
-        s.map(|_| (m, t.elapsed().as_secs_f64())).map_err(|e| anyhow::anyhow!("the timed step: {} is {}", e.what, e.value))
-    };
-    let (model, warmup_s) = step(model)?;
-    let (_, step_s) = step(model)?;
-    Ok(StepTiming { warmup_s, step_s })
+        model = m;
+        loss = s.map_err(|e| anyhow::anyhow!("the timed step: {} is {}", e.what, e.value))?.loss;
+        let secs = t.elapsed().as_secs_f64();
+        if i == 0 {
+            warmup_s = secs;
+        } else {
+            total += secs;
+        }
+    }
+    Ok(StepTiming { warmup_s, step_s: total / steps.max(1) as f64, loss })
 }
 
 /// `rows` sequences of `seq` random tokens, each made of documents of `doc` tokens (the

@@ -21,7 +21,7 @@ pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
 }
 
-/// The error a stage stops with after saving `checkpoint`.
+/// The error a stage stops with once `checkpoint` is saved (see `run_ckpt::stop`).
 pub fn stopped(stage: &str, step: u64, checkpoint: &std::path::Path) -> anyhow::Error {
     anyhow::anyhow!("{stage}: stopped by SIGTERM after step {step}; checkpoint {} is complete; rerun with --resume auto to continue", checkpoint.display())
 }

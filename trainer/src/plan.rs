@@ -43,7 +43,8 @@ pub fn run(a: Args) -> Result<()> {
     if a.gpus != 1 {
         bail!("--gpus {}: data-parallel training is not implemented yet; a run trains on one device", a.gpus);
     }
-    let plans = stages(&a.config, &a.set, !a.no_measure, |i, n, p| {
+    let detail = if a.no_measure { Detail::Steps } else { Detail::Timed };
+    let plans = stages(&a.config, &a.set, detail, |i, n, p| {
         if !a.json {
             print_stage(i, n, p)
         }
@@ -52,6 +53,15 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", json!({ "stages": plans }));
     }
     Ok(())
+}
+
+/// How much a plan works out: the model and memory only (reads no data); plus the steps
+/// (tokenizes the data, may train the BPE tokenizer); plus a step timed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    Memory,
+    Steps,
+    Timed,
 }
 
 /// What `trainer --stage` would run for CONFIG: every stage of a curriculum, else the one
@@ -69,7 +79,7 @@ pub fn kinds(config: &Path) -> Result<Vec<(StageKind, PathBuf, bool)>> {
 }
 
 /// The plan of every stage of `config` (as JSON), each passed to `each` as it is made.
-pub fn stages(config: &Path, set: &[String], measure: bool, mut each: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
+pub fn stages(config: &Path, set: &[String], detail: Detail, mut each: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
     let stages = kinds(config)?;
     let n = stages.len();
     let mut previous: Option<Resolved> = None;
@@ -81,8 +91,8 @@ pub fn stages(config: &Path, set: &[String], measure: bool, mut each: impl FnMut
             None
         };
         let (plan, resolved) = match kind {
-            StageKind::Rl => plan_rl(&path, set, measure, prev)?,
-            _ => plan_sft(if n == 1 { "sft" } else { kind.name() }, &path, set, measure, prev)?,
+            StageKind::Rl => plan_rl(&path, set, detail, prev)?,
+            _ => plan_sft(if n == 1 { "sft" } else { kind.name() }, &path, set, detail, prev)?,
         };
         each(i, n, &plan);
         out.push(plan);
@@ -91,24 +101,25 @@ pub fn stages(config: &Path, set: &[String], measure: bool, mut each: impl FnMut
     Ok(out)
 }
 
-fn plan_sft(kind: &str, path: &Path, set: &[String], measure: bool, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
+fn plan_sft(kind: &str, path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
     let cfg = StageConfig::load(path, set)?;
-    let split = cfg.data.load();
+    let split = (detail != Detail::Memory).then(|| cfg.data.load());
     let r = match prev {
         Some(r) => r,
-        None => resolve_sft(&cfg, path, split.as_ref().ok())?,
+        None => resolve_sft(&cfg, path, split.as_ref().and_then(|s| s.as_ref().ok()))?,
     };
     let b = &cfg.batch;
     let forwards = b.batch_tokens.div_ceil(b.seq_len).div_ceil(b.micro_batch);
     // The data tokenized as the run will: the step count, and a real first step to time.
     let (steps, steps_from, first_step) = match (&split, &r.tokenizer) {
-        (Ok(split), Some((tok, template))) => {
+        (Some(Ok(split)), Some((tok, template))) => {
             let overlong = if b.overlong == "drop" { datasets::Overlong::Drop } else { datasets::Overlong::Truncate };
             let sources = split.train.iter().map(|(_, _, s)| sft::tokenize_all(s, tok, template, b.seq_len, overlong).map(|(t, _)| t)).collect::<Result<Vec<_>>>()?;
             let train_tokens: usize = sources.iter().flatten().map(|t| t.len()).sum();
             (Some(sft::total_steps(&cfg, train_tokens)), format!("{train_tokens} training tokens"), Some(first_batch(&sources, &cfg)))
         }
-        (Err(e), _) if cfg.train.max_steps.is_none() => (None, format!("unknown until the data exists: {e}"), None),
+        (Some(Err(e)), _) if cfg.train.max_steps.is_none() => (None, format!("unknown until the data exists: {e}"), None),
+        (None, _) if cfg.train.max_steps.is_none() => (None, "not counted".to_string(), None),
         _ => (cfg.train.max_steps, "train.max_steps".to_string(), None),
     };
     let (batch, batch_is) = match first_step {
@@ -117,10 +128,10 @@ fn plan_sft(kind: &str, path: &Path, set: &[String], measure: bool, prev: Option
     };
     let memory = estimate::training(&r.config, cfg.compute, b.micro_batch, b.seq_len);
     let flops = estimate::train_flops_per_token(&r.config, b.seq_len, cfg.compute.gradient_checkpointing) * (b.micro_batch * b.seq_len * forwards) as f64;
-    let timing = time(measure, &r.config, cfg.compute, &batch, &memory)?;
+    let timing = time(detail, &r.config, cfg.compute, &batch, &memory);
     let step_s = timing.as_ref().ok().map(|t| t.step_s);
     let plan = json!({
-        "kind": kind, "config": path, "model": model_json(&r), "compute": cfg.compute.to_string(),
+        "kind": kind, "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(),
         "forward": {"rows": b.micro_batch, "seq_len": b.seq_len}, "forwards_per_step": forwards, "batch_tokens": b.batch_tokens,
         "steps": steps, "steps_from": steps_from, "memory": memory_json(&memory), "flops_per_step": flops,
         "measured": timing_json(&timing, batch_is), "step_s": step_s, "total_s": step_s.zip(steps).map(|(s, n)| s * n as f64),
@@ -150,7 +161,7 @@ fn first_batch(sources: &[Vec<datasets::Tokenized>], cfg: &StageConfig) -> Vec<V
     datasets::pack(&docs, &pack).0.chunks(cfg.batch.micro_batch).map(<[_]>::to_vec).collect()
 }
 
-fn plan_rl(path: &Path, set: &[String], measure: bool, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
+fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
     let cfg = RlConfig::load(path, set)?;
     let r = match prev {
         Some(r) => r,
@@ -167,15 +178,17 @@ fn plan_rl(path: &Path, set: &[String], measure: bool, prev: Option<Resolved>) -
     let rows = ro.tasks_per_step * ro.group_size;
     let g = &cfg.grpo;
     // Prompt lengths of the training tasks, rendered and encoded as the rollouts do.
-    let prompts = match (trainer::rl::load_tasks(&cfg), &r.tokenizer) {
-        (Ok((train, _)), Some((tok, template))) => {
+    let tasks = (detail != Detail::Memory).then(|| trainer::rl::load_tasks(&cfg));
+    let prompts = match (tasks, &r.tokenizer) {
+        (None, _) => json!({"unknown": "not read"}),
+        (Some(Ok((train, _))), Some((tok, template))) => {
             let mut lens = vec![];
             for (t, _) in &train {
                 lens.push(tok.encode(&template.render(&[json!({"role": "user", "content": t.prompt})], None, true)?)?.len());
             }
             json!({"tasks": lens.len(), "max": lens.iter().max(), "mean": lens.iter().sum::<usize>() as f64 / lens.len() as f64})
         }
-        (Err(e), _) => json!({"unknown": format!("{e:#}")}),
+        (Some(Err(e)), _) => json!({"unknown": format!("{e:#}")}),
         (_, None) => json!({"unknown": "no tokenizer"}),
     };
     let max_prompt = prompts["max"].as_u64().unwrap_or(0) as usize;
@@ -187,10 +200,10 @@ fn plan_rl(path: &Path, set: &[String], measure: bool, prev: Option<Resolved>) -
     let tokens = rows * row * g.update_epochs;
     let flops = estimate::train_flops_per_token(&r.config, row, cfg.compute.gradient_checkpointing) * tokens as f64;
     let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens.max(row), row)];
-    let timing = time(measure, &r.config, cfg.compute, &micro, &memory)?;
+    let timing = time(detail, &r.config, cfg.compute, &micro, &memory);
     let forwards = tokens.div_ceil(g.micro_batch_tokens.max(row));
     let plan = json!({
-        "kind": "rl", "config": path, "model": model_json(&r), "compute": cfg.compute.to_string(),
+        "kind": "rl", "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(),
         "rollouts_per_step": rows, "max_response_tokens": ro.max_response_tokens, "prompt_tokens": prompts, "steps": cfg.train.steps,
         "memory": memory_json(&memory), "update_flops_per_step_at_most": flops, "update_forwards_at_most": forwards,
         "measured": timing_json(&timing, "one micro-batch of random trajectories"),
@@ -242,19 +255,19 @@ fn resolve_sft(cfg: &StageConfig, path: &Path, split: Option<&curriculum::Split>
 }
 
 /// Times a step, unless told not to or it cannot fit in this machine's memory.
-fn time(measure: bool, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets::PackedSeq>], memory: &Memory) -> Result<std::result::Result<estimate::StepTiming, String>> {
-    if !measure {
-        return Ok(Err("--no-measure".into()));
+fn time(detail: Detail, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets::PackedSeq>], memory: &Memory) -> std::result::Result<estimate::StepTiming, String> {
+    if detail != Detail::Timed {
+        return Err("--no-measure".into());
     }
     if !cfg!(feature = "cuda") {
         let available = mem_available();
         if memory.total() > 0.9 * available {
-            return Ok(Err(format!("needs about {} and this machine has {} available", gib(memory.total()), gib(available))));
+            return Err(format!("needs about {} and this machine has {} available", gib(memory.total()), gib(available)));
         }
     }
     let tokens: usize = batch.iter().flatten().map(|s| s.ids.len()).sum();
     eprintln!("plan: timing a step ({} forward(s), {tokens} tokens) on this machine ...", batch.len());
-    Ok(estimate::time_step(c, compute, batch).map_err(|e| e.to_string()))
+    estimate::time_step(c, compute, batch, 1).map_err(|e| e.to_string())
 }
 
 fn mem_available() -> f64 {

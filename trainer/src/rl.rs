@@ -170,9 +170,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             if state.step == 0 {
                 bail!("rl: stopped by SIGTERM during the first step; nothing to keep (a rerun starts over)");
             }
-            let dir = run_ckpt::checkpoints_dir(out).join(format!("step-{:08}", state.step));
-            let dir = if dir.join("state.json").exists() { dir } else { run_ckpt::save(out, &model, &config, &tok, &optim, &state, cfg.checkpoint.keep_last)? };
-            return Err(crate::interrupt::stopped("rl", state.step, &dir));
+            return Err(run_ckpt::stop("rl", out, &model, &config, &tok, &optim, &state, cfg.checkpoint.keep_last));
         }
         bar.set_message("update");
         let t_update = Instant::now();

@@ -77,19 +77,28 @@ pub fn save<B: model::TrainingBackend>(out: &Path, model: &Qwen3<B>, cfg: &Qwen3
 }
 
 /// The end of step `state.step`: a checkpoint when `every` (or the last step) asks for
-/// one, or when SIGTERM asks the run to stop, which then ends in an error naming it.
+/// one; then, if SIGTERM asked the run to stop, [`stop`].
 #[allow(clippy::too_many_arguments)]
 pub fn after_step<B: model::TrainingBackend>(stage: &str, out: &Path, model: &Qwen3<B>, cfg: &Qwen3Config, tok: &Tokenizer, optim: &Optim<B>, state: &RunState, spec: &CheckpointSpec, last: bool) -> Result<()> {
-    let save = || save(out, model, cfg, tok, optim, state, spec.keep_last);
-    let saved = if last || (spec.every > 0 && state.step % spec.every == 0) { Some(save()?) } else { None };
+    if last || (spec.every > 0 && state.step % spec.every == 0) {
+        save(out, model, cfg, tok, optim, state, spec.keep_last)?;
+    }
     if !last && crate::interrupt::requested() {
-        let dir = match saved {
-            Some(d) => d,
-            None => save()?,
-        };
-        return Err(crate::interrupt::stopped(stage, state.step, &dir));
+        return Err(stop(stage, out, model, cfg, tok, optim, state, spec.keep_last));
     }
     Ok(())
+}
+
+/// Stops a run for SIGTERM at `state.step`: its checkpoint (saved now unless complete
+/// already) and the error naming it.
+#[allow(clippy::too_many_arguments)]
+pub fn stop<B: model::TrainingBackend>(stage: &str, out: &Path, model: &Qwen3<B>, cfg: &Qwen3Config, tok: &Tokenizer, optim: &Optim<B>, state: &RunState, keep_last: usize) -> anyhow::Error {
+    let dir = checkpoints_dir(out).join(format!("step-{:08}", state.step));
+    let saved = if dir.join("state.json").exists() { Ok(dir) } else { save(out, model, cfg, tok, optim, state, keep_last) };
+    match saved {
+        Ok(dir) => crate::interrupt::stopped(stage, state.step, &dir),
+        Err(e) => e,
+    }
 }
 
 /// Complete checkpoints, oldest first (temporary folders of an interrupted write are ignored).

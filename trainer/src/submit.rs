@@ -5,7 +5,6 @@
 //! (`--resume auto`), so a requeued or resubmitted job continues where it stopped.
 use crate::plan;
 use anyhow::{bail, Context, Result};
-use curriculum::StageKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -51,7 +50,7 @@ pub fn run(a: Args) -> Result<()> {
         (None, 1) => stages[0].0.name().to_string(),
         (None, _) => "all".into(),
     };
-    let plans = plan::stages(&a.slurm, &a.set, false, |_, _, _| {})?;
+    let plans = plan::stages(&a.slurm, &a.set, plan::Detail::Memory, |_, _, _| {})?;
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     let params = plans.iter().map(|p| f(&p["model"]["params"]["total"])).fold(0.0, f64::max);
     let device_mem = plans.iter().map(|p| f(&p["memory"]["total_bytes"])).fold(0.0, f64::max);
@@ -63,7 +62,9 @@ pub fn run(a: Args) -> Result<()> {
     let cwd = std::env::current_dir()?;
     let config = std::fs::canonicalize(&a.slurm).with_context(|| a.slurm.display().to_string())?;
     let exe = std::env::current_exe()?;
-    let dir = cwd.join(run_folder(&stages)?);
+    // The run folder of a stage config, or the folder holding a curriculum's first one.
+    let out = PathBuf::from(plans[0]["out"].as_str().unwrap_or("."));
+    let dir = cwd.join(if plans.len() > 1 { out.parent().map(Path::to_path_buf).unwrap_or_default() } else { out });
     std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
     let stem = a.slurm.file_stem().map_or("run".into(), |s| s.to_string_lossy().to_string());
     let script = dir.join(format!("{stem}.sbatch"));
@@ -117,16 +118,6 @@ pub fn run(a: Args) -> Result<()> {
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprintln!("submit: {} (log: {})", script.display(), dir.join("slurm-<job id>.out").display());
     Ok(())
-}
-
-/// The folder the script and logs go in: the run folder of a stage config, or the folder
-/// holding a curriculum's first run folder.
-fn run_folder(stages: &[(StageKind, PathBuf, bool)]) -> Result<PathBuf> {
-    let (_, path, _) = &stages[0];
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let doc: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let out = doc.get("out").and_then(|v| v.as_str()).map(PathBuf::from).ok_or_else(|| anyhow::anyhow!("{}: out: missing", path.display()))?;
-    Ok(if stages.len() > 1 { out.parent().map(Path::to_path_buf).unwrap_or_default() } else { out })
 }
 
 /// `s` as one shell word.

@@ -111,7 +111,7 @@ fn sigkill_or_sigterm_at_a_random_step_then_resume_gives_the_same_weights() {
         .unwrap();
     let metrics = fx.dir.join("b/metrics.jsonl");
     loop {
-        let step = std::fs::read_to_string(&metrics).unwrap_or_default().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64()).max().unwrap_or(0);
+        let step = lines_if_any(&metrics).iter().filter_map(|r| r["step"].as_u64()).max().unwrap_or(0);
         if step >= kill_at {
             break;
         }
