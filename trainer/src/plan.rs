@@ -114,7 +114,9 @@ fn plan_sft(kind: &str, path: &Path, set: &[String], detail: Detail, prev: Optio
     let (steps, steps_from, first_step) = match (&split, &r.tokenizer) {
         (Some(Ok(split)), Some((tok, template))) => {
             let overlong = if b.overlong == "drop" { datasets::Overlong::Drop } else { datasets::Overlong::Truncate };
+            let bar = sft::spinner(&format!("plan: tokenizing {}", path.display()));
             let sources = split.train.iter().map(|(_, _, s)| sft::tokenize_all(s, tok, template, b.seq_len, overlong).map(|(t, _)| t)).collect::<Result<Vec<_>>>()?;
+            bar.finish_and_clear();
             let train_tokens: usize = sources.iter().flatten().map(|t| t.len()).sum();
             (Some(sft::total_steps(&cfg, train_tokens)), format!("{train_tokens} training tokens"), Some(first_batch(&sources, &cfg)))
         }
@@ -182,10 +184,12 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     let prompts = match (tasks, &r.tokenizer) {
         (None, _) => json!({"unknown": "not read"}),
         (Some(Ok((train, _))), Some((tok, template))) => {
+            let bar = sft::spinner(&format!("plan: encoding the prompts of {}", path.display()));
             let mut lens = vec![];
             for (t, _) in &train {
                 lens.push(tok.encode(&template.render(&[json!({"role": "user", "content": t.prompt})], None, true)?)?.len());
             }
+            bar.finish_and_clear();
             json!({"tasks": lens.len(), "max": lens.iter().max(), "mean": lens.iter().sum::<usize>() as f64 / lens.len() as f64})
         }
         (Some(Err(e)), _) => json!({"unknown": format!("{e:#}")}),
@@ -266,8 +270,10 @@ fn time(detail: Detail, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets
         }
     }
     let tokens: usize = batch.iter().flatten().map(|s| s.ids.len()).sum();
-    eprintln!("plan: timing a step ({} forward(s), {tokens} tokens) on this machine ...", batch.len());
-    estimate::time_step(c, compute, batch, 1).map_err(|e| e.to_string())
+    let bar = trainer::sft::spinner(&format!("plan: timing a step ({} forward(s), {tokens} tokens) on this machine", batch.len()));
+    let timing = estimate::time_step(c, compute, batch, 1).map_err(|e| e.to_string());
+    bar.finish_and_clear();
+    timing
 }
 
 fn mem_available() -> f64 {

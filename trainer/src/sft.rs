@@ -189,7 +189,8 @@ fn original_dtype(out: &Path) -> Option<String> {
     std::fs::read_to_string(out.join("source_dtype")).ok()
 }
 
-fn spinner(msg: &str) -> ProgressBar {
+/// A spinner with `msg` on stderr (hidden when it is not a terminal).
+pub fn spinner(msg: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
     bar.set_message(msg.to_string());
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
