@@ -32,6 +32,23 @@ pub type DefaultBackend = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type DefaultBackend = burn::backend::Cuda<f32>;
 
+/// `n` devices for data-parallel training: CUDA devices 0..n (an error naming how many
+/// there are when fewer), or on CPU `n` replicas of the one device (they share its cores:
+/// this runs the data-parallel path, it does not speed it up).
+pub fn devices(n: usize) -> std::result::Result<Vec<Device<DefaultBackend>>, String> {
+    use burn::tensor::backend::{Device as _, DeviceId};
+    let first = Device::<DefaultBackend>::default();
+    if cfg!(feature = "cuda") {
+        let id = first.to_id();
+        let available = <DefaultBackend as Backend>::device_count(id.type_id);
+        if n > available {
+            return Err(format!("{n} devices asked for, this machine has {available}"));
+        }
+        return Ok((0..n as u32).map(|i| Device::<DefaultBackend>::from_id(DeviceId { index_id: i as _, ..id })).collect());
+    }
+    Ok(vec![first; n])
+}
+
 /// Default shard size when saving (transformers' default is 5 GB, we use 4 GiB).
 pub const DEFAULT_MAX_SHARD_BYTES: usize = 4 << 30;
 

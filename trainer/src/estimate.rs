@@ -100,6 +100,15 @@ pub fn rl(c: &Qwen3Config, compute: Compute, micro_batch_tokens: usize, rows: us
     m
 }
 
+/// With data parallel on `devices`, the first device (the one that takes the optimizer
+/// step) also receives each replica's gradients before adding them to its own.
+pub fn data_parallel(mut m: Memory, c: &Qwen3Config, devices: usize) -> Memory {
+    if devices > 1 {
+        m.add("gradients from a replica (f32)", 4.0 * params(c).total as f64);
+    }
+    m
+}
+
 /// FLOPs to train on one token of a `seq`-token sequence: 6 per matmul weight (forward
 /// and backward) plus causal attention over seq/2 keys on average (QKᵀ and PV); gradient
 /// checkpointing adds one forward.
@@ -131,7 +140,7 @@ pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedS
     let (mut warmup_s, mut total, mut loss) = (0.0, 0.0, f64::NAN);
     for i in 0..=steps {
         let t = std::time::Instant::now();
-        let (m, s) = optim.step(model, &mbs, 1e-4);
+        let (m, s) = optim.step(model, &mbs, 1e-4, &[Default::default()]);
         model = m;
         loss = s.map_err(|e| anyhow::anyhow!("the timed step: {} is {}", e.what, e.value))?.loss;
         let secs = t.elapsed().as_secs_f64();

@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod grpo;
 pub mod interrupt;
 pub mod metrics;
+pub mod parallel;
 pub mod plots;
 pub mod reward;
 pub mod rl;

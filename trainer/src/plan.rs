@@ -3,7 +3,7 @@
 //! stage writes): the model and its parameters, the steps (the training data tokenized as
 //! the run will), one device's memory by part, the FLOPs of a step, and one step timed on
 //! this machine (random weights of the same shape, the data's first documents) for the time.
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use curriculum::{Plan, StageKind};
 use model::{ChatTemplate, Compute, Qwen3Config, Tokenizer};
 use serde_json::{json, Value};
@@ -20,9 +20,9 @@ pub struct Args {
     /// Override a config value: key=value (repeatable; every stage of a curriculum).
     #[arg(long = "set")]
     set: Vec<String>,
-    /// Devices to plan for. Training runs on one device today.
-    #[arg(long, default_value_t = 1)]
-    gpus: usize,
+    /// Devices to plan for (sets `compute.devices`; default: the config's).
+    #[arg(long)]
+    gpus: Option<usize>,
     /// Do not time a step on this machine (memory and FLOPs only).
     #[arg(long)]
     no_measure: bool,
@@ -39,9 +39,9 @@ struct Resolved {
     tokenizer: Option<(Tokenizer, ChatTemplate)>,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    if a.gpus != 1 {
-        bail!("--gpus {}: data-parallel training is not implemented yet; a run trains on one device", a.gpus);
+pub fn run(mut a: Args) -> Result<()> {
+    if let Some(g) = a.gpus {
+        a.set.push(format!("compute.devices={g}"));
     }
     let detail = if a.no_measure { Detail::Steps } else { Detail::Timed };
     let plans = stages(&a.config, &a.set, detail, |i, n, p| {
@@ -128,13 +128,16 @@ fn plan_sft(kind: &str, path: &Path, set: &[String], detail: Detail, prev: Optio
         Some(mbs) => (mbs, "the data's first documents, packed"),
         None => (vec![estimate::random_rows(r.config.vocab_size, b.micro_batch, b.seq_len, b.seq_len); forwards], "random full sequences"),
     };
-    let memory = estimate::training(&r.config, cfg.compute, b.micro_batch, b.seq_len);
+    let n = cfg.compute.devices;
+    let memory = estimate::data_parallel(estimate::training(&r.config, cfg.compute.model(), b.micro_batch, b.seq_len), &r.config, n);
     let flops = estimate::train_flops_per_token(&r.config, b.seq_len, cfg.compute.gradient_checkpointing) * (b.micro_batch * b.seq_len * forwards) as f64;
-    let timing = time(detail, &r.config, cfg.compute, &batch, &memory);
+    // The first device's share of the micro-batches (it also takes the optimizer step).
+    let share: Vec<_> = batch.iter().step_by(n).cloned().collect();
+    let timing = time(detail, &r.config, cfg.compute.model(), &share, &memory);
     let step_s = timing.as_ref().ok().map(|t| t.step_s);
     let plan = json!({
-        "kind": kind, "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(),
-        "forward": {"rows": b.micro_batch, "seq_len": b.seq_len}, "forwards_per_step": forwards, "batch_tokens": b.batch_tokens,
+        "kind": kind, "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(), "devices": n,
+        "forward": {"rows": b.micro_batch, "seq_len": b.seq_len}, "forwards_per_step": forwards, "forwards_per_device": forwards.div_ceil(n), "batch_tokens": b.batch_tokens,
         "steps": steps, "steps_from": steps_from, "memory": memory_json(&memory), "flops_per_step": flops,
         "measured": timing_json(&timing, batch_is), "step_s": step_s, "total_s": step_s.zip(steps).map(|(s, n)| s * n as f64),
     });
@@ -197,21 +200,22 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     };
     let max_prompt = prompts["max"].as_u64().unwrap_or(0) as usize;
     let mean_prompt = prompts["mean"].as_f64().unwrap_or(0.0) as usize;
-    let memory = estimate::rl(&r.config, cfg.compute, g.micro_batch_tokens, rows, max_prompt + ro.max_response_tokens, g.kl_coef != 0.0);
+    let n = cfg.compute.devices;
+    let memory = estimate::data_parallel(estimate::rl(&r.config, cfg.compute.model(), g.micro_batch_tokens, rows, max_prompt + ro.max_response_tokens, g.kl_coef != 0.0), &r.config, n);
     // At most: every rollout at max_response_tokens after a mean prompt (context for the
     // update's forward), update_epochs times, packed into micro-batches of micro_batch_tokens.
     let row = mean_prompt + ro.max_response_tokens;
     let tokens = rows * row * g.update_epochs;
     let flops = estimate::train_flops_per_token(&r.config, row, cfg.compute.gradient_checkpointing) * tokens as f64;
     let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens.max(row), row)];
-    let timing = time(detail, &r.config, cfg.compute, &micro, &memory);
+    let timing = time(detail, &r.config, cfg.compute.model(), &micro, &memory);
     let forwards = tokens.div_ceil(g.micro_batch_tokens.max(row));
     let plan = json!({
-        "kind": "rl", "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(),
+        "kind": "rl", "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(), "devices": n,
         "rollouts_per_step": rows, "max_response_tokens": ro.max_response_tokens, "prompt_tokens": prompts, "steps": cfg.train.steps,
         "memory": memory_json(&memory), "update_flops_per_step_at_most": flops, "update_forwards_at_most": forwards,
         "measured": timing_json(&timing, "one micro-batch of random trajectories"),
-        "update_s_at_most": timing.as_ref().ok().map(|t| t.step_s * forwards as f64),
+        "update_s_at_most": timing.as_ref().ok().map(|t| t.step_s * forwards.div_ceil(n) as f64),
     });
     Ok((plan, r))
 }
@@ -339,7 +343,8 @@ fn print_stage(i: usize, n: usize, p: &Value) {
         println!("  steps    {} of {} rollouts (≤ {} response tokens each; {prompts})", p["steps"], p["rollouts_per_step"], p["max_response_tokens"]);
         println!("  work     ≤ {:.3} TFLOP per update (rollouts not included)", f(&p["update_flops_per_step_at_most"]) / 1e12);
     } else {
-        println!("  batch    {} x {} tokens per forward, {} forwards per step ({} tokens)", p["forward"]["rows"], p["forward"]["seq_len"], p["forwards_per_step"], p["batch_tokens"]);
+        let per_device = if p["devices"].as_u64() > Some(1) { format!(", ≤ {} on each of {} devices", p["forwards_per_device"], p["devices"]) } else { String::new() };
+        println!("  batch    {} x {} tokens per forward, {} forwards per step{per_device} ({} tokens)", p["forward"]["rows"], p["forward"]["seq_len"], p["forwards_per_step"], p["batch_tokens"]);
         match p["steps"].as_u64() {
             Some(s) => println!("  steps    {s} ({})", p["steps_from"].as_str().unwrap_or("")),
             None => println!("  steps    {}", p["steps_from"].as_str().unwrap_or("")),
@@ -356,11 +361,13 @@ fn print_stage(i: usize, n: usize, p: &Value) {
             let rss = if t["device"] == "cpu" { format!("; peak RSS {}", gib(f(&t["peak_rss_bytes"]))) } else { String::new() };
             let on = format!("{} on this machine, warm-up {}{rss}", t["batch"].as_str().unwrap_or(""), duration(f(&t["warmup_s"])));
             if p["kind"] == "rl" {
-                println!("  time     {} per update micro-batch ({on}); ≤ {} per update of ≤ {} micro-batches; rollouts not included",
+                let dp = if p["devices"].as_u64() > Some(1) { format!(" shared among {} devices", p["devices"]) } else { String::new() };
+                println!("  time     {} per update micro-batch ({on}); ≤ {} per update of ≤ {} micro-batches{dp}; rollouts not included",
                          duration(f(&t["step_s"])), duration(f(&p["update_s_at_most"])), p["update_forwards_at_most"]);
             } else {
                 let total = p["total_s"].as_f64().map_or(String::new(), |s| format!(", {} for {} steps", duration(s), p["steps"]));
-                println!("  time     {} per step{total}, evaluations and checkpoints not included ({on})", duration(f(&t["step_s"])));
+                let dp = if p["devices"].as_u64() > Some(1) { "the first device's share of the forwards, gradient transfers not included; " } else { "" };
+                println!("  time     {} per step{total}, evaluations and checkpoints not included ({dp}{on})", duration(f(&t["step_s"])));
             }
         }
     }

@@ -15,7 +15,8 @@ use crate::sft::{Resume, TrainBackend};
 use crate::stage_config::lr_at;
 use crate::step::{trained_logprobs, trained_loss_grads, Optim};
 use anyhow::{anyhow, bail, Context, Result};
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::module::Module;
+use burn::optim::GradientsParams;
 use curriculum::{StageKind, StageOutcome};
 use datasets::{Loader, PackedSeq, RlTask, ShardWriter, Source};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,7 +43,8 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     let kinds: std::collections::BTreeSet<&str> = train.iter().chain(&heldout).map(|(t, _)| t.kind.as_str()).collect();
     cfg.reward.check_judge(kinds).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
     let eval_tasks: Vec<(&RlTask, PathBuf)> = heldout.iter().take(cfg.eval.tasks).map(|(t, d)| (t, d.clone())).collect();
-    let device = Default::default();
+    let devices = cfg.compute.devices(cfg_path)?;
+    let device = devices[0].clone();
 
     let resume_dir = resume.checkpoint(out);
     let init_dir = init.unwrap_or(&cfg.model.init).to_path_buf();
@@ -57,10 +59,11 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     let template = ck.chat_template()?;
     let eos = ck.eos_token_ids();
     let source_dtype = ck.config.dtype.clone();
-    // The frozen reference for the KL term: the stage's starting weights.
+    // The frozen reference for the KL term: the stage's starting weights, on every device.
     let reference = (cfg.grpo.kl_coef != 0.0)
         .then(|| Checkpoint::<DefaultBackend>::load(&init_dir, &device).map(|c| c.model.for_generation(cfg.compute.precision)))
         .transpose()?;
+    let references: Vec<Qwen3<DefaultBackend>> = reference.into_iter().flat_map(|r| devices.iter().map(move |d| r.clone().fork(d))).collect();
     let sandbox = Sandbox::new(SandboxConfig::default())?;
 
     let mut loader = Loader::new(vec![Source { name: "tasks".into(), items: (0..train.len()).collect::<Vec<usize>>(), weight: 1.0 }], cfg.seed);
@@ -81,7 +84,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         None => RunState { step: 0, total_steps, cursor: loader.cursor().clone(), seed: cfg.seed, tokens: 0, first_eval_loss: None },
     };
     let Checkpoint { config, model, .. } = ck;
-    let mut model = model.with_stable_ids().with_compute(cfg.compute);
+    let mut model = model.with_stable_ids().with_compute(cfg.compute.model());
     let mut metrics = Metrics::open(out, state.step)?;
     eprintln!("rl: {} training tasks, {} held out ({} evaluated), {} steps of {} tasks × {} samples; compute {}",
               train.len(), heldout.len(), eval_tasks.len(), total_steps, cfg.rollout.tasks_per_step, cfg.rollout.group_size, cfg.compute);
@@ -181,7 +184,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             for epoch in 0..cfg.grpo.update_epochs {
                 let per = keep.len().div_ceil(cfg.grpo.mini_batches);
                 for (mb, chunk) in keep.chunks(per).enumerate() {
-                    let (m, s, gn) = update(model, &mut optim, &trajs, chunk, &adv, reference.as_ref(), cfg, lr)
+                    let (m, s, gn) = update(model, &mut optim, &trajs, chunk, &adv, &references, cfg, lr, &devices)
                         .map_err(|e| anyhow!("rl step {step}, epoch {epoch}, mini-batch {mb}: {e}; last checkpoint kept, lower optim.lr"))?;
                     model = m;
                     if epoch == 0 {
@@ -218,7 +221,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             row["clip_fraction"] = json!(stats.clipped / n);
             row["kl_rollout"] = json!(stats.kl_old / n);
             row["entropy"] = json!(stats.entropy / n);
-            if reference.is_some() {
+            if !references.is_empty() {
                 row["kl_ref"] = json!(stats.kl_ref / n);
             }
         }
@@ -294,31 +297,34 @@ fn update(
     trajs: &[Trajectory],
     chosen: &[usize],
     adv: &[f64],
-    reference: Option<&Qwen3<DefaultBackend>>,
+    references: &[Qwen3<DefaultBackend>],
     cfg: &RlConfig,
     lr: f64,
+    devices: &[burn::tensor::Device<TrainBackend>],
 ) -> Result<(Qwen3<TrainBackend>, LossStats, f64)> {
     let r = &cfg.rollout;
-    let (grads, stats) = policy_grads(&model, trajs, chosen, adv, reference, &cfg.grpo, r.max_response_tokens, r.temperature)?;
+    let (grads, stats) = policy_grads(&model, trajs, chosen, adv, references, &cfg.grpo, r.max_response_tokens, r.temperature, devices)?;
     let (model, gn) = optim.apply(model, grads, lr);
     let gn = gn.map_err(|e| anyhow!("{} is {}", e.what, e.value))?;
     Ok((model, stats, gn))
 }
 
 /// Gradients of the GRPO loss over the generated tokens of `chosen` (`adv[i]` is
-/// trajectory i's advantage), micro-batched by `spec.micro_batch_tokens`; observation
-/// and prompt tokens are context only. The policy is softmax(logits / `temperature`), the
-/// distribution the rollouts sampled from (1 when they were greedy).
+/// trajectory i's advantage), micro-batched by `spec.micro_batch_tokens` and shared out
+/// among `devices` (`references`, when the loss has a KL term: the frozen model on each);
+/// observation and prompt tokens are context only. The policy is softmax(logits /
+/// `temperature`), the distribution the rollouts sampled from (1 when they were greedy).
 #[allow(clippy::too_many_arguments)]
 pub fn policy_grads<B: model::TrainingBackend>(
     model: &Qwen3<B>,
     trajs: &[Trajectory],
     chosen: &[usize],
     adv: &[f64],
-    reference: Option<&Qwen3<B::InnerBackend>>,
+    references: &[Qwen3<B::InnerBackend>],
     spec: &GrpoSpec,
     max_response_tokens: usize,
     temperature: f32,
+    devices: &[burn::tensor::Device<B>],
 ) -> Result<(GradientsParams, LossStats)> {
     let temperature = model::policy_temperature(temperature);
     let total_gen: usize = chosen.iter().map(|&i| trajs[i].generated()).sum();
@@ -331,9 +337,8 @@ pub fn policy_grads<B: model::TrainingBackend>(
             _ => 1.0 / total_gen as f64,
         }) as f32
     };
-    let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
-    let mut stats = LossStats::default();
-    for group in micro_batches(trajs, chosen, spec.micro_batch_tokens) {
+    let groups = micro_batches(trajs, chosen, spec.micro_batch_tokens);
+    let (parts, grads) = crate::parallel::grads(model, devices, &groups, |k, model, group| {
         let ts: Vec<&Trajectory> = group.iter().map(|&i| &trajs[i]).collect();
         let row = packed_row(&ts);
         let mut terms = TokenTerms::default();
@@ -346,9 +351,9 @@ pub fn policy_grads<B: model::TrainingBackend>(
                 }
             }
         }
-        if let Some(r) = reference {
+        if let Some(r) = references.get(k) {
             let (lp, _) = trained_logprobs(r, std::slice::from_ref(&row), temperature).expect("generated tokens");
-            terms.ref_logp = Some(lp.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?);
+            terms.ref_logp = Some(lp.into_data().convert::<f32>().to_vec().expect("f32 log-probs"));
         }
         let mut s = None;
         let (v, grads) = trained_loss_grads(model, std::slice::from_ref(&row), temperature, |logp, entropy| {
@@ -357,13 +362,16 @@ pub fn policy_grads<B: model::TrainingBackend>(
             loss
         })
         .expect("generated tokens");
+        Some(((v, s.expect("the loss ran")), grads))
+    });
+    let mut stats = LossStats::default();
+    for (v, s) in parts.into_iter().flatten() {
         if !v.is_finite() {
             bail!("the loss is {v}");
         }
-        stats += s.expect("the loss ran");
-        acc.accumulate(model, grads);
+        stats += s;
     }
-    Ok((acc.grads(), stats))
+    Ok((grads, stats))
 }
 
 /// Consecutive groups of `chosen` whose tokens stay within `budget` (one trajectory at least).

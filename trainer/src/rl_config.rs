@@ -23,9 +23,9 @@ pub struct RlConfig {
     pub checkpoint: CheckpointSpec,
     #[serde(default)]
     pub eval: RlEval,
-    /// Precision and gradient checkpointing, as the SFT stages' `[compute]`.
+    /// Precision, gradient checkpointing and devices, as the SFT stages' `[compute]`.
     #[serde(default)]
-    pub compute: model::Compute,
+    pub compute: crate::stage_config::ComputeSpec,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +127,9 @@ impl RlConfig {
         }
         if !["cosine", "linear", "constant"].contains(&cfg.optim.schedule.as_str()) {
             return bad("optim.schedule", "expected \"cosine\", \"linear\" or \"constant\"");
+        }
+        if cfg.compute.devices == 0 {
+            return bad("compute.devices", "must be at least 1");
         }
         cfg.reward.resolved().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(cfg)

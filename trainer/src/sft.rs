@@ -58,7 +58,8 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     }
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     std::fs::write(out.join("config.toml"), toml::to_string(cfg)?)?;
-    let device = Default::default();
+    let devices = cfg.compute.devices(cfg_path)?;
+    let device = devices[0].clone();
     let split = cfg.data.load()?;
 
     let resume_dir = resume.checkpoint(out);
@@ -122,7 +123,7 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     };
     let Checkpoint { config, model, tokenizer, .. } = ck;
     let tok = tokenizer.expect("checked above");
-    let mut model = model.with_stable_ids().with_compute(cfg.compute);
+    let mut model = model.with_stable_ids().with_compute(cfg.compute.model());
     let mut metrics = Metrics::open(out, state.step)?;
     let evaluate = |model: &Qwen3<TrainBackend>| eval_loss(model, &eval_seqs, cfg.batch.micro_batch);
     if state.step == 0 {
@@ -141,7 +142,7 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
         let (seqs, picks) = next_batch(&mut loader, cfg, pad);
         let mbs: Vec<&[PackedSeq]> = seqs.chunks(cfg.batch.micro_batch).collect();
         let lr = lr_at(&cfg.optim, state.step, total_steps);
-        let (m, stats) = optim.step(model, &mbs, lr);
+        let (m, stats) = optim.step(model, &mbs, lr, &devices);
         model = m;
         let stats = stats.map_err(|e| {
             let ids: Vec<String> = picks.iter().map(|&(s, i)| format!("{}#{}", loader.source_name(s), i)).collect();

@@ -21,9 +21,59 @@ pub struct StageConfig {
     pub checkpoint: CheckpointSpec,
     #[serde(default)]
     pub eval: EvalSpec,
-    /// Precision and gradient checkpointing (`[compute]`; f32, no checkpointing by default).
+    /// Precision, gradient checkpointing and devices (`[compute]`; f32, no checkpointing,
+    /// one device by default).
     #[serde(default)]
-    pub compute: model::Compute,
+    pub compute: ComputeSpec,
+}
+
+/// `[compute]` of every stage: how the model computes, and on how many devices.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeSpec {
+    #[serde(default)]
+    pub precision: model::Precision,
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    /// Data parallel: a replica of the model on each of this many devices (GPUs 0..n of
+    /// the machine) computes the gradients of its share of the micro-batches.
+    #[serde(default = "one_device")]
+    pub devices: usize,
+}
+
+fn one_device() -> usize {
+    1
+}
+
+impl Default for ComputeSpec {
+    fn default() -> Self {
+        Self { precision: Default::default(), gradient_checkpointing: false, devices: 1 }
+    }
+}
+
+impl ComputeSpec {
+    /// What the model itself is told (precision, checkpointing).
+    pub fn model(&self) -> model::Compute {
+        model::Compute { precision: self.precision, gradient_checkpointing: self.gradient_checkpointing }
+    }
+
+    /// The devices, or an error naming `[compute] devices` in `path`.
+    pub fn devices(&self, path: &Path) -> anyhow::Result<Vec<burn::tensor::Device<model::DefaultBackend>>> {
+        if self.devices > 1 && !cfg!(feature = "cuda") {
+            eprintln!("compute.devices = {}: a CPU build's replicas share its cores (this runs the data-parallel path; it is not faster)", self.devices);
+        }
+        model::devices(self.devices).map_err(|e| anyhow::anyhow!("{}: compute.devices = {}: {e}", path.display(), self.devices))
+    }
+}
+
+impl std::fmt::Display for ComputeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}", self.model())?;
+        if self.devices > 1 {
+            write!(f, ", data parallel on {} devices", self.devices)?;
+        }
+        Ok(())
+    }
 }
 
 /// Where the weights come from: an HF folder (`init`), or a from-scratch architecture
@@ -192,6 +242,9 @@ impl StageConfig {
         }
         if !(cfg.optim.lr >= 0.0) || !(0.0..1.0).contains(&cfg.optim.warmup) {
             return bad("optim", "lr must be >= 0 and warmup in [0, 1)");
+        }
+        if cfg.compute.devices == 0 {
+            return bad("compute.devices", "must be at least 1");
         }
         Ok(cfg)
     }

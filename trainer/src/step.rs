@@ -4,7 +4,7 @@
 use crate::stage_config::OptimSpec;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -147,22 +147,21 @@ impl<B: TrainingBackend> Optim<B> {
         Self { decay: adamw(o.weight_decay), no_decay: adamw(no_decay_wd), clip: o.clip, decay_norms: o.decay_norms }
     }
 
-    /// One step over `micro_batches`; the model is unchanged when the guard trips.
-    pub fn step(&mut self, model: Qwen3<B>, micro_batches: &[&[PackedSeq]], lr: f64) -> (Qwen3<B>, Result<StepStats, NonFinite>) {
+    /// One step over `micro_batches`, shared out among `devices` (the first holds the
+    /// model); the model is unchanged when the guard trips.
+    pub fn step(&mut self, model: Qwen3<B>, micro_batches: &[&[PackedSeq]], lr: f64, devices: &[Device<B>]) -> (Qwen3<B>, Result<StepStats, NonFinite>) {
         let total: usize = micro_batches.iter().map(|m| trained_tokens(m)).sum();
-        let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
+        let (values, grads) = crate::parallel::grads(&model, devices, micro_batches, |_, m, mb| {
+            trained_loss_grads(m, mb, 1.0, |logp, _| logp.sum().neg().div_scalar(total as f64))
+        });
         let mut nll = 0.0;
-        for (i, mb) in micro_batches.iter().enumerate() {
-            let Some((v, grads)) = trained_loss_grads(&model, mb, 1.0, |logp, _| logp.sum().neg().div_scalar(total as f64)) else {
-                continue;
-            };
+        for (i, v) in values.into_iter().enumerate().filter_map(|(i, v)| Some((i, v?))) {
             if !v.is_finite() {
                 return (model, Err(NonFinite { micro_batch: Some(i), what: "loss", value: v }));
             }
             nll += v;
-            acc.accumulate(&model, grads);
         }
-        let (model, grad_norm) = self.apply(model, acc.grads(), lr);
+        let (model, grad_norm) = self.apply(model, grads, lr);
         (model, grad_norm.map(|grad_norm| StepStats { loss: nll, grad_norm, lr, trained_tokens: total }))
     }
 

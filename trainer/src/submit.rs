@@ -20,10 +20,13 @@ pub struct Args {
     /// Override a config value: key=value (repeatable), passed on to the run.
     #[arg(long = "set")]
     set: Vec<String>,
+    /// Machines (only 1: data parallel runs within one machine).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
-    #[arg(long, default_value_t = 1)]
-    gpus_per_node: usize,
+    /// GPUs of the machine that train in data parallel (sets `compute.devices`; default:
+    /// the config's).
+    #[arg(long)]
+    gpus_per_node: Option<usize>,
     /// CPUs for the job (the sandbox runs the model's cells on them).
     #[arg(long, default_value_t = 16)]
     cpus: usize,
@@ -39,9 +42,12 @@ pub struct Args {
     dry_run: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    if a.nodes != 1 || a.gpus_per_node != 1 {
-        bail!("--nodes {} --gpus-per-node {}: data-parallel training is not implemented yet; a job runs on one device", a.nodes, a.gpus_per_node);
+pub fn run(mut a: Args) -> Result<()> {
+    if a.nodes != 1 {
+        bail!("--nodes {}: data parallel runs within one machine (no collective across machines yet); use --nodes 1 --gpus-per-node G", a.nodes);
+    }
+    if let Some(g) = a.gpus_per_node {
+        a.set.push(format!("compute.devices={g}"));
     }
     let stages = plan::kinds(&a.slurm)?;
     let stage = match (&a.stage, stages.len()) {
@@ -54,6 +60,10 @@ pub fn run(a: Args) -> Result<()> {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     let params = plans.iter().map(|p| f(&p["model"]["params"]["total"])).fold(0.0, f64::max);
     let device_mem = plans.iter().map(|p| f(&p["memory"]["total_bytes"])).fold(0.0, f64::max);
+    let gpus = plans.iter().map(|p| p["devices"].as_u64().unwrap_or(1)).max().unwrap_or(1);
+    if gpus > 1 && !cfg!(feature = "cuda") {
+        bail!("compute.devices = {gpus}: this is a CPU build, which trains on the machine's one CPU; build with --features cuda for GPUs");
+    }
     // Host memory: on a CPU build the training itself; on a GPU the checkpoint is read and
     // converted to f32 on the host first (4 bytes a parameter, twice while converting).
     let host = if cfg!(feature = "cuda") { 8.0 * params } else { 1.25 * device_mem } + (4u64 << 30) as f64;
@@ -80,7 +90,7 @@ pub fn run(a: Args) -> Result<()> {
     sb("ntasks", "1".into());
     sb("cpus-per-task", a.cpus.to_string());
     if cfg!(feature = "cuda") {
-        sb("gpus-per-node", "1".into());
+        sb("gpus-per-node", gpus.to_string());
     }
     sb("mem", format!("{mem_gb}G"));
     if let Some(t) = &a.time {

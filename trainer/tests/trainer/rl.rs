@@ -250,8 +250,12 @@ fn observation_tokens_get_no_gradient() {
         t.logprobs = t.mask.iter().map(|&m| if m == 1 { k += 1; lp[k - 1] } else { 0.0 }).collect();
     }
     let adv = [1.0, -0.5];
-    let spec = spec("micro_batch_tokens = 100000");
-    let (grads, stats) = policy_grads(&ck.model, &trajs, &[0, 1], &adv, None, &spec, 4096, 1.0).unwrap();
+    // Both trajectories in one micro-batch on one device, or one each on two data-parallel
+    // replicas (on CPU both replicas share the one device).
+    for (micro_batch_tokens, devices) in [(100000, 1), (40, 2)] {
+    let spec = spec(&format!("micro_batch_tokens = {micro_batch_tokens}"));
+    let devices = model::devices(devices).unwrap();
+    let (grads, stats) = policy_grads(&ck.model, &trajs, &[0, 1], &adv, &[], &spec, 4096, 1.0, &devices).unwrap();
     assert_eq!(stats.tokens, 2 * 16);
     assert!(stats.kl_old.abs() < 1e-4 && stats.clipped == 0.0);
 
@@ -276,8 +280,9 @@ fn observation_tokens_get_no_gradient() {
         let scale = b.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
         let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         let obs_diff = a.iter().zip(&c).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(diff <= 1e-4 * scale, "{name}: GRPO gradient differs from the masked reference by {diff} (scale {scale})");
+        assert!(diff <= 1e-4 * scale, "{} device(s): {name}: GRPO gradient differs from the masked reference by {diff} (scale {scale})", devices.len());
         assert!(obs_diff > 1e-2 * scale, "{name}: training on observations would change the gradient, but it did not ({obs_diff})");
+    }
     }
 }
 

@@ -48,11 +48,14 @@ fn spec(r: &Value) -> OptimSpec {
 }
 
 #[test]
-fn adamw_steps_match_pytorch_with_and_without_accumulation_and_checkpointing() {
+fn adamw_steps_match_pytorch_with_and_without_accumulation_checkpointing_and_data_parallel() {
     let (dir, steps, reference) = fixture();
     let spec = spec(&reference);
-    for (micro_batch, gradient_checkpointing) in [(2, false), (1, false), (2, true)] {
-        let device = Default::default();
+    // (micro-batch, checkpointing, data-parallel devices: on CPU, replicas sharing the one
+    // device; with 3, one replica has no micro-batch of the 2)
+    for (micro_batch, gradient_checkpointing, devices) in [(2, false, 1), (1, false, 1), (2, true, 1), (1, false, 2), (1, false, 3)] {
+        let devices = model::devices(devices).unwrap();
+        let device = devices[0].clone();
         let compute = Compute { gradient_checkpointing, ..Default::default() };
         let mut model = Checkpoint::<TrainBackend>::load(&dir.join("model"), &device).unwrap().model.with_stable_ids().with_compute(compute);
         let mut optim = Optim::<TrainBackend>::new(&spec);
@@ -61,13 +64,13 @@ fn adamw_steps_match_pytorch_with_and_without_accumulation_and_checkpointing() {
             let lr = lr_at(&spec, i as u64, steps.len() as u64);
             assert!(rel(lr, want["lr"].as_f64().unwrap()) < 1e-12 || lr == 0.0 && want["lr"] == 0.0, "step {i}: lr {lr} vs {}", want["lr"]);
             let mbs: Vec<&[PackedSeq]> = seqs.chunks(micro_batch).collect();
-            let (m, stats) = optim.step(model, &mbs, lr);
+            let (m, stats) = optim.step(model, &mbs, lr, &devices);
             model = m;
             let stats = stats.unwrap();
             assert_eq!(stats.trained_tokens as u64, want["trained_tokens"].as_u64().unwrap());
             let (loss, norm) = (want["loss"].as_f64().unwrap(), want["grad_norm"].as_f64().unwrap());
-            assert!(rel(stats.loss, loss) < 1e-4, "micro_batch {micro_batch}, step {i}: loss {} vs PyTorch {loss}", stats.loss);
-            assert!(rel(stats.grad_norm, norm) < 1e-4, "micro_batch {micro_batch}, step {i}: grad norm {} vs PyTorch {norm}", stats.grad_norm);
+            assert!(rel(stats.loss, loss) < 1e-4, "micro_batch {micro_batch}, {} device(s), step {i}: loss {} vs PyTorch {loss}", devices.len(), stats.loss);
+            assert!(rel(stats.grad_norm, norm) < 1e-4, "micro_batch {micro_batch}, {} device(s), step {i}: grad norm {} vs PyTorch {norm}", devices.len(), stats.grad_norm);
         }
         // Final weights: every parameter's norm, by checkpoint name.
         let out = tempfile::tempdir().unwrap();
@@ -80,7 +83,7 @@ fn adamw_steps_match_pytorch_with_and_without_accumulation_and_checkpointing() {
             let name = if name == "lm_head.weight" { "model.embed_tokens.weight" } else { name.as_str() };
             let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
             let norm = t.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).map(|x| x * x).sum::<f64>().sqrt();
-            assert!(rel(norm, want.as_f64().unwrap()) < 1e-4, "micro_batch {micro_batch}: {name} norm {norm} vs {want}");
+            assert!(rel(norm, want.as_f64().unwrap()) < 1e-4, "micro_batch {micro_batch}, {} device(s): {name} norm {norm} vs {want}", devices.len());
         }
     }
 }
@@ -98,7 +101,7 @@ fn a_bf16_step_tracks_torch_autocast_and_keeps_f32_master_weights() {
         let compute = Compute { precision: Precision::Bf16, gradient_checkpointing };
         let model = Checkpoint::<TrainBackend>::load(&dir.join("model"), &Default::default()).unwrap().model.with_stable_ids().with_compute(compute);
         let mut optim = Optim::<TrainBackend>::new(&spec(&reference));
-        let (model, stats) = optim.step(model, &[&steps[0][..]], 1e-3);
+        let (model, stats) = optim.step(model, &[&steps[0][..]], 1e-3, &[Default::default()]);
         let stats = stats.unwrap();
         eprintln!("checkpointing {gradient_checkpointing}: loss {} (autocast {bf_loss}, f32 {f32_loss}), grad norm {} (autocast {bf_norm}, f32 {f32_norm})", stats.loss, stats.grad_norm);
         assert!(stats.loss != f32_loss && stats.grad_norm != f32_norm, "bf16 compute gave f32 numbers");

@@ -158,6 +158,35 @@ fn sigkill_or_sigterm_at_a_random_step_then_resume_gives_the_same_weights() {
 }
 
 /// The JSON lines of `p` so far (none when it does not exist yet; a half-written last line is skipped).
+#[test]
+fn data_parallel_replicas_train_as_one_device_does() {
+    // Two replicas (on a CPU build they share the one device) split each step's two
+    // micro-batches; losses and final weights match the one-device run up to float order.
+    let fx = Fixture::new();
+    let one = fx.config("one", &fx.scratch(), "");
+    ok(&["--stage", "sft-single", one.to_str().unwrap(), "--set", "train.max_steps=6"]);
+    let two = fx.config("two", &fx.from_init(&fx.dir.join("one/init")), "[compute]\ndevices = 2\n");
+    let log = ok(&["--stage", "sft-single", two.to_str().unwrap(), "--set", "train.max_steps=6"]);
+    assert!(log.contains("data parallel on 2 devices"), "{log}");
+    let losses = |run: &str| -> Vec<f64> { lines(&fx.dir.join(run).join("metrics.jsonl")).iter().filter_map(|r| r["loss"].as_f64()).collect() };
+    let (a, b) = (losses("one"), losses("two"));
+    assert_eq!(a.len(), 6);
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs()), "{a:?} vs {b:?}");
+    let floats = |run: &str| -> Vec<f32> {
+        let bytes = std::fs::read(fx.dir.join(run).join("final/model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<&str> = st.names();
+        names.sort();
+        names.iter().flat_map(|n| st.tensor(n).unwrap().data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>()).collect()
+    };
+    let (wa, wb) = (floats("one"), floats("two"));
+    let diff = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(wa.len() == wb.len() && diff < 1e-5, "final weights differ by up to {diff}");
+    // Zero devices is an error naming the file and field.
+    let e = err_line(&["--stage", "sft-single", one.to_str().unwrap(), "--set", "compute.devices=0"]);
+    assert!(e.contains("one.toml") && e.contains("compute.devices"), "{e}");
+}
+
 fn lines_if_any(p: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(p).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
@@ -460,8 +489,20 @@ fn plan_counts_the_steps_and_vocabulary_a_run_will_have_before_it_runs() {
     let alone = fx.config("p3", &fx.from_init(Path::new("/not/yet/written")), "");
     let e = err_line(&["plan", alone.to_str().unwrap(), "--no-measure"]);
     assert!(e.contains("p3.toml") && e.contains("model.init") && e.contains("/not/yet/written"), "{e}");
-    let e = err_line(&["plan", s1.to_str().unwrap(), "--gpus", "8"]);
-    assert!(e.contains("--gpus 8") && e.contains("not implemented"), "{e}");
+    let e = err_line(&["plan", s1.to_str().unwrap(), "--gpus", "0"]);
+    assert!(e.contains("compute.devices") && e.contains("at least 1"), "{e}");
+
+    // Data parallel: the same memory on every replica, plus on the first device the
+    // gradients it receives; the first device's share of the forwards is what is timed.
+    let o = stage(&["plan", s1.to_str().unwrap(), "--gpus", "2", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dp: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let dp = &dp["stages"][0];
+    assert_eq!(dp["devices"], 2);
+    assert_eq!(dp["forwards_per_device"].as_u64().unwrap(), p1["forwards_per_step"].as_u64().unwrap().div_ceil(2));
+    let extra = dp["memory"]["total_bytes"].as_f64().unwrap() - p1["memory"]["total_bytes"].as_f64().unwrap();
+    assert_eq!(extra, 4.0 * p1["model"]["params"]["total"].as_f64().unwrap());
+    assert!(dp["measured"]["step_s"].as_f64().is_some_and(|s| s > 0.0), "{dp}");
 }
 
 /// Parameters of a checkpoint folder as safetensors stores them.
@@ -516,7 +557,11 @@ fn submit_writes_an_sbatch_script_that_runs_and_resumes_the_stage() {
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Submitted batch job 4242"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_to_string(fx.dir.join("sbatch-arg")).unwrap().trim(), script.to_str().unwrap());
     let e = err_line(&["submit", "--slurm", cfg.to_str().unwrap(), "--nodes", "2"]);
-    assert!(e.contains("--nodes 2") && e.contains("not implemented"), "{e}");
+    assert!(e.contains("--nodes 2") && e.contains("one machine"), "{e}");
+    if !cfg!(feature = "cuda") {
+        let e = err_line(&["submit", "--slurm", cfg.to_str().unwrap(), "--gpus-per-node", "2", "--dry-run"]);
+        assert!(e.contains("compute.devices = 2") && e.contains("CPU build"), "{e}");
+    }
     let e = err_line(&["submit", "--slurm", cfg.to_str().unwrap(), "--stage", "sft"]);
     assert!(e.contains("--stage sft"), "{e}");
 }

@@ -1,0 +1,63 @@
+//! Data parallel on one machine (`[compute] devices`). Each device gets a replica of the
+//! model (the step's weights, forked to it) and computes the gradients of its share of the
+//! step's micro-batches on its own thread; the sums meet on the first device, which takes
+//! the optimizer step. The result is one device running every micro-batch, up to the
+//! order of the float additions. With one device nothing is copied and no thread starts.
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Device;
+use model::{Qwen3, TrainingBackend};
+
+/// Gradients summed over `parts`, and what each part gave beside them (None: it had
+/// nothing to train), in the order of `parts`. `grads(k, replica, part)` computes one
+/// part on device k; of n devices, device k takes parts k, k + n, k + 2n, ...
+pub fn grads<B, T, R, F>(model: &Qwen3<B>, devices: &[Device<B>], parts: &[T], grads: F) -> (Vec<Option<R>>, GradientsParams)
+where
+    B: TrainingBackend,
+    T: Sync,
+    R: Send,
+    F: Fn(usize, &Qwen3<B>, &T) -> Option<(R, GradientsParams)> + Sync,
+{
+    let mut values: Vec<Option<R>> = parts.iter().map(|_| None).collect();
+    let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
+    if devices.len() <= 1 {
+        for (i, part) in parts.iter().enumerate() {
+            if let Some((v, g)) = grads(0, model, part) {
+                values[i] = Some(v);
+                acc.accumulate(model, g);
+            }
+        }
+        return (values, acc.grads());
+    }
+    let n = devices.len();
+    let grads = &grads;
+    let shares: Vec<(Vec<(usize, R)>, GradientsParams)> = std::thread::scope(|s| {
+        let threads: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(k, device)| {
+                let replica = model.clone().fork(device);
+                s.spawn(move || {
+                    let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
+                    let mut values = vec![];
+                    for i in (k..parts.len()).step_by(n) {
+                        if let Some((v, g)) = grads(k, &replica, &parts[i]) {
+                            values.push((i, v));
+                            acc.accumulate(&replica, g);
+                        }
+                    }
+                    (values, acc.grads())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let main = model.device();
+    for (vals, g) in shares {
+        for (i, v) in vals {
+            values[i] = Some(v);
+        }
+        acc.accumulate(model, g.to_device(&main, model));
+    }
+    (values, acc.grads())
+}
