@@ -152,7 +152,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         bar.set_message("rollouts");
         let policy = model.for_inference();
         let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
-        let (trajs, timing) = rollout::run(&env, &tasks, &dirs, cfg.rollout.group_size, &rcfg, |_| {})?;
+        let (trajs, timing) = rollout::run_on_devices(&env, &devices, &tasks, &dirs, cfg.rollout.group_size, &rcfg, |_| {})?;
         let t_score = Instant::now();
         let parts: Vec<Parts> = trajs.par_iter().map(|t| reward::score(t, tasks[t.task], &cfg.reward, &sandbox)).collect();
         let rewards: Vec<f64> = trajs.iter().zip(&parts).map(|(t, p)| p.total(&weights[&tasks[t.task].kind], cfg.reward.format_penalty)).collect();

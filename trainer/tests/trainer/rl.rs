@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use trainer::grpo::{self, GrpoSpec, TokenTerms};
 use trainer::reward::{self, Parts, RewardSpec};
 use trainer::rl::{packed_row, policy_grads};
-use trainer::rollout::{run_cells, Trajectory};
+use trainer::rollout::{run, run_cells, run_on_devices, Env, RolloutConfig, Trajectory};
 use trainer::sft::TrainBackend;
 use trainer::step::trained_logprobs;
 
@@ -363,4 +363,51 @@ fn in_bf16_the_rollout_copy_samples_the_policy_the_update_scores() {
     let (bf16, f32) = (max_diff(&scored(&master)), max_diff(&scored(&fixture_model().model)));
     eprintln!("max |Δ log-prob| sampled vs update: bf16 {bf16}, f32 update {f32}");
     assert!(bf16 < 1e-2, "bf16 update {bf16}, f32 update {f32}");
+}
+
+#[test]
+fn rollouts_shared_among_devices_are_their_shares_run_alone() {
+    // Three tasks on two data-parallel devices (on CPU, replicas on the one device): device
+    // 0 runs tasks 0-1 with the step's seed, device 1 task 2 with seed + 2^40; the result is
+    // task-major with global task indices, as the shares run one by one.
+    let ck = fixture_model();
+    let tok = Tokenizer::train_bpe(["<Analyze>\nWhat is 2 + 3?\n</Analyze>\n<Code>\n```python\nprint(2 + 3)\n```\n</Code>"].iter(), 300).unwrap();
+    assert!(tok.len() <= ck.config.vocab_size);
+    let template = model::ChatTemplate::deepanalyze();
+    let sb = sandbox();
+    let policy = ck.model.valid();
+    let env = Env { model: &policy, tok: &tok, template: &template, eos: &[0], sandbox: &sb };
+    let tasks: Vec<RlTask> = (0..3)
+        .map(|i| RlTask {
+            id: format!("t{i}"),
+            kind: "qa".into(),
+            prompt: format!("What is {i} + 3?"),
+            workspace: ".".into(),
+            files: vec![],
+            ground_truth: None,
+            judge: None,
+            source: "test".into(),
+            metadata: "{}".into(),
+        })
+        .collect();
+    let refs: Vec<&RlTask> = tasks.iter().collect();
+    let dirs = vec![std::path::PathBuf::from("."); 3];
+    let cfg = |seed: u64| RolloutConfig {
+        max_turns: 2,
+        max_new_tokens: 12,
+        max_response_tokens: 40,
+        sampling: model::SamplingConfig { temperature: 1.0, seed, ..Default::default() },
+    };
+    let ids = |t: &[Trajectory]| -> Vec<(usize, Vec<u32>)> { t.iter().map(|t| (t.task, t.ids.clone())).collect() };
+    let (shared, _) = run_on_devices(&env, &model::devices(2).unwrap(), &refs, &dirs, 2, &cfg(7), |_| {}).unwrap();
+    let (first, _) = run(&env, &refs[..2], &dirs[..2], 2, &cfg(7), |_| {}).unwrap();
+    let (second, _) = run(&env, &refs[2..], &dirs[2..], 2, &cfg(7 + (1 << 40)), |_| {}).unwrap();
+    let mut want = ids(&first);
+    want.extend(ids(&second).into_iter().map(|(t, i)| (t + 2, i)));
+    assert_eq!(ids(&shared), want);
+    assert_eq!(shared.iter().map(|t| t.task).collect::<Vec<_>>(), [0, 0, 1, 1, 2, 2]);
+    assert!(shared.iter().all(|t| !t.ids.is_empty()));
+    // One device is the plain run.
+    let (one, _) = run_on_devices(&env, &model::devices(1).unwrap(), &refs, &dirs, 2, &cfg(7), |_| {}).unwrap();
+    assert_eq!(ids(&one), ids(&run(&env, &refs, &dirs, 2, &cfg(7), |_| {}).unwrap().0));
 }

@@ -426,6 +426,18 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
     };
     assert_eq!(ids("rl-a"), ids("rl-b"), "step 3 drew other tasks or samples after the resume");
     assert!(weights("rl-a") == weights("rl-b"), "resumed RL run ends with other weights");
+
+    // Data parallel (two replicas on a CPU build): rollouts shared out by task, the update
+    // by micro-batch; the step's first two tasks are rl-a's (same loader), each a group.
+    let c = rl("rl-c");
+    let log = ok(&["--stage", "rl", c.to_str().unwrap(), "--set", "compute.devices=2", "--set", "train.steps=1", "--set", "grpo.micro_batch_tokens=64"]);
+    assert!(log.contains("data parallel on 2 devices"), "{log}");
+    let step1 = |run: &str| -> Vec<datasets::Rollout> { datasets::read_all(&fx.dir.join(run).join("rollouts/step-00000001")).unwrap() };
+    let (dp, one) = (step1("rl-c"), step1("rl-a"));
+    let tasks = |r: &[datasets::Rollout]| -> Vec<(String, u32)> { r.iter().map(|r| (r.task_id.clone(), r.sample)).collect() };
+    assert_eq!(tasks(&dp), tasks(&one));
+    let row = lines(&fx.dir.join("rl-c/metrics.jsonl")).into_iter().find(|r| r["step"] == 1 && r.get("reward").is_some()).unwrap();
+    assert!(row["trained_trajectories"].as_u64().unwrap() == 0 || row["grad_norm"].as_f64().is_some_and(f64::is_finite), "{row}");
 }
 
 #[test]
