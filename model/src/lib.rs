@@ -33,8 +33,8 @@ pub type DefaultBackend = burn::backend::Flex;
 pub type DefaultBackend = burn::backend::Cuda<f32>;
 
 /// `n` devices for data-parallel training: CUDA devices 0..n (an error naming how many
-/// there are when fewer), or on CPU `n` replicas of the one device (they share its cores:
-/// this runs the data-parallel path, it does not speed it up).
+/// there are when fewer), or on CPU `n` replicas of the one device (threads sharing its
+/// cores: on small models, where per-op overhead leaves cores idle, that is faster).
 pub fn devices(n: usize) -> std::result::Result<Vec<Device<DefaultBackend>>, String> {
     use burn::tensor::backend::{Device as _, DeviceId};
     let first = Device::<DefaultBackend>::default();

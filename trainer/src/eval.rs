@@ -39,10 +39,14 @@ pub struct Args {
     /// f32, or bf16 (bf16 matrices and compute, as `[compute] precision = "bf16"`; for GPUs).
     #[arg(long, default_value = "f32")]
     precision: model::Precision,
+    /// GPUs 0..N-1 of the machine, each generating a share of the tasks.
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut ck = Checkpoint::<B>::load(&a.model, &Default::default())?;
+    let devices = model::devices(a.devices).map_err(|e| anyhow::anyhow!("--devices {}: {e}", a.devices))?;
+    let mut ck = Checkpoint::<B>::load(&a.model, &devices[0])?;
     ck.model = ck.model.for_generation(a.precision);
     let tok = ck.tokenizer()?;
     let template = ck.chat_template()?;
@@ -74,7 +78,7 @@ pub fn run(a: Args) -> Result<()> {
     let with_dirs: Vec<_> = tasks.iter().map(|t| (t, rollout::workspace_dir(t, &shard_dir))).collect();
     let eos = ck.eos_token_ids();
     let env = rollout::Env { model: &ck.model, tok, template: &template, eos: &eos, sandbox: &sandbox };
-    let (records, summary) = evaluate::run(&env, &with_dirs, &cfg, trainer::reward::RewardSpec::default().numeric_tol, |n| bar.inc(n as u64))?;
+    let (records, summary) = evaluate::run(&env, &devices, &with_dirs, &cfg, trainer::reward::RewardSpec::default().numeric_tol, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let mut summary = serde_json::to_value(&summary)?;
     summary["model"] = json!(a.model);

@@ -64,18 +64,20 @@ pub fn summarize(rs: &[Record]) -> Summary {
     }
 }
 
-/// One rollout per task with `cfg` (greedy when its temperature is 0); numbers in answers
-/// match up to `numeric_tol` (relative).
+/// One rollout per task with `cfg` (greedy when its temperature is 0), the tasks shared
+/// out among `devices` ([`rollout::run_on_devices`]); numbers in answers match up to
+/// `numeric_tol` (relative).
 pub fn run<B: model::ModelBackend>(
     env: &Env<B>,
+    devices: &[B::Device],
     tasks: &[(&RlTask, PathBuf)],
     cfg: &RolloutConfig,
     numeric_tol: f64,
-    progress: impl FnMut(usize),
+    progress: impl Fn(usize) + Sync,
 ) -> Result<(Vec<Record>, Summary)> {
     let refs: Vec<&RlTask> = tasks.iter().map(|t| t.0).collect();
     let dirs: Vec<PathBuf> = tasks.iter().map(|t| t.1.clone()).collect();
-    let (trajs, _) = rollout::run(env, &refs, &dirs, 1, cfg, progress)?;
+    let (trajs, _) = rollout::run_on_devices(env, devices, &refs, &dirs, 1, cfg, progress)?;
     let records: Vec<Record> = trajs.iter().map(|t| Record::of(t, refs[t.task], numeric_tol)).collect();
     let summary = summarize(&records);
     Ok((records, summary))

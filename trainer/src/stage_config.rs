@@ -60,7 +60,7 @@ impl ComputeSpec {
     /// The devices, or an error naming `[compute] devices` in `path`.
     pub fn devices(&self, path: &Path) -> anyhow::Result<Vec<burn::tensor::Device<model::DefaultBackend>>> {
         if self.devices > 1 && !cfg!(feature = "cuda") {
-            eprintln!("compute.devices = {}: a CPU build's replicas share its cores (this runs the data-parallel path; it is not faster)", self.devices);
+            eprintln!("compute.devices = {}: on a CPU build the replicas share the machine's cores", self.devices);
         }
         model::devices(self.devices).map_err(|e| anyhow::anyhow!("{}: compute.devices = {}: {e}", path.display(), self.devices))
     }
