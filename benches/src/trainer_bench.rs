@@ -119,7 +119,7 @@ fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precisio
     let cfg = Qwen3Config::from_file(shape)?;
     let compute = Compute { precision, gradient_checkpointing: checkpointing };
     let seqs = trainer::estimate::random_rows(cfg.vocab_size, batch, seq, seq);
-    let t = trainer::estimate::time_step(&cfg, compute, &[seqs], steps)?;
+    let t = trainer::estimate::time_step(&cfg, compute, &[seqs], steps, &[Default::default()])?;
     println!("{}", json!({"check": "sft", "impl": IMPL, "compute": compute.to_string(), "shape": shape.file_stem().unwrap().to_string_lossy(),
                            "seq": seq, "batch": batch, "step_s": t.step_s, "tokens_per_s": (seq * batch) as f64 / t.step_s,
                            "warmup_s": t.warmup_s, "loss": t.loss, "peak_rss_mb": trainer::estimate::peak_rss() / (1u64 << 20) as f64}));

@@ -129,8 +129,9 @@ pub struct StepTiming {
 }
 
 /// Times `steps` optimizer steps (after a warm-up step) over `micro_batches`, as the SFT
-/// loop takes them, on randomly initialized weights of `c`'s shape.
-pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedSeq>], steps: usize) -> anyhow::Result<StepTiming> {
+/// loop takes them on `devices` (data parallel when several), on randomly initialized
+/// weights of `c`'s shape.
+pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedSeq>], steps: usize, devices: &[burn::tensor::Device<model::DefaultBackend>]) -> anyhow::Result<StepTiming> {
     use burn::tensor::backend::Backend;
     type B = crate::sft::TrainBackend;
     <B as Backend>::seed(&Default::default(), 0);
@@ -140,7 +141,7 @@ pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedS
     let (mut warmup_s, mut total, mut loss) = (0.0, 0.0, f64::NAN);
     for i in 0..=steps {
         let t = std::time::Instant::now();
-        let (m, s) = optim.step(model, &mbs, 1e-4, &[Default::default()]);
+        let (m, s) = optim.step(model, &mbs, 1e-4, devices);
         model = m;
         loss = s.map_err(|e| anyhow::anyhow!("the timed step: {} is {}", e.what, e.value))?.loss;
         let secs = t.elapsed().as_secs_f64();

@@ -131,9 +131,7 @@ fn plan_sft(kind: &str, path: &Path, set: &[String], detail: Detail, prev: Optio
     let n = cfg.compute.devices;
     let memory = estimate::data_parallel(estimate::training(&r.config, cfg.compute.model(), b.micro_batch, b.seq_len), &r.config, n);
     let flops = estimate::train_flops_per_token(&r.config, b.seq_len, cfg.compute.gradient_checkpointing) * (b.micro_batch * b.seq_len * forwards) as f64;
-    // The first device's share of the micro-batches (it also takes the optimizer step).
-    let share: Vec<_> = batch.iter().step_by(n).cloned().collect();
-    let timing = time(detail, &r.config, cfg.compute.model(), &share, &memory);
+    let timing = time(detail, &r.config, cfg.compute.model(), &batch, n, &memory);
     let step_s = timing.as_ref().ok().map(|t| t.step_s);
     let plan = json!({
         "kind": kind, "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(), "devices": n,
@@ -208,7 +206,7 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     let tokens = rows * row * g.update_epochs;
     let flops = estimate::train_flops_per_token(&r.config, row, cfg.compute.gradient_checkpointing) * tokens as f64;
     let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens.max(row), row)];
-    let timing = time(detail, &r.config, cfg.compute.model(), &micro, &memory);
+    let timing = time(detail, &r.config, cfg.compute.model(), &micro, 1, &memory);
     let forwards = tokens.div_ceil(g.micro_batch_tokens.max(row));
     let plan = json!({
         "kind": "rl", "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(), "devices": n,
@@ -262,20 +260,29 @@ fn resolve_sft(cfg: &StageConfig, path: &Path, split: Option<&curriculum::Split>
     Ok(Resolved { source: format!("from scratch: {}, {how}", arch.display()), config, tokenizer })
 }
 
-/// Times a step, unless told not to or it cannot fit in this machine's memory.
-fn time(detail: Detail, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets::PackedSeq>], memory: &Memory) -> std::result::Result<estimate::StepTiming, String> {
+/// Times a step, unless told not to or it cannot fit in this machine's memory. With data
+/// parallel on `devices`: on GPUs the first device's share of the micro-batches (it also
+/// takes the optimizer step); on a CPU build the whole step on that many replicas, which
+/// share the cores.
+fn time(detail: Detail, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets::PackedSeq>], devices: usize, memory: &Memory) -> std::result::Result<estimate::StepTiming, String> {
     if detail != Detail::Timed {
         return Err("--no-measure".into());
     }
     if !cfg!(feature = "cuda") {
-        let available = mem_available();
-        if memory.total() > 0.9 * available {
-            return Err(format!("needs about {} and this machine has {} available", gib(memory.total()), gib(available)));
+        // On a CPU build every replica lives in this machine's memory.
+        let (needed, available) = (memory.total() * devices as f64, mem_available());
+        if needed > 0.9 * available {
+            return Err(format!("needs about {} and this machine has {} available", gib(needed), gib(available)));
         }
     }
+    let (batch, replicas): (Vec<_>, _) = if cfg!(feature = "cuda") {
+        (batch.iter().step_by(devices).cloned().collect(), 1)
+    } else {
+        (batch.to_vec(), devices)
+    };
     let tokens: usize = batch.iter().flatten().map(|s| s.ids.len()).sum();
     let bar = trainer::sft::spinner(&format!("plan: timing a step ({} forward(s), {tokens} tokens) on this machine", batch.len()));
-    let timing = estimate::time_step(c, compute, batch, 1).map_err(|e| e.to_string());
+    let timing = model::devices(replicas).map_err(|e| e.to_string()).and_then(|d| estimate::time_step(c, compute, &batch, 1, &d).map_err(|e| e.to_string()));
     bar.finish_and_clear();
     timing
 }
@@ -366,7 +373,11 @@ fn print_stage(i: usize, n: usize, p: &Value) {
                          duration(f(&t["step_s"])), duration(f(&p["update_s_at_most"])), p["update_forwards_at_most"]);
             } else {
                 let total = p["total_s"].as_f64().map_or(String::new(), |s| format!(", {} for {} steps", duration(s), p["steps"]));
-                let dp = if p["devices"].as_u64() > Some(1) { "the first device's share of the forwards, gradient transfers not included; " } else { "" };
+                let dp = match (p["devices"].as_u64() > Some(1), t["device"] == "cuda") {
+                    (true, true) => "the first device's share of the forwards, gradient transfers not included; ",
+                    (true, false) => "the replicas sharing this CPU; ",
+                    _ => "",
+                };
                 println!("  time     {} per step{total}, evaluations and checkpoints not included ({dp}{on})", duration(f(&t["step_s"])));
             }
         }
