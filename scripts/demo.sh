@@ -16,7 +16,9 @@ if [ ! -f runs/default/synth/report.json ]; then
   $bin synth --tables synth/tables --out runs/default/synth --tasks 1000 --seed 0
 fi
 echo "--- trainer --stage all configs/curriculum.toml: stages 1, 2 and 3 ---"
-$bin --stage all configs/curriculum.toml
+# Two data-parallel replicas: on this tiny model per-op overhead leaves a core idle, and
+# two threads each with half the micro-batches and rollouts use both (same step math).
+$bin --stage all configs/curriculum.toml --set compute.devices=2
 python3 - <<'PY'
 import json
 o = json.load(open("runs/default/stage3/outcome.json"))
