@@ -16,9 +16,9 @@ if [ ! -f runs/default/synth/report.json ]; then
   $bin synth --tables synth/tables --out runs/default/synth --tasks 1000 --seed 0
 fi
 echo "--- trainer --stage all configs/curriculum.toml: stages 1, 2 and 3 ---"
-# Two data-parallel replicas: on this tiny model per-op overhead leaves a core idle, and
-# two threads each with half the micro-batches and rollouts use both (same step math).
-$bin --stage all configs/curriculum.toml --set compute.devices=2
+# (`--set compute.devices=2` runs two data-parallel replicas on the cores: 1.3x faster
+# here, the same SFT steps, other RL samples; README "The embedded default".)
+$bin --stage all configs/curriculum.toml
 python3 - <<'PY'
 import json
 o = json.load(open("runs/default/stage3/outcome.json"))

@@ -117,6 +117,37 @@ pub fn train_flops_per_token(c: &Qwen3Config, seq: usize, checkpointing: bool) -
     forward * if checkpointing { 4.0 } else { 3.0 }
 }
 
+/// Batched decoding as rollouts run it, on a random model of the run's shape.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct DecodeTiming {
+    /// Encoding the prompts, up to the first token of every row.
+    pub prefill_s: f64,
+    /// One more token for every row (the mean over the steps after the first).
+    pub token_s: f64,
+}
+
+/// Times greedy decoding of `steps` tokens after `rows` prompts of `prompt` random tokens
+/// (after a warm-up of two tokens), with the KV cache and the matrices in the compute
+/// precision, as rollouts decode.
+pub fn time_decode(c: &Qwen3Config, compute: Compute, rows: usize, prompt: usize, steps: usize) -> anyhow::Result<DecodeTiming> {
+    use burn::tensor::backend::Backend;
+    type B = model::DefaultBackend;
+    <B as Backend>::seed(&Default::default(), 0);
+    let model = model::Qwen3::<B>::init(c, &Default::default()).for_generation(compute.precision);
+    let prompts: Vec<Vec<u32>> = random_rows(c.vocab_size, rows, prompt.max(1), prompt.max(1)).into_iter().map(|r| r.ids).collect();
+    let steps = steps.max(2);
+    let run = |n: usize| {
+        let cfg = model::SamplingConfig { max_new_tokens: n, ..Default::default() };
+        let t0 = std::time::Instant::now();
+        let mut first = None;
+        model::generate_with(&model, None, &prompts, &cfg, |_| _ = *first.get_or_insert_with(|| t0.elapsed().as_secs_f64()), |_, _| {});
+        (first.unwrap_or(0.0), t0.elapsed().as_secs_f64())
+    };
+    run(2);
+    let (prefill_s, total) = run(steps);
+    Ok(DecodeTiming { prefill_s, token_s: (total - prefill_s) / (steps - 1) as f64 })
+}
+
 /// Timing of optimizer steps on a random model of the run's shape.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct StepTiming {

@@ -5,6 +5,7 @@
 //! order of the float additions. With one device nothing is copied and no thread starts.
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::Backend;
 use burn::tensor::Device;
 use model::{Qwen3, TrainingBackend};
 
@@ -60,4 +61,33 @@ where
         acc.accumulate(model, g.to_device(&main, model));
     }
     (values, acc.grads())
+}
+
+/// `f(replica, part)` for every part without gradients (evaluation), device k taking parts
+/// k, k + n, ... of n devices on its own thread; the results in the order of `parts`.
+pub fn map<B, T, R, F>(model: &Qwen3<B>, devices: &[Device<B>], parts: &[T], f: F) -> Vec<R>
+where
+    B: Backend,
+    T: Sync,
+    R: Send,
+    F: Fn(&Qwen3<B>, &T) -> R + Sync,
+{
+    if devices.len() <= 1 {
+        return parts.iter().map(|p| f(model, p)).collect();
+    }
+    let (n, f) = (devices.len(), &f);
+    let shares: Vec<Vec<(usize, R)>> = std::thread::scope(|s| {
+        let threads: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(k, device)| {
+                let replica = model.clone().fork(device);
+                s.spawn(move || (k..parts.len()).step_by(n).map(|i| (i, f(&replica, &parts[i]))).collect())
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let mut out: Vec<(usize, R)> = shares.into_iter().flatten().collect();
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
 }

@@ -208,14 +208,38 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens.max(row), row)];
     let timing = time(detail, &r.config, cfg.compute.model(), &micro, 1, &memory);
     let forwards = tokens.div_ceil(g.micro_batch_tokens.max(row));
+    let rollout = rollout_estimate(&cfg, &r.config, mean_prompt, timing.is_ok());
     let plan = json!({
         "kind": "rl", "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(), "devices": n,
         "rollouts_per_step": rows, "max_response_tokens": ro.max_response_tokens, "prompt_tokens": prompts, "steps": cfg.train.steps,
         "memory": memory_json(&memory), "update_flops_per_step_at_most": flops, "update_forwards_at_most": forwards,
         "measured": timing_json(&timing, "one micro-batch of random trajectories"),
         "update_s_at_most": timing.as_ref().ok().map(|t| t.step_s * forwards.div_ceil(n) as f64),
+        "rollout": rollout,
     });
     Ok((plan, r))
+}
+
+/// An upper bound on a step's rollout time: every row decodes until its response is full
+/// (`max_turns` turns of `max_new_tokens`, at most `max_response_tokens`), each turn
+/// re-encoding its trajectory, at the rate measured here on a random model of the shape
+/// (16 tokens after prompts of the mean length); cells not included. A device decodes its
+/// share of the tasks' rows (a CPU build times the whole batch: its replicas share the cores).
+fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, mean_prompt: usize, measure: bool) -> Value {
+    let ro = &cfg.rollout;
+    let rows = if cfg!(feature = "cuda") { ro.tasks_per_step.div_ceil(cfg.compute.devices) } else { ro.tasks_per_step } * ro.group_size;
+    let decode_steps = (ro.max_turns * ro.max_new_tokens).min(ro.max_response_tokens);
+    if !measure || mean_prompt == 0 {
+        return json!({"rows": rows, "decode_steps_at_most": decode_steps, "skipped": if measure { "no prompt lengths" } else { "the update was not timed" }});
+    }
+    let bar = sft::spinner(&format!("plan: timing decoding ({rows} rows after {mean_prompt}-token prompts) on this machine"));
+    let t = estimate::time_decode(c, cfg.compute.model(), rows, mean_prompt, 16);
+    bar.finish_and_clear();
+    match t {
+        Ok(t) => json!({"rows": rows, "decode_steps_at_most": decode_steps, "prefill_s": t.prefill_s, "token_s": t.token_s,
+                        "s_at_most": ro.max_turns as f64 * t.prefill_s + decode_steps as f64 * t.token_s}),
+        Err(e) => json!({"rows": rows, "decode_steps_at_most": decode_steps, "skipped": e.to_string()}),
+    }
 }
 
 /// The model a stage config names when no earlier stage gives it.
@@ -328,6 +352,7 @@ fn duration(s: f64) -> String {
     match s {
         s if s >= 3600.0 => format!("{:.1} h", s / 3600.0),
         s if s >= 60.0 => format!("{:.1} min", s / 60.0),
+        s if s < 0.1 => format!("{:.1} ms", s * 1e3),
         s => format!("{s:.2} s"),
     }
 }
@@ -349,6 +374,13 @@ fn print_stage(i: usize, n: usize, p: &Value) {
         };
         println!("  steps    {} of {} rollouts (≤ {} response tokens each; {prompts})", p["steps"], p["rollouts_per_step"], p["max_response_tokens"]);
         println!("  work     ≤ {:.3} TFLOP per update (rollouts not included)", f(&p["update_flops_per_step_at_most"]) / 1e12);
+        let ro = &p["rollout"];
+        match ro["skipped"].as_str() {
+            Some(why) => println!("  rollouts ≤ {} decoding steps of {} rows per step; time not measured ({why})", ro["decode_steps_at_most"], ro["rows"]),
+            None => println!("  rollouts ≤ {} per step: ≤ {} decoding steps of {} rows at {} each, and a prefill of {} per turn \
+                              (random weights, prompts of the mean length, on this machine); cells not included",
+                             duration(f(&ro["s_at_most"])), ro["decode_steps_at_most"], ro["rows"], duration(f(&ro["token_s"])), duration(f(&ro["prefill_s"]))),
+        }
     } else {
         let per_device = if p["devices"].as_u64() > Some(1) { format!(", ≤ {} on each of {} devices", p["forwards_per_device"], p["devices"]) } else { String::new() };
         println!("  batch    {} x {} tokens per forward, {} forwards per step{per_device} ({} tokens)", p["forward"]["rows"], p["forward"]["seq_len"], p["forwards_per_step"], p["batch_tokens"]);

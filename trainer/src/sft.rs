@@ -125,7 +125,7 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     let tok = tokenizer.expect("checked above");
     let mut model = model.with_stable_ids().with_compute(cfg.compute.model());
     let mut metrics = Metrics::open(out, state.step)?;
-    let evaluate = |model: &Qwen3<TrainBackend>| eval_loss(model, &eval_seqs, cfg.batch.micro_batch);
+    let evaluate = |model: &Qwen3<TrainBackend>| eval_loss(model, &eval_seqs, cfg.batch.micro_batch, &devices);
     if state.step == 0 {
         state.first_eval_loss = evaluate(&model);
         if let Some(l) = state.first_eval_loss {

@@ -262,13 +262,17 @@ pub fn clip_global_norm<B: AutodiffBackend>(model: &Qwen3<B>, grads: &mut Gradie
 }
 
 /// Held-out loss: mean NLL per trained token over `seqs`, `micro_batch` at a time, on the
-/// model without autodiff.
-pub fn eval_loss<B: TrainingBackend>(model: &Qwen3<B>, seqs: &[PackedSeq], micro_batch: usize) -> Option<f64> {
+/// model without autodiff, the micro-batches shared out among `devices`.
+pub fn eval_loss<B: TrainingBackend>(model: &Qwen3<B>, seqs: &[PackedSeq], micro_batch: usize, devices: &[Device<B>]) -> Option<f64> {
     let inner = model.valid();
+    let parts: Vec<&[PackedSeq]> = seqs.chunks(micro_batch).collect();
+    let sums = crate::parallel::map(&inner, devices, &parts, |m, mb| {
+        let (s, k) = nll_sum(m, mb);
+        (s.into_scalar().elem::<f64>(), k)
+    });
     let (mut sum, mut n) = (0.0, 0usize);
-    for mb in seqs.chunks(micro_batch) {
-        let (s, k) = nll_sum(&inner, mb);
-        sum += s.into_scalar().elem::<f64>();
+    for (s, k) in sums {
+        sum += s;
         n += k;
     }
     (n > 0).then(|| sum / n as f64)

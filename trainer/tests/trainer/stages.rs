@@ -161,7 +161,8 @@ fn sigkill_or_sigterm_at_a_random_step_then_resume_gives_the_same_weights() {
 #[test]
 fn data_parallel_replicas_train_as_one_device_does() {
     // Two replicas (on a CPU build they share the one device) split each step's two
-    // micro-batches; losses and final weights match the one-device run up to float order.
+    // micro-batches and the held-out micro-batches; losses and final weights match the
+    // one-device run up to float order.
     let fx = Fixture::new();
     let one = fx.config("one", &fx.scratch(), "");
     ok(&["--stage", "sft-single", one.to_str().unwrap(), "--set", "train.max_steps=6"]);
@@ -172,6 +173,11 @@ fn data_parallel_replicas_train_as_one_device_does() {
     let (a, b) = (losses("one"), losses("two"));
     assert_eq!(a.len(), 6);
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs()), "{a:?} vs {b:?}");
+    // The held-out loss, shared out too: the same sum in the same order before the first step.
+    let evals = |run: &str| -> Vec<f64> { lines(&fx.dir.join(run).join("metrics.jsonl")).iter().filter_map(|r| r["eval_loss"].as_f64()).collect() };
+    let (ea, eb) = (evals("one"), evals("two"));
+    assert_eq!((ea.len(), ea[0]), (2, eb[0]));
+    assert!((ea[1] - eb[1]).abs() <= 1e-5 * ea[1], "{ea:?} vs {eb:?}");
     let floats = |run: &str| -> Vec<f32> {
         let bytes = std::fs::read(fx.dir.join(run).join("final/model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -368,6 +374,16 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
     };
     // (bf16 with gradient checkpointing and a KL term: rollouts from bf16 matrices, resumed to the bit.)
     let (a, b) = (rl("rl-a"), rl("rl-b"));
+    // The plan bounds a step's rollouts: every row decoding until its response is full
+    // (2 turns of 24 tokens, capped at 40 here), a prefill per turn, at the rate it measured.
+    let o = stage(&["plan", a.to_str().unwrap(), "--json", "--set", "rollout.max_response_tokens=40"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ro = &plan["stages"][0]["rollout"];
+    assert_eq!((ro["rows"].as_u64(), ro["decode_steps_at_most"].as_u64()), (Some(16), Some(40)), "{ro}");
+    let (prefill, token) = (ro["prefill_s"].as_f64().unwrap(), ro["token_s"].as_f64().unwrap());
+    assert!(prefill > 0.0 && token > 0.0, "{ro}");
+    assert!((ro["s_at_most"].as_f64().unwrap() - (2.0 * prefill + 40.0 * token)).abs() < 1e-9, "{ro}");
     // Bad input: a misspelled key (file, line, key), a preset that needs a judge, no tasks.
     let typo = fx.dir.join("typo.toml");
     std::fs::write(&typo, std::fs::read_to_string(&a).unwrap().replace("update_epochs", "update_epoch")).unwrap();
