@@ -126,10 +126,10 @@ pub struct DecodeTiming {
     pub token_s: f64,
 }
 
-/// Times greedy decoding of `steps` tokens after `rows` prompts of `prompt` random tokens
-/// (after a warm-up of two tokens), with the KV cache and the matrices in the compute
-/// precision, as rollouts decode.
-pub fn time_decode(c: &Qwen3Config, compute: Compute, rows: usize, prompt: usize, steps: usize) -> anyhow::Result<DecodeTiming> {
+/// Times decoding `steps` tokens after `rows` prompts of `prompt` random tokens (on CUDA
+/// after a warm-up run that autotunes the kernels), as rollouts decode: the KV cache and the matrices in the compute
+/// precision, sampling and stop strings as `sampling` says (its token budget is `steps`).
+pub fn time_decode(c: &Qwen3Config, compute: Compute, rows: usize, prompt: usize, steps: usize, sampling: &model::SamplingConfig, tokenizer: Option<&model::Tokenizer>) -> anyhow::Result<DecodeTiming> {
     use burn::tensor::backend::Backend;
     type B = model::DefaultBackend;
     <B as Backend>::seed(&Default::default(), 0);
@@ -137,13 +137,15 @@ pub fn time_decode(c: &Qwen3Config, compute: Compute, rows: usize, prompt: usize
     let prompts: Vec<Vec<u32>> = random_rows(c.vocab_size, rows, prompt.max(1), prompt.max(1)).into_iter().map(|r| r.ids).collect();
     let steps = steps.max(2);
     let run = |n: usize| {
-        let cfg = model::SamplingConfig { max_new_tokens: n, ..Default::default() };
+        let cfg = model::SamplingConfig { max_new_tokens: n, ..sampling.clone() };
         let t0 = std::time::Instant::now();
         let mut first = None;
-        model::generate_with(&model, None, &prompts, &cfg, |_| _ = *first.get_or_insert_with(|| t0.elapsed().as_secs_f64()), |_, _| {});
+        model::generate_with(&model, tokenizer, &prompts, &cfg, |_| _ = *first.get_or_insert_with(|| t0.elapsed().as_secs_f64()), |_, _| {});
         (first.unwrap_or(0.0), t0.elapsed().as_secs_f64())
     };
-    run(2);
+    if cfg!(feature = "cuda") {
+        run(2);
+    }
     let (prefill_s, total) = run(steps);
     Ok(DecodeTiming { prefill_s, token_s: (total - prefill_s) / (steps - 1) as f64 })
 }

@@ -208,7 +208,7 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens.max(row), row)];
     let timing = time(detail, &r.config, cfg.compute.model(), &micro, 1, &memory);
     let forwards = tokens.div_ceil(g.micro_batch_tokens.max(row));
-    let rollout = rollout_estimate(&cfg, &r.config, mean_prompt, timing.is_ok());
+    let rollout = rollout_estimate(&cfg, &r.config, r.tokenizer.as_ref().map(|(t, _)| t), mean_prompt, timing.is_ok());
     let plan = json!({
         "kind": "rl", "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(), "devices": n,
         "rollouts_per_step": rows, "max_response_tokens": ro.max_response_tokens, "prompt_tokens": prompts, "steps": cfg.train.steps,
@@ -222,21 +222,36 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
 
 /// An upper bound on a step's rollout time: every row decodes until its response is full
 /// (`max_turns` turns of `max_new_tokens`, at most `max_response_tokens`), each turn
-/// re-encoding its trajectory, at the rate measured here on a random model of the shape
-/// (16 tokens after prompts of the mean length); cells not included. A device decodes its
+/// re-encoding a full-length trajectory, at the rates measured here on a random model of
+/// the shape at the longest context (a mean prompt and a full response; decoding slows as
+/// the cache grows), sampling as the config says; cells not included. A device decodes its
 /// share of the tasks' rows (a CPU build times the whole batch: its replicas share the cores).
-fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, mean_prompt: usize, measure: bool) -> Value {
+fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, mean_prompt: usize, measure: bool) -> Value {
     let ro = &cfg.rollout;
     let rows = if cfg!(feature = "cuda") { ro.tasks_per_step.div_ceil(cfg.compute.devices) } else { ro.tasks_per_step } * ro.group_size;
     let decode_steps = (ro.max_turns * ro.max_new_tokens).min(ro.max_response_tokens);
     if !measure || mean_prompt == 0 {
         return json!({"rows": rows, "decode_steps_at_most": decode_steps, "skipped": if measure { "no prompt lengths" } else { "the update was not timed" }});
     }
-    let bar = sft::spinner(&format!("plan: timing decoding ({rows} rows after {mean_prompt}-token prompts) on this machine"));
-    let t = estimate::time_decode(c, cfg.compute.model(), rows, mean_prompt, 16);
+    const STEPS: usize = 16;
+    let context = (mean_prompt + ro.max_response_tokens).saturating_sub(STEPS).max(1);
+    // Encoding the contexts is most of it: on a CPU, only when that is seconds, not hours.
+    let prefill_flops = 2.0 * estimate::params(c).matmul as f64 * (rows * context) as f64;
+    if !cfg!(feature = "cuda") && prefill_flops > 2e12 {
+        return json!({"rows": rows, "decode_steps_at_most": decode_steps, "skipped": format!("encoding {rows} contexts of {context} tokens is {:.0} TFLOP, too much for this CPU", prefill_flops / 1e12)});
+    }
+    let sampling = model::SamplingConfig {
+        temperature: ro.temperature,
+        top_p: ro.top_p,
+        top_k: ro.top_k,
+        stop_strings: if tok.is_some() { vec!["</Code>".into()] } else { vec![] },
+        ..Default::default()
+    };
+    let bar = sft::spinner(&format!("plan: timing decoding ({rows} rows after {context}-token contexts) on this machine"));
+    let t = estimate::time_decode(c, cfg.compute.model(), rows, context, STEPS, &sampling, tok);
     bar.finish_and_clear();
     match t {
-        Ok(t) => json!({"rows": rows, "decode_steps_at_most": decode_steps, "prefill_s": t.prefill_s, "token_s": t.token_s,
+        Ok(t) => json!({"rows": rows, "decode_steps_at_most": decode_steps, "context": context, "prefill_s": t.prefill_s, "token_s": t.token_s,
                         "s_at_most": ro.max_turns as f64 * t.prefill_s + decode_steps as f64 * t.token_s}),
         Err(e) => json!({"rows": rows, "decode_steps_at_most": decode_steps, "skipped": e.to_string()}),
     }
@@ -378,8 +393,8 @@ fn print_stage(i: usize, n: usize, p: &Value) {
         match ro["skipped"].as_str() {
             Some(why) => println!("  rollouts ≤ {} decoding steps of {} rows per step; time not measured ({why})", ro["decode_steps_at_most"], ro["rows"]),
             None => println!("  rollouts ≤ {} per step: ≤ {} decoding steps of {} rows at {} each, and a prefill of {} per turn \
-                              (random weights, prompts of the mean length, on this machine); cells not included",
-                             duration(f(&ro["s_at_most"])), ro["decode_steps_at_most"], ro["rows"], duration(f(&ro["token_s"])), duration(f(&ro["prefill_s"]))),
+                              (random weights, {}-token contexts, on this machine); cells not included",
+                             duration(f(&ro["s_at_most"])), ro["decode_steps_at_most"], ro["rows"], duration(f(&ro["token_s"])), duration(f(&ro["prefill_s"])), ro["context"]),
         }
     } else {
         let per_device = if p["devices"].as_u64() > Some(1) { format!(", ≤ {} on each of {} devices", p["forwards_per_device"], p["devices"]) } else { String::new() };
