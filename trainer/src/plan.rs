@@ -208,7 +208,7 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens.max(row), row)];
     let timing = time(detail, &r.config, cfg.compute.model(), &micro, 1, &memory);
     let forwards = tokens.div_ceil(g.micro_batch_tokens.max(row));
-    let rollout = rollout_estimate(&cfg, &r.config, r.tokenizer.as_ref().map(|(t, _)| t), mean_prompt, timing.is_ok());
+    let rollout = rollout_estimate(&cfg, &r.config, r.tokenizer.as_ref().map(|(t, _)| t), mean_prompt, timing.as_ref().err());
     let plan = json!({
         "kind": "rl", "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(), "devices": n,
         "rollouts_per_step": rows, "max_response_tokens": ro.max_response_tokens, "prompt_tokens": prompts, "steps": cfg.train.steps,
@@ -226,12 +226,13 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
 /// the shape at the longest context (a mean prompt and a full response; decoding slows as
 /// the cache grows), sampling as the config says; cells not included. A device decodes its
 /// share of the tasks' rows (a CPU build times the whole batch: its replicas share the cores).
-fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, mean_prompt: usize, measure: bool) -> Value {
+/// `not_timed`: why the update was not timed (then neither is this).
+fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, mean_prompt: usize, not_timed: Option<&String>) -> Value {
     let ro = &cfg.rollout;
     let rows = if cfg!(feature = "cuda") { ro.tasks_per_step.div_ceil(cfg.compute.devices) } else { ro.tasks_per_step } * ro.group_size;
     let decode_steps = (ro.max_turns * ro.max_new_tokens).min(ro.max_response_tokens);
-    if !measure || mean_prompt == 0 {
-        return json!({"rows": rows, "decode_steps_at_most": decode_steps, "skipped": if measure { "no prompt lengths" } else { "the update was not timed" }});
+    if let Some(why) = not_timed.map(String::as_str).or((mean_prompt == 0).then_some("prompt lengths unknown")) {
+        return json!({"rows": rows, "decode_steps_at_most": decode_steps, "skipped": why});
     }
     const STEPS: usize = 16;
     let context = (mean_prompt + ro.max_response_tokens).saturating_sub(STEPS).max(1);
