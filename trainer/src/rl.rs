@@ -79,9 +79,13 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             loader.seek(s.cursor.clone());
             optim = optim.load(dir, &device)?;
             eprintln!("rl: resumed at step {} from {}", s.step, dir.display());
-            s
+            if s.devices != devices.len() {
+                eprintln!("rl: the run stepped on {} device(s) and goes on on {}: each device samples its share of the tasks \
+                           with its own seed, so the rollouts from here differ from an uninterrupted run's", s.devices, devices.len());
+            }
+            RunState { devices: devices.len(), ..s }
         }
-        None => RunState { step: 0, total_steps, cursor: loader.cursor().clone(), seed: cfg.seed, tokens: 0, first_eval_loss: None },
+        None => RunState { step: 0, total_steps, cursor: loader.cursor().clone(), seed: cfg.seed, tokens: 0, first_eval_loss: None, devices: devices.len() },
     };
     let Checkpoint { config, model, .. } = ck;
     let mut model = model.with_stable_ids().with_compute(cfg.compute.model());

@@ -21,6 +21,13 @@ pub struct RunState {
     /// Trained tokens so far.
     pub tokens: u64,
     pub first_eval_loss: Option<f64>,
+    /// Data-parallel devices of the step that wrote it (RL rollouts sample per device).
+    #[serde(default = "one")]
+    pub devices: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Writes an HF folder (weights in `dtype`, config, tokenizer) to `dir` via a temporary
@@ -60,7 +67,9 @@ pub fn checkpoints_dir(out: &Path) -> PathBuf {
     out.join("checkpoints")
 }
 
-/// Saves a resumable checkpoint at `state.step`, then keeps only the newest `keep_last`.
+/// Saves a resumable checkpoint at `state.step`, then keeps only the newest `keep_last`
+/// (and removes what a killed run can leave: a half-deleted old checkpoint, a temporary
+/// folder of an interrupted write; a run folder has one writer, so none is in flight).
 #[allow(clippy::too_many_arguments)]
 pub fn save<B: model::TrainingBackend>(out: &Path, model: &Qwen3<B>, cfg: &Qwen3Config, tok: &Tokenizer, optim: &Optim<B>, state: &RunState, keep_last: usize) -> Result<PathBuf> {
     let dir = checkpoints_dir(out).join(format!("step-{:08}", state.step));
@@ -70,8 +79,11 @@ pub fn save<B: model::TrainingBackend>(out: &Path, model: &Qwen3<B>, cfg: &Qwen3
         std::fs::write(&p, serde_json::to_string_pretty(state)?).with_context(|| p.display().to_string())
     })?;
     let all = complete(out);
-    for old in all.iter().take(all.len().saturating_sub(keep_last.max(1))) {
-        let _ = std::fs::remove_dir_all(old);
+    let keep = &all[all.len().saturating_sub(keep_last.max(1))..];
+    for entry in std::fs::read_dir(checkpoints_dir(out)).into_iter().flatten().flatten() {
+        if entry.path().is_dir() && !keep.contains(&entry.path()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
     Ok(dir)
 }

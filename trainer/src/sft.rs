@@ -117,9 +117,9 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
             loader.seek(s.cursor.clone());
             optim = optim.load(resume_dir.as_ref().unwrap(), &device)?;
             eprintln!("{}: resumed at step {} from {}", kind.name(), s.step, resume_dir.as_ref().unwrap().display());
-            s
+            RunState { devices: cfg.compute.devices, ..s }
         }
-        None => RunState { step: 0, total_steps, cursor: loader.cursor().clone(), seed: cfg.seed, tokens: 0, first_eval_loss: None },
+        None => RunState { step: 0, total_steps, cursor: loader.cursor().clone(), seed: cfg.seed, tokens: 0, first_eval_loss: None, devices: cfg.compute.devices },
     };
     let Checkpoint { config, model, tokenizer, .. } = ck;
     let tok = tokenizer.expect("checked above");
