@@ -41,6 +41,12 @@ enum Cmd {
         precision: Precision,
         #[arg(long)]
         checkpointing: bool,
+        /// Rows per forward (the step is batch / micro_batch forwards, as gradient accumulation).
+        #[arg(long)]
+        micro_batch: Option<usize>,
+        /// Data-parallel replicas (`[compute] devices`): GPUs 0..N, or threads on the CPU.
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
     },
     /// Batched greedy generation of exactly `new_tokens` per row from random prompts.
     Generate {
@@ -62,7 +68,7 @@ const IMPL: &str = if cfg!(feature = "cuda") { "burn-cuda" } else { "burn-flex" 
 fn main() -> Result<()> {
     match Args::parse().cmd {
         Cmd::Parity { fixtures } => parity(&fixtures),
-        Cmd::Sft { shape, seq, batch, steps, precision, checkpointing } => sft(&shape, seq, batch, steps, precision, checkpointing),
+        Cmd::Sft { shape, seq, batch, steps, precision, checkpointing, micro_batch, devices } => sft(&shape, seq, batch, steps, precision, checkpointing, micro_batch, devices),
         Cmd::Generate { shape, batch, prompt, new_tokens, precision } => gen(&shape, batch, prompt, new_tokens, precision),
     }
 }
@@ -115,13 +121,16 @@ fn parity(fixtures: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precision: Precision, checkpointing: bool) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precision: Precision, checkpointing: bool, micro_batch: Option<usize>, devices: usize) -> Result<()> {
     let cfg = Qwen3Config::from_file(shape)?;
     let compute = Compute { precision, gradient_checkpointing: checkpointing };
     let seqs = trainer::estimate::random_rows(cfg.vocab_size, batch, seq, seq);
-    let t = trainer::estimate::time_step(&cfg, compute, &[seqs], steps, &[Default::default()])?;
+    let micro: Vec<Vec<_>> = seqs.chunks(micro_batch.unwrap_or(batch).max(1)).map(<[_]>::to_vec).collect();
+    let devices = model::devices(devices).map_err(anyhow::Error::msg)?;
+    let t = trainer::estimate::time_step(&cfg, compute, &micro, steps, &devices)?;
     println!("{}", json!({"check": "sft", "impl": IMPL, "compute": compute.to_string(), "shape": shape.file_stem().unwrap().to_string_lossy(),
-                           "seq": seq, "batch": batch, "step_s": t.step_s, "tokens_per_s": (seq * batch) as f64 / t.step_s,
+                           "seq": seq, "batch": batch, "micro_batches": micro.len(), "devices": devices.len(), "step_s": t.step_s, "tokens_per_s": (seq * batch) as f64 / t.step_s,
                            "warmup_s": t.warmup_s, "loss": t.loss, "peak_rss_mb": trainer::estimate::peak_rss() / (1u64 << 20) as f64}));
     Ok(())
 }
