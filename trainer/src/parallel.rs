@@ -9,6 +9,31 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Device;
 use model::{Qwen3, TrainingBackend};
 
+/// `f(k, replica)` on every device k, each on its own thread with the model forked to it;
+/// the results in device order. One device (or none given) runs `f(0, model)` here.
+pub fn on_devices<B, R, F>(model: &Qwen3<B>, devices: &[Device<B>], f: F) -> Vec<R>
+where
+    B: Backend,
+    R: Send,
+    F: Fn(usize, &Qwen3<B>) -> R + Sync,
+{
+    if devices.len() <= 1 {
+        return vec![f(0, model)];
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let threads: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(k, device)| {
+                let replica = model.clone().fork(device);
+                s.spawn(move || f(k, &replica))
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
+
 /// Gradients summed over `parts`, and what each part gave beside them (None: it had
 /// nothing to train), in the order of `parts`. `grads(k, replica, part)` computes one
 /// part on device k; of n devices, device k takes parts k, k + n, k + 2n, ...
@@ -19,45 +44,31 @@ where
     R: Send,
     F: Fn(usize, &Qwen3<B>, &T) -> Option<(R, GradientsParams)> + Sync,
 {
-    let mut values: Vec<Option<R>> = parts.iter().map(|_| None).collect();
-    let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
-    if devices.len() <= 1 {
-        for (i, part) in parts.iter().enumerate() {
-            if let Some((v, g)) = grads(0, model, part) {
-                values[i] = Some(v);
-                acc.accumulate(model, g);
+    let n = devices.len().max(1);
+    let shares = on_devices(model, devices, |k, replica| {
+        let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
+        let mut values = vec![];
+        for i in (k..parts.len()).step_by(n) {
+            if let Some((v, g)) = grads(k, replica, &parts[i]) {
+                values.push((i, v));
+                acc.accumulate(replica, g);
             }
         }
-        return (values, acc.grads());
-    }
-    let n = devices.len();
-    let grads = &grads;
-    let shares: Vec<(Vec<(usize, R)>, GradientsParams)> = std::thread::scope(|s| {
-        let threads: Vec<_> = devices
-            .iter()
-            .enumerate()
-            .map(|(k, device)| {
-                let replica = model.clone().fork(device);
-                s.spawn(move || {
-                    let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
-                    let mut values = vec![];
-                    for i in (k..parts.len()).step_by(n) {
-                        if let Some((v, g)) = grads(k, &replica, &parts[i]) {
-                            values.push((i, v));
-                            acc.accumulate(&replica, g);
-                        }
-                    }
-                    (values, acc.grads())
-                })
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        (values, acc.grads())
     });
-    let main = model.device();
+    let mut values: Vec<Option<R>> = parts.iter().map(|_| None).collect();
+    let mut sums = vec![];
     for (vals, g) in shares {
         for (i, v) in vals {
             values[i] = Some(v);
         }
+        sums.push(g);
+    }
+    if sums.len() == 1 {
+        return (values, sums.pop().expect("one share"));
+    }
+    let (main, mut acc) = (model.device(), GradientsAccumulator::<Qwen3<B>>::new());
+    for g in sums {
         acc.accumulate(model, g.to_device(&main, model));
     }
     (values, acc.grads())
@@ -72,21 +83,8 @@ where
     R: Send,
     F: Fn(&Qwen3<B>, &T) -> R + Sync,
 {
-    if devices.len() <= 1 {
-        return parts.iter().map(|p| f(model, p)).collect();
-    }
-    let (n, f) = (devices.len(), &f);
-    let shares: Vec<Vec<(usize, R)>> = std::thread::scope(|s| {
-        let threads: Vec<_> = devices
-            .iter()
-            .enumerate()
-            .map(|(k, device)| {
-                let replica = model.clone().fork(device);
-                s.spawn(move || (k..parts.len()).step_by(n).map(|i| (i, f(&replica, &parts[i]))).collect())
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
-    });
+    let n = devices.len().max(1);
+    let shares = on_devices(model, devices, |k, replica| (k..parts.len()).step_by(n).map(|i| (i, f(replica, &parts[i]))).collect::<Vec<_>>());
     let mut out: Vec<(usize, R)> = shares.into_iter().flatten().collect();
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, r)| r).collect()
