@@ -37,6 +37,9 @@ pub type DefaultBackend = burn::backend::Cuda<f32>;
 /// cores: on small models, where per-op overhead leaves cores idle, that is faster).
 pub fn devices(n: usize) -> std::result::Result<Vec<Device<DefaultBackend>>, String> {
     use burn::tensor::backend::{Device as _, DeviceId};
+    if n == 0 {
+        return Err("at least one device is needed".into());
+    }
     let first = Device::<DefaultBackend>::default();
     if cfg!(feature = "cuda") {
         let id = first.to_id();

@@ -152,6 +152,8 @@ fn bad_input_gets_a_one_line_error() {
     assert!(e.contains("m.json") && e.contains("messages[0]"), "{e}");
     let e = err_line(&["--stage", "rl", "configs/stage3.toml"]);
     assert!(e.contains("configs/stage3.toml"), "{e}");
+    let e = err_line(&["eval", "--model", fx, "--tasks", ".", "--devices", "0"]);
+    assert!(e.contains("--devices 0") && e.contains("at least one device"), "{e}");
 }
 
 fn sandbox_python() -> String {
