@@ -31,20 +31,36 @@ fn kv_dim(c: &Qwen3Config) -> usize {
     c.num_key_value_heads * c.head_dim
 }
 
-/// Bytes of one device's memory by part; the total sums them (not all peak at once, and
-/// allocators keep some more: README "Planning a run" compares it with measured peaks).
+/// Bytes of one device's memory by part, each held always or during one phase of a step
+/// (an RL step's rollouts and update do not overlap). Allocators keep some more: README
+/// "Planning a run" compares the estimate with measured peaks.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Memory {
-    pub parts: Vec<(String, f64)>,
+    pub parts: Vec<(String, f64, Phase)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Always,
+    Update,
+    Rollout,
 }
 
 impl Memory {
-    fn add(&mut self, name: &str, bytes: f64) {
-        self.parts.push((name.to_string(), bytes));
+    fn add(&mut self, name: &str, bytes: f64, phase: Phase) {
+        self.parts.push((name.to_string(), bytes, phase));
     }
 
+    /// Every part added up.
     pub fn total(&self) -> f64 {
-        self.parts.iter().map(|(_, b)| b).sum()
+        self.parts.iter().map(|(_, b, _)| b).sum()
+    }
+
+    /// What is held at once at most: the parts held always and the larger phase.
+    pub fn peak(&self) -> f64 {
+        let sum = |ph: Phase| self.parts.iter().filter(|(_, _, p)| *p == ph).map(|(_, b, _)| b).sum::<f64>();
+        sum(Phase::Always) + sum(Phase::Update).max(sum(Phase::Rollout))
     }
 }
 
@@ -57,28 +73,28 @@ pub fn training(c: &Qwen3Config, compute: Compute, rows: usize, seq: usize) -> M
     let (h, l) = (c.hidden_size as f64, c.num_hidden_layers as f64);
     let tokens = (rows * seq) as f64;
     let mut m = Memory::default();
-    m.add("weights (f32)", 4.0 * p);
-    m.add("gradients (f32)", 4.0 * p);
-    m.add("AdamW moments (f32)", 8.0 * p);
+    m.add("weights (f32)", 4.0 * p, Phase::Always);
+    m.add("gradients (f32)", 4.0 * p, Phase::Update);
+    m.add("AdamW moments (f32)", 8.0 * p, Phase::Always);
     // Per layer and token, the tensors a layer's backward reads: RMSNorm inputs and outputs,
     // q/k/v before and after norm and RoPE, the attention output, MLP gate/up/activation/
     // product (4-byte floats; bf16 keeps the matmul inputs in 2 bytes).
     let floats = (4 * c.hidden_size + 3 * q_dim(c) + 3 * kv_dim(c) + 4 * c.intermediate_size) as f64;
     let bytes = if compute.precision == Precision::Bf16 { 3.0 } else { 4.0 };
     if compute.gradient_checkpointing {
-        m.add("layer inputs (checkpointing)", l * tokens * h * 4.0);
-        m.add("one layer's activations", tokens * floats * bytes);
+        m.add("layer inputs (checkpointing)", l * tokens * h * 4.0, Phase::Update);
+        m.add("one layer's activations", tokens * floats * bytes, Phase::Update);
     } else {
-        m.add("activations", l * tokens * floats * bytes);
+        m.add("activations", l * tokens * floats * bytes, Phase::Update);
     }
     let block = seq.min(512) as f64;
     // Scores and probabilities of a block of queries.
-    m.add("attention backward block", rows as f64 * c.num_attention_heads as f64 * block * seq as f64 * 4.0 * 2.0);
+    m.add("attention backward block", rows as f64 * c.num_attention_heads as f64 * block * seq as f64 * 4.0 * 2.0, Phase::Update);
     let v = c.vocab_size as f64;
     let chunk = (lm_head::CHUNK_LOGITS / c.vocab_size).max(1).min(rows * seq) as f64;
     // A chunk's logits and softmax (its gradient takes the place of one); the head
     // weight's gradient, accumulated in f32.
-    m.add("LM head chunk", chunk * v * 4.0 * 2.0 + v * h * 4.0);
+    m.add("LM head chunk", chunk * v * 4.0 * 2.0 + v * h * 4.0, Phase::Update);
     m
 }
 
@@ -90,21 +106,27 @@ pub fn rl(c: &Qwen3Config, compute: Compute, micro_batch_tokens: usize, rows: us
     let p = params(c).total as f64;
     let bytes = if compute.precision == Precision::Bf16 { 2.0 } else { 4.0 };
     if compute.precision == Precision::Bf16 {
-        m.add("rollout copy (bf16 matrices)", 2.0 * p);
+        m.add("rollout copy (bf16 matrices)", 2.0 * p, Phase::Rollout);
     }
     if kl {
-        m.add("KL reference", bytes * p);
+        m.add("KL reference", bytes * p, Phase::Always);
     }
     let per_token = (c.num_hidden_layers * 2 * kv_dim(c)) as f64 * bytes;
-    m.add("KV cache of the rollouts", (rows * tokens) as f64 * per_token);
+    m.add("KV cache of the rollouts", (rows * tokens) as f64 * per_token, Phase::Rollout);
     m
 }
 
-/// With data parallel on `devices`, the first device (the one that takes the optimizer
-/// step) also receives each replica's gradients before adding them to its own.
+/// With data parallel on `devices`, each device owns about 1/devices of the parameters
+/// (`parallel::owners`): it keeps their AdamW moments only, and sums their gradients
+/// from every replica (ZeRO stage 1).
 pub fn data_parallel(mut m: Memory, c: &Qwen3Config, devices: usize) -> Memory {
     if devices > 1 {
-        m.add("gradients from a replica (f32)", 4.0 * params(c).total as f64);
+        let (p, n) = (params(c).total as f64, devices as f64);
+        for (name, bytes, _) in m.parts.iter_mut().filter(|(name, _, _)| name == "AdamW moments (f32)") {
+            *name = format!("AdamW moments (f32, a 1/{devices} shard)");
+            *bytes = 8.0 * p / n;
+        }
+        m.add(&format!("gradients summed here (f32, a 1/{devices} shard)"), 4.0 * p / n, Phase::Update);
     }
     m
 }

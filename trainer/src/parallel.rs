@@ -1,11 +1,14 @@
 //! Data parallel on one machine (`[compute] devices`). Each device gets a replica of the
 //! model (the step's weights, forked to it) and computes the gradients of its share of the
-//! step's micro-batches on its own thread; the sums meet on the first device, which takes
-//! the optimizer step. The result is one device running every micro-batch, up to the
-//! order of the float additions. With one device nothing is copied and no thread starts.
-use burn::module::Module;
+//! step's micro-batches on its own thread. Each parameter's gradients are summed on the
+//! device that owns it, where the optimizer steps it and keeps its AdamW state (ZeRO
+//! stage 1: the state is sharded, the weights come back to the first device). The result
+//! is one device running every micro-batch, up to the order of the float additions. With
+//! one device nothing is copied and no thread starts.
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::Backend;
+use burn::prelude::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Device;
 use model::{Qwen3, TrainingBackend};
 
@@ -67,11 +70,63 @@ where
     if sums.len() == 1 {
         return (values, sums.pop().expect("one share"));
     }
-    let (main, mut acc) = (model.device(), GradientsAccumulator::<Qwen3<B>>::new());
-    for g in sums {
-        acc.accumulate(model, g.to_device(&main, model));
+    let mut reduced = GradientsParams::new();
+    for (id, dims, k) in owners(model, devices.len()) {
+        match dims {
+            1 => reduce::<B::InnerBackend, 1>(&mut sums, &mut reduced, id, &devices[k]),
+            2 => reduce::<B::InnerBackend, 2>(&mut sums, &mut reduced, id, &devices[k]),
+            _ => unreachable!("Qwen3 has 1-D and 2-D parameters only"),
+        }
     }
-    (values, acc.grads())
+    (values, reduced)
+}
+
+/// Which of `n` devices owns each parameter (id, dimensions, device): largest first, each
+/// to the device holding the fewest elements so far, so the shards weigh about 1/n each.
+pub fn owners<B: Backend>(model: &Qwen3<B>, n: usize) -> Vec<(ParamId, usize, usize)> {
+    struct Sizes(Vec<(ParamId, usize, usize)>);
+    impl<B: Backend> ModuleVisitor<B> for Sizes {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push((p.id, D, p.shape().num_elements()));
+        }
+    }
+    let mut sizes = Sizes(vec![]);
+    model.visit(&mut sizes);
+    let mut params = sizes.0;
+    params.sort_by_key(|&(_, _, numel)| std::cmp::Reverse(numel)); // stable: ties in model order
+    let mut load = vec![0usize; n.max(1)];
+    params
+        .into_iter()
+        .map(|(id, dims, numel)| {
+            let k = (0..load.len()).min_by_key(|&k| load[k]).expect("one device");
+            load[k] += numel;
+            (id, dims, k)
+        })
+        .collect()
+}
+
+/// Moves parameter `id`'s gradient from every device's sum to `device` and adds them up
+/// there (in device order, as one device accumulating would).
+fn reduce<B: Backend, const D: usize>(sums: &mut [GradientsParams], out: &mut GradientsParams, id: ParamId, device: &B::Device) {
+    let mut acc: Option<Tensor<B, D>> = None;
+    for g in sums.iter_mut() {
+        if let Some(t) = g.remove::<B, D>(id) {
+            let t = t.to_device(device);
+            acc = Some(match acc {
+                Some(a) => a + t,
+                None => t,
+            });
+        }
+    }
+    if let Some(a) = acc {
+        out.register::<B, D>(id, a);
+    }
+}
+
+/// The weights of `model` back on `device` after an optimizer step that updated each
+/// parameter on its owner (`fork`: `to_device` would drop their require-grad flags).
+pub fn gather<B: AutodiffBackend>(model: Qwen3<B>, device: &Device<B>) -> Qwen3<B> {
+    model.fork(device)
 }
 
 /// `f(replica, part)` for every part without gradients (evaluation), device k taking parts

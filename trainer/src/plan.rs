@@ -172,9 +172,13 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
             let dir = &cfg.model.init;
             let field = |e: model::Error| anyhow::anyhow!("{}: model.init: {e}", path.display());
             let config = Qwen3Config::from_dir(dir).map_err(field)?;
-            let tok = Tokenizer::from_dir(dir).map_err(field)?;
-            let template = ChatTemplate::from_dir(dir, &tok.config).map_err(field)?;
-            Resolved { source: dir.display().to_string(), config, tokenizer: Some((tok, template)) }
+            if dir.join("tokenizer.json").exists() {
+                let tok = Tokenizer::from_dir(dir).map_err(field)?;
+                let template = ChatTemplate::from_dir(dir, &tok.config).map_err(field)?;
+                Resolved { source: dir.display().to_string(), config, tokenizer: Some((tok, template)) }
+            } else {
+                Resolved { source: format!("{} (config.json only: no tokenizer to encode the prompts with)", dir.display()), config, tokenizer: None }
+            }
         }
     };
     let ro = &cfg.rollout;
@@ -188,18 +192,25 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
             let bar = sft::spinner(&format!("plan: encoding the prompts of {}", path.display()));
             let mut lens = vec![];
             for (t, _) in &train {
-                lens.push(tok.encode(&template.render(&[json!({"role": "user", "content": t.prompt})], None, true)?)?.len());
+                lens.push(trainer::rollout::prompt_ids(tok, template, t)?.len());
             }
             bar.finish_and_clear();
-            json!({"tasks": lens.len(), "max": lens.iter().max(), "mean": lens.iter().sum::<usize>() as f64 / lens.len() as f64})
+            // As the run does: prompts over rollout.max_prompt_tokens are left out.
+            let all = lens.len();
+            lens.retain(|&l| ro.max_prompt_tokens.is_none_or(|m| l <= m));
+            json!({"tasks": lens.len(), "left_out": all - lens.len(), "max": lens.iter().max(), "mean": lens.iter().sum::<usize>() as f64 / lens.len().max(1) as f64})
         }
         (Some(Err(e)), _) => json!({"unknown": format!("{e:#}")}),
         (_, None) => json!({"unknown": "no tokenizer"}),
     };
-    let max_prompt = prompts["max"].as_u64().unwrap_or(0) as usize;
+    // Unknown prompts (no data yet): the longest a task may have, if the config bounds it.
+    let max_prompt = prompts["max"].as_u64().map(|m| m as usize).or(ro.max_prompt_tokens).unwrap_or(0);
     let mean_prompt = prompts["mean"].as_f64().unwrap_or(0.0) as usize;
     let n = cfg.compute.devices;
-    let memory = estimate::data_parallel(estimate::rl(&r.config, cfg.compute.model(), g.micro_batch_tokens, rows, max_prompt + ro.max_response_tokens, g.kl_coef != 0.0), &r.config, n);
+    // Each device decodes its share of the step's tasks (rollout::run_on_devices), in waves
+    // of at most max_rows.
+    let rows_per_device = wave_tasks(ro, ro.tasks_per_step.div_ceil(n)) * ro.group_size;
+    let memory = estimate::data_parallel(estimate::rl(&r.config, cfg.compute.model(), g.micro_batch_tokens, rows_per_device, max_prompt + ro.max_response_tokens, g.kl_coef != 0.0), &r.config, n);
     // At most: every rollout at max_response_tokens after a mean prompt (context for the
     // update's forward), update_epochs times, packed into micro-batches of micro_batch_tokens.
     let row = mean_prompt + ro.max_response_tokens;
@@ -220,6 +231,11 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     Ok((plan, r))
 }
 
+/// Tasks a device decodes together out of its `share` (`rollout::RolloutConfig::max_rows`).
+fn wave_tasks(ro: &trainer::rl_config::RolloutSpec, share: usize) -> usize {
+    ro.max_rows.map_or(share, |rows| (rows / ro.group_size).max(1)).min(share).max(1)
+}
+
 /// An upper bound on a step's rollout time: every row decodes until its response is full
 /// (`max_turns` turns of `max_new_tokens`, at most `max_response_tokens`), each turn
 /// re-encoding a full-length trajectory, at the rates measured here on a random model of
@@ -229,10 +245,11 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
 /// `not_timed`: why the update was not timed (then neither is this).
 fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, mean_prompt: usize, not_timed: Option<&String>) -> Value {
     let ro = &cfg.rollout;
-    let rows = if cfg!(feature = "cuda") { ro.tasks_per_step.div_ceil(cfg.compute.devices) } else { ro.tasks_per_step } * ro.group_size;
+    let share = if cfg!(feature = "cuda") { ro.tasks_per_step.div_ceil(cfg.compute.devices) } else { ro.tasks_per_step };
+    let (rows, waves) = (wave_tasks(ro, share) * ro.group_size, share.div_ceil(wave_tasks(ro, share)));
     let decode_steps = (ro.max_turns * ro.max_new_tokens).min(ro.max_response_tokens);
     if let Some(why) = not_timed.map(String::as_str).or((mean_prompt == 0).then_some("prompt lengths unknown")) {
-        return json!({"rows": rows, "decode_steps_at_most": decode_steps, "skipped": why});
+        return json!({"rows": rows, "waves": waves, "decode_steps_at_most": decode_steps, "skipped": why});
     }
     const STEPS: usize = 16;
     let context = (mean_prompt + ro.max_response_tokens).saturating_sub(STEPS).max(1);
@@ -252,9 +269,9 @@ fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, me
     let t = estimate::time_decode(c, cfg.compute.model(), rows, context, STEPS, &sampling, tok);
     bar.finish_and_clear();
     match t {
-        Ok(t) => json!({"rows": rows, "decode_steps_at_most": decode_steps, "context": context, "prefill_s": t.prefill_s, "token_s": t.token_s,
-                        "s_at_most": ro.max_turns as f64 * t.prefill_s + decode_steps as f64 * t.token_s}),
-        Err(e) => json!({"rows": rows, "decode_steps_at_most": decode_steps, "skipped": e.to_string()}),
+        Ok(t) => json!({"rows": rows, "waves": waves, "decode_steps_at_most": decode_steps, "context": context, "prefill_s": t.prefill_s, "token_s": t.token_s,
+                        "s_at_most": waves as f64 * (ro.max_turns as f64 * t.prefill_s + decode_steps as f64 * t.token_s)}),
+        Err(e) => json!({"rows": rows, "waves": waves, "decode_steps_at_most": decode_steps, "skipped": e.to_string()}),
     }
 }
 
@@ -264,6 +281,10 @@ fn resolve_sft(cfg: &StageConfig, path: &Path, split: Option<&curriculum::Split>
     let field = |f: &str, e: model::Error| anyhow::anyhow!("{}: {f}: {e}", path.display());
     let from_dir = |dir: &Path, source: String| -> Result<Resolved> {
         let mut config = Qwen3Config::from_dir(dir).map_err(|e| field("model.init", e))?;
+        if !dir.join("tokenizer.json").exists() {
+            // A shape only (config.json): memory and time, not the data's steps.
+            return Ok(Resolved { source: format!("{source} (config.json only: no tokenizer to count the data with)"), config, tokenizer: None });
+        }
         let mut tok = Tokenizer::from_dir(dir).map_err(|e| field("model.init", e))?;
         if m.add_tags {
             tok.add_deepanalyze_tags();
@@ -310,7 +331,7 @@ fn time(detail: Detail, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets
     }
     if !cfg!(feature = "cuda") {
         // On a CPU build every replica lives in this machine's memory.
-        let (needed, available) = (memory.total() * devices as f64, mem_available());
+        let (needed, available) = (memory.peak() * devices as f64, mem_available());
         if needed > 0.9 * available {
             return Err(format!("needs about {} and this machine has {} available", gib(needed), gib(available)));
         }
@@ -340,7 +361,7 @@ fn model_json(r: &Resolved) -> Value {
 }
 
 fn memory_json(m: &Memory) -> Value {
-    json!({"total_bytes": m.total(), "parts": m.parts.iter().map(|(k, v)| json!({"part": k, "bytes": v})).collect::<Vec<_>>()})
+    json!({"peak_bytes": m.peak(), "total_bytes": m.total(), "parts": m.parts.iter().map(|(k, v, phase)| json!({"part": k, "bytes": v, "phase": phase})).collect::<Vec<_>>()})
 }
 
 fn timing_json(t: &std::result::Result<estimate::StepTiming, String>, batch: &str) -> Value {
@@ -373,6 +394,13 @@ fn duration(s: f64) -> String {
     }
 }
 
+fn waves(ro: &Value) -> String {
+    match ro["waves"].as_u64() {
+        Some(w) if w > 1 => format!(" (a wave; {w} waves: rollout.max_rows)"),
+        _ => String::new(),
+    }
+}
+
 fn print_stage(i: usize, n: usize, p: &Value) {
     let m = &p["model"];
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
@@ -386,16 +414,19 @@ fn print_stage(i: usize, n: usize, p: &Value) {
         let pr = &p["prompt_tokens"];
         let prompts = match pr["unknown"].as_str() {
             Some(why) => format!("prompt lengths unknown: {why}"),
-            None => format!("prompts of {:.0} tokens on average, {} at most, over {} tasks", f(&pr["mean"]), pr["max"], pr["tasks"]),
+            None => {
+                let left = if f(&pr["left_out"]) > 0.0 { format!(" ({} left out: over rollout.max_prompt_tokens)", pr["left_out"]) } else { String::new() };
+                format!("prompts of {:.0} tokens on average, {} at most, over {} tasks{left}", f(&pr["mean"]), pr["max"], pr["tasks"])
+            }
         };
         println!("  steps    {} of {} rollouts (≤ {} response tokens each; {prompts})", p["steps"], p["rollouts_per_step"], p["max_response_tokens"]);
         println!("  work     ≤ {:.3} TFLOP per update (rollouts not included)", f(&p["update_flops_per_step_at_most"]) / 1e12);
         let ro = &p["rollout"];
         match ro["skipped"].as_str() {
-            Some(why) => println!("  rollouts ≤ {} decoding steps of {} rows per step; time not measured ({why})", ro["decode_steps_at_most"], ro["rows"]),
-            None => println!("  rollouts ≤ {} per step: ≤ {} decoding steps of {} rows at {} each, and a prefill of {} per turn \
+            Some(why) => println!("  rollouts ≤ {} decoding steps of {} rows{} per step; time not measured ({why})", ro["decode_steps_at_most"], ro["rows"], waves(ro)),
+            None => println!("  rollouts ≤ {} per step: ≤ {} decoding steps of {} rows{} at {} each, and a prefill of {} per turn \
                               (random weights, {}-token contexts, on this machine); cells not included",
-                             duration(f(&ro["s_at_most"])), ro["decode_steps_at_most"], ro["rows"], duration(f(&ro["token_s"])), duration(f(&ro["prefill_s"])), ro["context"]),
+                             duration(f(&ro["s_at_most"])), ro["decode_steps_at_most"], ro["rows"], waves(ro), duration(f(&ro["token_s"])), duration(f(&ro["prefill_s"])), ro["context"]),
         }
     } else {
         let per_device = if p["devices"].as_u64() > Some(1) { format!(", ≤ {} on each of {} devices", p["forwards_per_device"], p["devices"]) } else { String::new() };
@@ -408,7 +439,8 @@ fn print_stage(i: usize, n: usize, p: &Value) {
     }
     let mem = &p["memory"];
     let parts: Vec<String> = mem["parts"].as_array().into_iter().flatten().map(|x| format!("{} {}", x["part"].as_str().unwrap_or(""), gib(f(&x["bytes"])))).collect();
-    println!("  memory   {} per device (estimate): {}", gib(f(&mem["total_bytes"])), parts.join(", "));
+    let phases = if mem["peak_bytes"] != mem["total_bytes"] { format!("; the update's and the rollouts' parts are not held at once, all sum to {}", gib(f(&mem["total_bytes"]))) } else { String::new() };
+    println!("  memory   {} per device at the peak (estimate{phases}): {}", gib(f(&mem["peak_bytes"])), parts.join(", "));
     let t = &p["measured"];
     match t["skipped"].as_str() {
         Some(why) => println!("  time     not measured ({why})"),

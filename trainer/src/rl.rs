@@ -39,10 +39,9 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     std::fs::write(out.join("config.toml"), toml::to_string(cfg)?)?;
     let weights = cfg.reward.resolved().map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
-    let (train, heldout) = load_tasks(cfg)?;
+    let (mut train, mut heldout) = load_tasks(cfg)?;
     let kinds: std::collections::BTreeSet<&str> = train.iter().chain(&heldout).map(|(t, _)| t.kind.as_str()).collect();
     cfg.reward.check_judge(kinds).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
-    let eval_tasks: Vec<(&RlTask, PathBuf)> = heldout.iter().take(cfg.eval.tasks).map(|(t, d)| (t, d.clone())).collect();
     let devices = cfg.compute.devices(cfg_path)?;
     let device = devices[0].clone();
 
@@ -57,6 +56,18 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         bail!("{}: the tokenizer lacks the DeepAnalyze tags (<Analyze> ... </Answer>)", ck.dir.join("tokenizer.json").display());
     }
     let template = ck.chat_template()?;
+    if let Some(max) = cfg.rollout.max_prompt_tokens {
+        let before = (train.len(), heldout.len());
+        let fits = |(t, _): &(RlTask, PathBuf)| rollout::prompt_ids(&tok, &template, t).map_or(true, |ids| ids.len() <= max);
+        train.retain(fits);
+        heldout.retain(fits);
+        if train.is_empty() {
+            bail!("{}: rollout.max_prompt_tokens: every training task's prompt is over {max} tokens", cfg_path.display());
+        }
+        eprintln!("rl: left out {} training and {} held-out tasks whose prompt is over {max} tokens (rollout.max_prompt_tokens)",
+                  before.0 - train.len(), before.1 - heldout.len());
+    }
+    let eval_tasks: Vec<(&RlTask, PathBuf)> = heldout.iter().take(cfg.eval.tasks).map(|(t, d)| (t, d.clone())).collect();
     let eos = ck.eos_token_ids();
     let source_dtype = ck.config.dtype.clone();
     // The frozen reference for the KL term: the stage's starting weights, on every device.
@@ -77,7 +88,6 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
                       dir.display(), s.total_steps, s.seed, total_steps, cfg.seed);
             }
             loader.seek(s.cursor.clone());
-            optim = optim.load(dir, &device)?;
             eprintln!("rl: resumed at step {} from {}", s.step, dir.display());
             if s.devices != devices.len() {
                 eprintln!("rl: the run stepped on {} device(s) and goes on on {}: each device samples its share of the tasks \
@@ -89,6 +99,9 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     };
     let Checkpoint { config, model, .. } = ck;
     let mut model = model.with_stable_ids().with_compute(cfg.compute.model());
+    if let Some(dir) = &resume_dir {
+        optim = optim.load(dir, &model, &devices)?; // keyed by the stable ids, sharded by owner
+    }
     let mut metrics = Metrics::open(out, state.step)?;
     eprintln!("rl: {} training tasks, {} held out ({} evaluated), {} steps of {} tasks × {} samples; compute {}",
               train.len(), heldout.len(), eval_tasks.len(), total_steps, cfg.rollout.tasks_per_step, cfg.rollout.group_size, cfg.compute);
@@ -98,6 +111,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         max_new_tokens: cfg.rollout.max_new_tokens,
         max_response_tokens: cfg.rollout.max_response_tokens,
         sampling: SamplingConfig { temperature: 0.0, ..SamplingConfig::default() },
+        max_rows: cfg.rollout.max_rows,
     };
     let evaluate = |model: &Qwen3<TrainBackend>, step: u64, metrics: &mut Metrics| -> Result<Option<f64>> {
         if eval_tasks.is_empty() {
@@ -152,6 +166,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
                 seed: cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step << 20),
                 ..SamplingConfig::default()
             },
+            max_rows: cfg.rollout.max_rows,
         };
         bar.set_message("rollouts");
         let policy = model.for_inference();

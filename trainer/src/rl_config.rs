@@ -60,6 +60,13 @@ pub struct RolloutSpec {
     pub max_new_tokens: usize,
     /// Tokens per response, observations included.
     pub max_response_tokens: usize,
+    /// Tasks whose prompt (in the chat template) is longer are left out (none: all kept).
+    #[serde(default)]
+    pub max_prompt_tokens: Option<usize>,
+    /// Trajectories a device decodes together (bounds the KV cache: a step's tasks run in
+    /// waves); none: all of its share at once.
+    #[serde(default)]
+    pub max_rows: Option<usize>,
     #[serde(default = "one_f32")]
     pub temperature: f32,
     #[serde(default = "one_f32")]
@@ -106,6 +113,9 @@ impl RlConfig {
         let cfg: RlConfig = curriculum::load_toml(path, overrides)?;
         let bad = |field: &str, why: &str| Err(anyhow::anyhow!("{}: {field}: {why}", path.display()));
         let r = &cfg.rollout;
+        if r.max_rows == Some(0) {
+            return bad("rollout.max_rows", "must be at least 1 (leave it out to decode a device's share at once)");
+        }
         if r.tasks_per_step == 0 || r.group_size == 0 || r.max_turns == 0 || r.max_new_tokens == 0 || r.max_response_tokens == 0 {
             return bad("rollout", "tasks_per_step, group_size, max_turns, max_new_tokens and max_response_tokens must be > 0");
         }

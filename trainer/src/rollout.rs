@@ -57,6 +57,9 @@ pub struct RolloutConfig {
     pub max_response_tokens: usize,
     /// Temperature, top-p, top-k and seed (a turn's row i samples with seed + turn·1e6 + i).
     pub sampling: SamplingConfig,
+    /// Trajectories decoded together (what bounds the KV cache): the tasks run in waves of
+    /// max_rows / samples tasks (at least one), wave w sampling with seed + w·2³². None: one.
+    pub max_rows: Option<usize>,
 }
 
 /// Where the time went (seconds).
@@ -149,9 +152,40 @@ pub fn run_on_devices<B: model::ModelBackend>(
     Ok((out, timing))
 }
 
-/// Runs `samples` trajectories of every task (task-major: task 0's samples first).
-/// `workspaces[i]` is task i's source folder. `progress(n)` counts finished trajectories.
+/// A task's prompt as the policy sees it: the user turn in the chat template, encoded.
+pub fn prompt_ids(tok: &Tokenizer, template: &ChatTemplate, task: &RlTask) -> Result<Vec<u32>> {
+    Ok(tok.encode(&template.render(&[serde_json::json!({"role": "user", "content": task.prompt})], None, true)?)?)
+}
+
+/// Runs `samples` trajectories of every task (task-major: task 0's samples first), in
+/// waves of at most `cfg.max_rows` trajectories. `workspaces[i]` is task i's source
+/// folder. `progress(n)` counts finished trajectories.
 pub fn run<B: model::ModelBackend>(
+    env: &Env<B>,
+    tasks: &[&RlTask],
+    workspaces: &[PathBuf],
+    samples: usize,
+    cfg: &RolloutConfig,
+    mut progress: impl FnMut(usize),
+) -> Result<(Vec<Trajectory>, Timing)> {
+    let per = cfg.max_rows.map_or(tasks.len(), |rows| rows / samples.max(1)).max(1);
+    if tasks.len() <= per {
+        return run_wave(env, tasks, workspaces, samples, cfg, progress);
+    }
+    let (mut out, mut timing) = (vec![], Timing::default());
+    for (w, start) in (0..tasks.len()).step_by(per).enumerate() {
+        let end = (start + per).min(tasks.len());
+        let cfg = RolloutConfig { sampling: SamplingConfig { seed: cfg.sampling.seed.wrapping_add((w as u64) << 32), ..cfg.sampling.clone() }, ..cfg.clone() };
+        let (trajs, t) = run_wave(env, &tasks[start..end], &workspaces[start..end], samples, &cfg, &mut progress)?;
+        out.extend(trajs.into_iter().map(|t| Trajectory { task: t.task + start, ..t }));
+        timing.generate += t.generate;
+        timing.sandbox += t.sandbox;
+    }
+    Ok((out, timing))
+}
+
+/// [`run`] with every trajectory in one batch.
+fn run_wave<B: model::ModelBackend>(
     env: &Env<B>,
     tasks: &[&RlTask],
     workspaces: &[PathBuf],
@@ -162,8 +196,7 @@ pub fn run<B: model::ModelBackend>(
     let Env { model, tok, template, eos, sandbox } = *env;
     let mut out = vec![];
     for (ti, t) in tasks.iter().enumerate() {
-        let prompt = template.render(&[serde_json::json!({"role": "user", "content": t.prompt})], None, true)?;
-        let prompt_ids = tok.encode(&prompt)?;
+        let prompt_ids = prompt_ids(tok, template, t)?;
         let files: Vec<_> = t.files.iter().map(|f| workspaces[ti].join(f)).collect();
         let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
         for _ in 0..samples {

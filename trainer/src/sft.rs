@@ -115,7 +115,6 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
                       resume_dir.unwrap().display(), s.total_steps, s.seed, total_steps, cfg.seed);
             }
             loader.seek(s.cursor.clone());
-            optim = optim.load(resume_dir.as_ref().unwrap(), &device)?;
             eprintln!("{}: resumed at step {} from {}", kind.name(), s.step, resume_dir.as_ref().unwrap().display());
             RunState { devices: cfg.compute.devices, ..s }
         }
@@ -124,6 +123,9 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     let Checkpoint { config, model, tokenizer, .. } = ck;
     let tok = tokenizer.expect("checked above");
     let mut model = model.with_stable_ids().with_compute(cfg.compute.model());
+    if let Some(dir) = &resume_dir {
+        optim = optim.load(dir, &model, &devices)?; // keyed by the stable ids, sharded by owner
+    }
     let mut metrics = Metrics::open(out, state.step)?;
     let evaluate = |model: &Qwen3<TrainBackend>| eval_loss(model, &eval_seqs, cfg.batch.micro_batch, &devices);
     if state.step == 0 {

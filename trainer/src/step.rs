@@ -6,7 +6,8 @@ use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::record::{BinFileRecorder, BurnRecord, FullPrecisionSettings, Record, Recorder};
+use std::collections::HashMap;
 use burn::tensor::backend::AutodiffBackend;
 use datasets::PackedSeq;
 use model::{AttnMask, ModelBackend, Qwen3, TrainingBackend};
@@ -174,9 +175,12 @@ impl<B: TrainingBackend> Optim<B> {
         }
         let mut norms = GradientsParams::new();
         model.visit(&mut MoveVectors { from: &mut grads, to: &mut norms, only_vectors: !self.decay_norms });
+        // burn's AdamW steps each parameter, and keeps its state, on its gradient's device
+        // (with data parallel the device that owns it: see `parallel`); the weights return.
+        let main = model.device();
         let model = self.decay.step(lr, model, grads);
         let model = self.no_decay.step(lr, model, norms);
-        (model, Ok(grad_norm))
+        (crate::parallel::gather(model, &main), Ok(grad_norm))
     }
 
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
@@ -186,12 +190,22 @@ impl<B: TrainingBackend> Optim<B> {
         Ok(())
     }
 
-    /// Restores the state saved by [`save`](Self::save) (keyed by the model's stable ids).
-    pub fn load(mut self, dir: &Path, device: &B::Device) -> anyhow::Result<Self> {
+    /// Restores the state saved by [`save`](Self::save) (keyed by the model's stable ids),
+    /// each parameter's on the device that owns it among `devices` (`parallel::owners`), so
+    /// no device ever holds more than its shard.
+    pub fn load(mut self, dir: &Path, model: &Qwen3<B>, devices: &[Device<B>]) -> anyhow::Result<Self> {
+        type Rec<B> = <OptimizerAdaptor<AdamW, Qwen3<B>, B> as Optimizer<Qwen3<B>, B>>::Record;
+        type Item<B> = <Rec<B> as Record<B>>::Item<FullPrecisionSettings>;
+        let owner: HashMap<String, usize> = crate::parallel::owners(model, devices.len()).into_iter().map(|(id, _, k)| (id.serialize(), k)).collect();
         let rec = BinFileRecorder::<FullPrecisionSettings>::new();
-        let load = |name: &str| {
+        let load = |name: &str| -> anyhow::Result<Rec<B>> {
             let p = dir.join(name);
-            rec.load(p.clone(), device).map_err(|e| anyhow::anyhow!("{}.bin: {e}", p.display()))
+            let saved: BurnRecord<Item<B>, B> = Recorder::<B>::load_item(&rec, &mut p.clone()).map_err(|e| anyhow::anyhow!("{}.bin: {e}", p.display()))?;
+            let mut shards: Vec<Vec<_>> = devices.iter().map(|_| vec![]).collect();
+            for (id, state) in saved.item {
+                shards[owner.get(&id).copied().unwrap_or(0)].push((id, state));
+            }
+            Ok(shards.into_iter().zip(devices).flat_map(|(shard, d)| Rec::<B>::from_item(shard.into_iter().collect::<Item<B>>(), d)).collect())
         };
         self.decay = self.decay.load_record(load("optimizer")?);
         self.no_decay = self.no_decay.load_record(load("optimizer-no-decay")?);

@@ -397,6 +397,7 @@ fn rollouts_shared_among_devices_are_their_shares_run_alone() {
         max_new_tokens: 12,
         max_response_tokens: 40,
         sampling: model::SamplingConfig { temperature: 1.0, seed, ..Default::default() },
+        max_rows: None,
     };
     let ids = |t: &[Trajectory]| -> Vec<(usize, Vec<u32>)> { t.iter().map(|t| (t.task, t.ids.clone())).collect() };
     let (shared, _) = run_on_devices(&env, &model::devices(2).unwrap(), &refs, &dirs, 2, &cfg(7), |_| {}).unwrap();
@@ -410,4 +411,18 @@ fn rollouts_shared_among_devices_are_their_shares_run_alone() {
     // One device is the plain run.
     let (one, _) = run_on_devices(&env, &model::devices(1).unwrap(), &refs, &dirs, 2, &cfg(7), |_| {}).unwrap();
     assert_eq!(ids(&one), ids(&run(&env, &refs, &dirs, 2, &cfg(7), |_| {}).unwrap().0));
+
+    // At most 3 rows decoded together: waves of one task (a group of 2 is the unit), wave
+    // w sampling with seed + w·2³², each as if run alone.
+    let bounded = RolloutConfig { max_rows: Some(3), ..cfg(7) };
+    let (waves, _) = run(&env, &refs, &dirs, 2, &bounded, |_| {}).unwrap();
+    let mut want = vec![];
+    for w in 0..3 {
+        let (alone, _) = run(&env, &refs[w..w + 1], &dirs[w..w + 1], 2, &cfg(7 + ((w as u64) << 32)), |_| {}).unwrap();
+        want.extend(ids(&alone).into_iter().map(|(_, i)| (w, i)));
+    }
+    assert_eq!(ids(&waves), want);
+    // Greedy decoding does not depend on the waves: the same trajectories as one batch.
+    let greedy = |max_rows| RolloutConfig { sampling: model::SamplingConfig { temperature: 0.0, ..Default::default() }, max_rows, ..cfg(7) };
+    assert_eq!(ids(&run(&env, &refs, &dirs, 2, &greedy(Some(2)), |_| {}).unwrap().0), ids(&run(&env, &refs, &dirs, 2, &greedy(None), |_| {}).unwrap().0));
 }

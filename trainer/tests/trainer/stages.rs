@@ -189,6 +189,13 @@ fn data_parallel_replicas_train_as_one_device_does() {
     let (wa, wb) = (floats("one"), floats("two"));
     let diff = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(wa.len() == wb.len() && diff < 1e-5, "final weights differ by up to {diff}");
+    // Resumed from its step-4 checkpoint (AdamW state sharded among the devices again by
+    // owner): the uninterrupted run's final weights, to the bit.
+    let again = fx.config("again", &fx.from_init(&fx.dir.join("one/init")), "[compute]\ndevices = 2\n");
+    let ck = fx.dir.join("two/checkpoints/step-00000004");
+    let log = ok(&["--stage", "sft-single", again.to_str().unwrap(), "--set", "train.max_steps=6", "--resume", ck.to_str().unwrap()]);
+    assert!(log.contains("resumed at step 4"), "{log}");
+    assert!(floats("again") == wb, "resumed on two devices: final weights differ");
     // Zero devices is an error naming the file and field.
     let e = err_line(&["--stage", "sft-single", one.to_str().unwrap(), "--set", "compute.devices=0"]);
     assert!(e.contains("one.toml") && e.contains("compute.devices"), "{e}");
@@ -407,6 +414,21 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
     let held = (0..40).filter(|i| curriculum::heldout(&format!("rl-{i}"), 0.2)).count();
     assert_eq!(p["prompt_tokens"]["tasks"].as_u64().unwrap() as usize, 40 - held);
     assert!(p["prompt_tokens"]["max"].as_u64().unwrap() > 10, "{p}");
+    // rollout.max_prompt_tokens leaves the longer prompts out (the plan counts them), and
+    // rollout.max_rows decodes a step's 4 tasks in waves of one group.
+    let longest = p["prompt_tokens"]["max"].as_u64().unwrap();
+    let o = stage(&["plan", a.to_str().unwrap(), "--json", "--set", &format!("rollout.max_prompt_tokens={}", longest - 1), "--set", "rollout.max_rows=5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cut: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cut = &cut["stages"][0];
+    let left_out = cut["prompt_tokens"]["left_out"].as_u64().unwrap();
+    assert!(left_out >= 1 && cut["prompt_tokens"]["tasks"].as_u64().unwrap() + left_out == (40 - held) as u64, "{cut}");
+    assert!(cut["prompt_tokens"]["max"].as_u64().unwrap() < longest, "{cut}");
+    assert_eq!((cut["rollout"]["rows"].as_u64(), cut["rollout"]["waves"].as_u64()), (Some(4), Some(4)), "{cut}");
+    let e = err_line(&["--stage", "rl", a.to_str().unwrap(), "--set", "rollout.max_prompt_tokens=1"]);
+    assert!(e.contains("a.toml") && e.contains("rollout.max_prompt_tokens"), "{e}");
+    let e = err_line(&["--stage", "rl", a.to_str().unwrap(), "--set", "rollout.max_rows=0"]);
+    assert!(e.contains("a.toml") && e.contains("rollout.max_rows"), "{e}");
     ok(&["--stage", "rl", a.to_str().unwrap()]);
     let rows = lines(&fx.dir.join("rl-a/metrics.jsonl"));
     let trained: u64 = rows.iter().filter_map(|r| r["trained_trajectories"].as_u64()).sum();
@@ -525,8 +547,9 @@ fn plan_counts_the_steps_and_vocabulary_a_run_will_have_before_it_runs() {
     let e = err_line(&["plan", s1.to_str().unwrap(), "--gpus", "0"]);
     assert!(e.contains("compute.devices") && e.contains("at least 1"), "{e}");
 
-    // Data parallel: the same memory on every replica, plus on the first device the
-    // gradients it receives; the first device's share of the forwards is what is timed.
+    // Data parallel: each device keeps the AdamW moments of the parameters it owns (a
+    // half of them here) and sums their gradients (ZeRO stage 1); the first device's share
+    // of the forwards is what is timed.
     let o = stage(&["plan", s1.to_str().unwrap(), "--gpus", "2", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let dp: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -534,7 +557,9 @@ fn plan_counts_the_steps_and_vocabulary_a_run_will_have_before_it_runs() {
     assert_eq!(dp["devices"], 2);
     assert_eq!(dp["forwards_per_device"].as_u64().unwrap(), p1["forwards_per_step"].as_u64().unwrap().div_ceil(2));
     let extra = dp["memory"]["total_bytes"].as_f64().unwrap() - p1["memory"]["total_bytes"].as_f64().unwrap();
-    assert_eq!(extra, 4.0 * p1["model"]["params"]["total"].as_f64().unwrap());
+    let p = p1["model"]["params"]["total"].as_f64().unwrap();
+    assert_eq!(extra, -8.0 * p / 2.0 + 4.0 * p / 2.0);
+    assert!(parts(dp).contains(&"AdamW moments (f32, a 1/2 shard)".into()) && parts(dp).contains(&"gradients summed here (f32, a 1/2 shard)".into()), "{dp}");
     assert!(dp["measured"]["step_s"].as_f64().is_some_and(|s| s > 0.0), "{dp}");
 }
 
