@@ -200,7 +200,7 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
             lens.retain(|&l| ro.max_prompt_tokens.is_none_or(|m| l <= m));
             json!({"tasks": lens.len(), "left_out": all - lens.len(), "max": lens.iter().max(), "mean": lens.iter().sum::<usize>() as f64 / lens.len().max(1) as f64})
         }
-        (Some(Err(e)), _) => json!({"unknown": format!("{e:#}")}),
+        (Some(Err(e)), _) => json!({"unknown": causes(&e)}),
         (_, None) => json!({"unknown": "no tokenizer"}),
     };
     // Unknown prompts (no data yet): the longest a task may have, if the config bounds it.
@@ -346,6 +346,17 @@ fn time(detail: Detail, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets
     let timing = model::devices(replicas).map_err(|e| e.to_string()).and_then(|d| estimate::time_step(c, compute, &batch, 1, &d).map_err(|e| e.to_string()));
     bar.finish_and_clear();
     timing
+}
+
+/// An error and its causes, a cause left out when the message before already ends with it.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out: Vec<String> = vec![];
+    for c in e.chain().map(|c| c.to_string()) {
+        if !out.last().is_some_and(|last| last.ends_with(&c)) {
+            out.push(c);
+        }
+    }
+    out.join(": ")
 }
 
 fn mem_available() -> f64 {

@@ -250,4 +250,14 @@ fn eval_runs_on_a_dabench_folder_and_summarizes_its_rollouts() {
     assert_eq!(summary["tasks"], 3);
     assert_eq!(f(&summary["correct"]), rows.iter().filter(|r| r["correct"] == true).count() as f64 / 3.0);
     assert_eq!(f(&summary["well_formed"]), 0.0);
+    // --max-rows 1: one task decoded at a time (greedy), the same rollouts.
+    let waves = d.path().join("eval-waves");
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["eval", "--model", d.path().join("ck").to_str().unwrap(), "--tasks", root().join("../shared/data/dabench-dev").to_str().unwrap(),
+               "--limit", "3", "--max-turns", "1", "--max-new-tokens", "12", "--max-rows", "1", "--out", waves.to_str().unwrap()])
+        .env(sandbox::PYTHON_ENV, sandbox_python())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(waves.join("rollouts.jsonl")).unwrap(), std::fs::read_to_string(out.join("rollouts.jsonl")).unwrap());
 }
