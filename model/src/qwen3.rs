@@ -254,6 +254,22 @@ impl<B: ModelBackend> Attention<B> {
     }
 }
 
+/// Casts 2-D parameters (matrices) to a dtype; norm gains and biases stay. A parameter
+/// that takes gradients stays a leaf that does (the cast's output would be an inner node).
+struct CastMatrices(FloatDType);
+
+impl<B: Backend> burn::module::ModuleMapper<B> for CastMatrices {
+    fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = p.consume();
+        let tensor = match (D, tensor.is_require_grad()) {
+            (2, true) => to(tensor, self.0).detach().require_grad(),
+            (2, false) => to(tensor, self.0),
+            _ => tensor,
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
 /// GQA: each KV head serves `n_rep` query heads.
 fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     if n_rep == 1 {
@@ -327,14 +343,17 @@ impl<B: Backend> Qwen3<B> {
     /// the memory and the bytes each decoding step reads). Norm gains and biases stay as
     /// they are, so in the compute dtype this computes exactly what the master weights do.
     pub fn with_matrices_in(self, dtype: FloatDType) -> Self {
-        struct Cast(FloatDType);
-        impl<B: Backend> burn::module::ModuleMapper<B> for Cast {
-            fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-                let (id, tensor, mapper) = p.consume();
-                Param::from_mapped_value(id, if D == 2 { to(tensor, self.0) } else { tensor }, mapper)
-            }
-        }
-        self.map(&mut Cast(dtype))
+        self.map(&mut CastMatrices(dtype))
+    }
+
+    /// The model with only its decoder layers' matrices stored in `dtype`: a data-parallel
+    /// training replica (`trainer::parallel`). In the compute dtype it computes what the
+    /// master weights do, and the layers' gradients come out in `dtype` (the values an
+    /// autocast step casts up), while the embedding's (summed over tokens) and the LM
+    /// head's (summed over chunks) are still summed in f32.
+    pub fn with_layer_matrices_in(mut self, dtype: FloatDType) -> Self {
+        self.layers = self.layers.into_iter().map(|l| l.map(&mut CastMatrices(dtype))).collect();
+        self
     }
 
     /// Gives every parameter an id from its place in the module (0, 1, 2, ... in field

@@ -15,12 +15,18 @@ pub struct Params {
 }
 
 pub fn params(c: &Qwen3Config) -> Params {
-    let (h, q, kv, i, v) = (c.hidden_size, q_dim(c), kv_dim(c), c.intermediate_size, c.vocab_size);
+    let (h, q, kv, v) = (c.hidden_size, q_dim(c), kv_dim(c), c.vocab_size);
     let bias = if c.attention_bias { q + 2 * kv + h } else { 0 };
-    let layer_matmul = h * q + 2 * h * kv + q * h + 3 * h * i;
+    let layer_matmul = layer_matmul(c);
     let layer = layer_matmul + bias + 2 * c.head_dim + 2 * h; // + q/k norms, two RMSNorms
     let embedding = if c.tie_word_embeddings { v * h } else { 2 * v * h };
     Params { total: c.num_hidden_layers * layer + h + embedding, embedding, matmul: c.num_hidden_layers * layer_matmul + v * h }
+}
+
+/// Weights of one decoder layer's matrices (attention and MLP).
+fn layer_matmul(c: &Qwen3Config) -> usize {
+    let (h, q, kv, i) = (c.hidden_size, q_dim(c), kv_dim(c), c.intermediate_size);
+    h * q + 2 * h * kv + q * h + 3 * h * i
 }
 
 fn q_dim(c: &Qwen3Config) -> usize {
@@ -116,17 +122,30 @@ pub fn rl(c: &Qwen3Config, compute: Compute, micro_batch_tokens: usize, rows: us
     m
 }
 
-/// With data parallel on `devices`, each device owns about 1/devices of the parameters
-/// (`parallel::owners`): it keeps their AdamW moments only, and sums their gradients
-/// from every replica (ZeRO stage 1).
-pub fn data_parallel(mut m: Memory, c: &Qwen3Config, devices: usize) -> Memory {
+/// With data parallel on `devices` (`parallel`), each device owns about 1/devices of the
+/// parameters: their f32 master weights, AdamW moments and gradient sums. It also holds a
+/// replica of the step's weights (with bf16 compute the decoder layers' matrices in bf16)
+/// and one micro-batch's gradients, of the replica's size.
+pub fn data_parallel(mut m: Memory, c: &Qwen3Config, compute: Compute, devices: usize) -> Memory {
     if devices > 1 {
-        let (p, n) = (params(c).total as f64, devices as f64);
-        for (name, bytes, _) in m.parts.iter_mut().filter(|(name, _, _)| name == "AdamW moments (f32)") {
-            *name = format!("AdamW moments (f32, a 1/{devices} shard)");
-            *bytes = 8.0 * p / n;
+        let p = params(c);
+        let n = devices as f64;
+        let layers = (c.num_hidden_layers * layer_matmul(c)) as f64;
+        let (replica, what) = match compute.precision {
+            Precision::F32 => (4.0 * p.total as f64, "f32"),
+            _ => (2.0 * layers + 4.0 * (p.total as f64 - layers), "bf16 layer matrices"),
+        };
+        for (name, bytes, _) in m.parts.iter_mut() {
+            let (new, b) = match name.as_str() {
+                "weights (f32)" => (format!("master weights (f32, a 1/{devices} shard)"), 4.0 * p.total as f64 / n),
+                "gradients (f32)" => (format!("a micro-batch's gradients ({what})"), replica),
+                "AdamW moments (f32)" => (format!("AdamW moments (f32, a 1/{devices} shard)"), 8.0 * p.total as f64 / n),
+                _ => continue,
+            };
+            (*name, *bytes) = (new, b);
         }
-        m.add(&format!("gradients summed here (f32, a 1/{devices} shard)"), 4.0 * p / n, Phase::Update);
+        m.add(&format!("replica weights ({what})"), replica, Phase::Update);
+        m.add(&format!("gradient sums (f32, a 1/{devices} shard)"), 4.0 * p.total as f64 / n, Phase::Update);
     }
     m
 }

@@ -1,16 +1,20 @@
-//! Data parallel on one machine (`[compute] devices`). Each device gets a replica of the
-//! model (the step's weights, forked to it) and computes the gradients of its share of the
-//! step's micro-batches on its own thread. Each parameter's gradients are summed on the
-//! device that owns it, where the optimizer steps it and keeps its AdamW state (ZeRO
-//! stage 1: the state is sharded, the weights come back to the first device). The result
-//! is one device running every micro-batch, up to the order of the float additions. With
+//! Data parallel on one machine (`[compute] devices`), sharded as ZeRO stage 2. Every
+//! parameter has an owner device (`owners`), which holds its f32 master weight, its AdamW
+//! moments and the sum of its gradients: about 1/N of each on each device. A step forks a
+//! replica of the weights to every device (with bf16 compute, the decoder layers'
+//! matrices in bf16: half the bytes to send and hold), and the step's micro-batches go in
+//! rounds, device k taking micro-batch r·N + k of round r on its own thread; after each
+//! round every gradient is added, in f32, into its owner's sum, in micro-batch order. So the
+//! sums are the one-device step's, added in the same order, and no device holds more than
+//! one micro-batch's gradients. The optimizer then steps each parameter on its owner. With
 //! one device nothing is copied and no thread starts.
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use model::{Qwen3, TrainingBackend};
+use std::collections::HashMap;
 
 /// `f(k, replica)` on every device k, each on its own thread with the model forked to it;
 /// the results in device order. One device (or none given) runs `f(0, model)` here.
@@ -39,7 +43,8 @@ where
 
 /// Gradients summed over `parts`, and what each part gave beside them (None: it had
 /// nothing to train), in the order of `parts`. `grads(k, replica, part)` computes one
-/// part on device k; of n devices, device k takes parts k, k + n, k + 2n, ...
+/// part on device k; of n devices, device k takes parts k, k + n, k + 2n, ... With several
+/// devices each sum is on the parameter's owner (see the module doc).
 pub fn grads<B, T, R, F>(model: &Qwen3<B>, devices: &[Device<B>], parts: &[T], grads: F) -> (Vec<Option<R>>, GradientsParams)
 where
     B: TrainingBackend,
@@ -47,38 +52,42 @@ where
     R: Send,
     F: Fn(usize, &Qwen3<B>, &T) -> Option<(R, GradientsParams)> + Sync,
 {
-    let n = devices.len().max(1);
-    let shares = on_devices(model, devices, |k, replica| {
+    let mut values: Vec<Option<R>> = parts.iter().map(|_| None).collect();
+    if devices.len() <= 1 {
         let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
-        let mut values = vec![];
-        for i in (k..parts.len()).step_by(n) {
-            if let Some((v, g)) = grads(k, replica, &parts[i]) {
-                values.push((i, v));
-                acc.accumulate(replica, g);
+        for (i, part) in parts.iter().enumerate() {
+            if let Some((v, g)) = grads(0, model, part) {
+                values[i] = Some(v);
+                acc.accumulate(model, g);
             }
         }
-        (values, acc.grads())
-    });
-    let mut values: Vec<Option<R>> = parts.iter().map(|_| None).collect();
-    let mut sums = vec![];
-    for (vals, g) in shares {
-        for (i, v) in vals {
-            values[i] = Some(v);
+        return (values, acc.grads());
+    }
+    let n = devices.len();
+    let owned = owners(model, n);
+    let source = model.clone().with_layer_matrices_in(model.compute.precision.dtype());
+    let replicas: Vec<Qwen3<B>> = devices.iter().map(|d| source.clone().fork(d)).collect();
+    drop(source);
+    let grads = &grads;
+    let mut sums = GradientsParams::new();
+    for (r, round) in parts.chunks(n).enumerate() {
+        let results: Vec<_> = std::thread::scope(|s| {
+            let threads: Vec<_> = round.iter().zip(&replicas).enumerate().map(|(k, (part, replica))| s.spawn(move || grads(k, replica, part))).collect();
+            threads.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        });
+        for (k, result) in results.into_iter().enumerate() {
+            let Some((v, mut g)) = result else { continue };
+            values[r * n + k] = Some(v);
+            for &(id, dims, owner) in &owned {
+                match dims {
+                    1 => add::<B::InnerBackend, 1>(&mut sums, &mut g, id, &devices[owner]),
+                    2 => add::<B::InnerBackend, 2>(&mut sums, &mut g, id, &devices[owner]),
+                    _ => unreachable!("Qwen3 has 1-D and 2-D parameters only"),
+                }
+            }
         }
-        sums.push(g);
     }
-    if sums.len() == 1 {
-        return (values, sums.pop().expect("one share"));
-    }
-    let mut reduced = GradientsParams::new();
-    for (id, dims, k) in owners(model, devices.len()) {
-        match dims {
-            1 => reduce::<B::InnerBackend, 1>(&mut sums, &mut reduced, id, &devices[k]),
-            2 => reduce::<B::InnerBackend, 2>(&mut sums, &mut reduced, id, &devices[k]),
-            _ => unreachable!("Qwen3 has 1-D and 2-D parameters only"),
-        }
-    }
-    (values, reduced)
+    (values, sums)
 }
 
 /// Which of `n` devices owns each parameter (id, dimensions, device): largest first, each
@@ -105,28 +114,36 @@ pub fn owners<B: Backend>(model: &Qwen3<B>, n: usize) -> Vec<(ParamId, usize, us
         .collect()
 }
 
-/// Moves parameter `id`'s gradient from every device's sum to `device` and adds them up
-/// there (in device order, as one device accumulating would).
-fn reduce<B: Backend, const D: usize>(sums: &mut [GradientsParams], out: &mut GradientsParams, id: ParamId, device: &B::Device) {
-    let mut acc: Option<Tensor<B, D>> = None;
-    for g in sums.iter_mut() {
-        if let Some(t) = g.remove::<B, D>(id) {
-            let t = t.to_device(device);
-            acc = Some(match acc {
-                Some(a) => a + t,
-                None => t,
-            });
-        }
-    }
-    if let Some(a) = acc {
-        out.register::<B, D>(id, a);
+/// Moves parameter `id`'s gradient from `g` to `device`, in f32, and adds it to its sum.
+fn add<B: Backend, const D: usize>(sums: &mut GradientsParams, g: &mut GradientsParams, id: ParamId, device: &B::Device) {
+    if let Some(t) = g.remove::<B, D>(id) {
+        let t = t.to_device(device).cast(FloatDType::F32);
+        let sum = match sums.remove::<B, D>(id) {
+            Some(s) => s + t,
+            None => t,
+        };
+        sums.register::<B, D>(id, sum);
     }
 }
 
-/// The weights of `model` back on `device` after an optimizer step that updated each
-/// parameter on its owner (`fork`: `to_device` would drop their require-grad flags).
-pub fn gather<B: AutodiffBackend>(model: Qwen3<B>, device: &Device<B>) -> Qwen3<B> {
-    model.fork(device)
+/// Every parameter of `model` on the device that owns it among `devices` (a data-parallel
+/// run keeps its f32 master weights so: about 1/N of them on each); one device: as it is.
+pub fn shard<B: AutodiffBackend>(model: Qwen3<B>, devices: &[Device<B>]) -> Qwen3<B> {
+    if devices.len() <= 1 {
+        return model;
+    }
+    struct Move<'a, B: Backend> {
+        owner: HashMap<ParamId, usize>,
+        devices: &'a [Device<B>],
+    }
+    impl<B: Backend> ModuleMapper<B> for Move<'_, B> {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let device = &self.devices[self.owner[&p.id]];
+            p.fork(device) // (to_device would drop the require-grad flag)
+        }
+    }
+    let owner = owners(&model, devices.len()).into_iter().map(|(id, _, k)| (id, k)).collect();
+    model.map(&mut Move { owner, devices })
 }
 
 /// `f(replica, part)` for every part without gradients (evaluation), device k taking parts

@@ -129,7 +129,7 @@ fn plan_sft(kind: &str, path: &Path, set: &[String], detail: Detail, prev: Optio
         None => (vec![estimate::random_rows(r.config.vocab_size, b.micro_batch, b.seq_len, b.seq_len); forwards], "random full sequences"),
     };
     let n = cfg.compute.devices;
-    let memory = estimate::data_parallel(estimate::training(&r.config, cfg.compute.model(), b.micro_batch, b.seq_len), &r.config, n);
+    let memory = estimate::data_parallel(estimate::training(&r.config, cfg.compute.model(), b.micro_batch, b.seq_len), &r.config, cfg.compute.model(), n);
     let flops = estimate::train_flops_per_token(&r.config, b.seq_len, cfg.compute.gradient_checkpointing) * (b.micro_batch * b.seq_len * forwards) as f64;
     let timing = time(detail, &r.config, cfg.compute.model(), &batch, n, &memory);
     let step_s = timing.as_ref().ok().map(|t| t.step_s);
@@ -210,7 +210,7 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     // Each device decodes its share of the step's tasks (rollout::run_on_devices), in waves
     // of at most max_rows.
     let rows_per_device = wave_tasks(ro, ro.tasks_per_step.div_ceil(n)) * ro.group_size;
-    let memory = estimate::data_parallel(estimate::rl(&r.config, cfg.compute.model(), g.micro_batch_tokens, rows_per_device, max_prompt + ro.max_response_tokens, g.kl_coef != 0.0), &r.config, n);
+    let memory = estimate::data_parallel(estimate::rl(&r.config, cfg.compute.model(), g.micro_batch_tokens, rows_per_device, max_prompt + ro.max_response_tokens, g.kl_coef != 0.0), &r.config, cfg.compute.model(), n);
     // At most: every rollout at max_response_tokens after a mean prompt (context for the
     // update's forward), update_epochs times, packed into micro-batches of micro_batch_tokens.
     let row = mean_prompt + ro.max_response_tokens;

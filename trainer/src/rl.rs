@@ -98,7 +98,8 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         None => RunState { step: 0, total_steps, cursor: loader.cursor().clone(), seed: cfg.seed, tokens: 0, first_eval_loss: None, devices: devices.len() },
     };
     let Checkpoint { config, model, .. } = ck;
-    let mut model = model.with_stable_ids().with_compute(cfg.compute.model());
+    // With data parallel each parameter lives on the device that owns it (`parallel`).
+    let mut model = crate::parallel::shard(model.with_stable_ids().with_compute(cfg.compute.model()), &devices);
     if let Some(dir) = &resume_dir {
         optim = optim.load(dir, &model, &devices)?; // keyed by the stable ids, sharded by owner
     }

@@ -127,10 +127,11 @@ pub fn run_on_devices<B: model::ModelBackend>(
     cfg: &RolloutConfig,
     progress: impl Fn(usize) + Sync,
 ) -> Result<(Vec<Trajectory>, Timing)> {
-    let per = tasks.len().div_ceil(devices.len().max(1)).max(1);
-    if tasks.len() <= per {
-        return run(env, tasks, workspaces, samples, cfg, progress); // one share (one device)
+    if devices.len() <= 1 {
+        return run(env, tasks, workspaces, samples, cfg, progress);
     }
+    // (Even when one share holds every task: the policy's weights may sit on their owners.)
+    let per = tasks.len().div_ceil(devices.len()).max(1);
     let share = |k: usize, model: &Qwen3<B>| {
         let start = (k * per).min(tasks.len());
         let end = ((k + 1) * per).min(tasks.len());

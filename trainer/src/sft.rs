@@ -122,7 +122,8 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     };
     let Checkpoint { config, model, tokenizer, .. } = ck;
     let tok = tokenizer.expect("checked above");
-    let mut model = model.with_stable_ids().with_compute(cfg.compute.model());
+    // With data parallel each parameter lives on the device that owns it (`parallel`).
+    let mut model = crate::parallel::shard(model.with_stable_ids().with_compute(cfg.compute.model()), &devices);
     if let Some(dir) = &resume_dir {
         optim = optim.load(dir, &model, &devices)?; // keyed by the stable ids, sharded by owner
     }

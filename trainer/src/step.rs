@@ -175,12 +175,11 @@ impl<B: TrainingBackend> Optim<B> {
         }
         let mut norms = GradientsParams::new();
         model.visit(&mut MoveVectors { from: &mut grads, to: &mut norms, only_vectors: !self.decay_norms });
-        // burn's AdamW steps each parameter, and keeps its state, on its gradient's device
-        // (with data parallel the device that owns it: see `parallel`); the weights return.
-        let main = model.device();
+        // burn's AdamW steps each parameter, and keeps its state, on its gradient's device:
+        // with data parallel the device that owns it (`parallel`).
         let model = self.decay.step(lr, model, grads);
         let model = self.no_decay.step(lr, model, norms);
-        (crate::parallel::gather(model, &main), Ok(grad_norm))
+        (model, Ok(grad_norm))
     }
 
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {

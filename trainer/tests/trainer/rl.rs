@@ -426,3 +426,38 @@ fn rollouts_shared_among_devices_are_their_shares_run_alone() {
     let greedy = |max_rows| RolloutConfig { sampling: model::SamplingConfig { temperature: 0.0, ..Default::default() }, max_rows, ..cfg(7) };
     assert_eq!(ids(&run(&env, &refs, &dirs, 2, &greedy(Some(2)), |_| {}).unwrap().0), ids(&run(&env, &refs, &dirs, 2, &greedy(None), |_| {}).unwrap().0));
 }
+
+#[test]
+fn a_bf16_replica_gives_the_autocast_gradients_to_the_bit() {
+    // Data parallel with bf16 compute forks replicas whose decoder-layer matrices are
+    // stored in bf16 (`with_layer_matrices_in`): the same loss, and every gradient equal to
+    // the f32 master's under autocast once cast to f32 (the matrices' come out in bf16).
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::FloatDType;
+    let ck = fixture_model();
+    let model = ck.model.with_stable_ids().with_compute(model::Compute { precision: model::Precision::Bf16, gradient_checkpointing: false });
+    let ids: Vec<u32> = (0..40).map(|i| (i * 7 % 50) as u32 + 3).collect();
+    let t = Trajectory { prompt_ids: ids[..10].to_vec(), ids: ids[10..].to_vec(), mask: vec![1; 30], ..trajectory("", &[], None) };
+    let row = packed_row(&[&t]);
+    let grads = |m: &model::Qwen3<B>| trainer::step::trained_loss_grads(m, std::slice::from_ref(&row), 1.0, |lp, _| lp.sum().neg()).unwrap();
+    let (loss, mut want) = grads(&model);
+    let replica = model.clone().with_layer_matrices_in(FloatDType::BF16).fork(&Default::default());
+    let (replica_loss, mut got) = grads(&replica);
+    assert_eq!(loss, replica_loss);
+    struct Compare<'a>(&'a mut burn::optim::GradientsParams, &'a mut burn::optim::GradientsParams, Vec<(usize, FloatDType)>);
+    impl ModuleVisitor<B> for Compare<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            type I = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+            let (want, got) = (self.0.remove::<I, D>(p.id).expect("master gradient"), self.1.remove::<I, D>(p.id).expect("replica gradient"));
+            self.2.push((D, got.dtype().into()));
+            let diff: f32 = (want - got.cast(FloatDType::F32)).abs().max().into_scalar();
+            assert_eq!(diff, 0.0, "{:?} {:?}", p.id, p.shape());
+        }
+    }
+    let mut cmp = Compare(&mut want, &mut got, vec![]);
+    model.visit(&mut cmp);
+    // The embedding (tied head) and every 1-D gain in f32; the layers' matrices in bf16.
+    let dtypes = cmp.2;
+    assert_eq!(dtypes[0], (2, FloatDType::F32));
+    assert!(dtypes[1..].iter().all(|&(d, t)| t == if d == 2 { FloatDType::BF16 } else { FloatDType::F32 }), "{dtypes:?}");
+}
