@@ -14,8 +14,13 @@ use burn::tensor::activation::softmax;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{FloatDType, TensorPrimitive};
 
-/// Queries per block of the backward: a block's scores are `[batch, heads, BLOCK, keys]`.
-const BLOCK: usize = 512;
+/// Queries per block of the backward: a block's scores and probabilities, `[batch, heads,
+/// block, keys]` each in f32, kept under 1 GiB (512 queries up to 8192 keys at 32 heads,
+/// fewer for longer rows: 128 at 32768), between 64 and 512.
+pub fn backward_block(batch: usize, heads: usize, keys: usize) -> usize {
+    const BUDGET: usize = 1 << 30;
+    (BUDGET / (batch * heads * keys * 8).max(1)).clamp(64, 512)
+}
 
 /// [`ModelBackend::causal_attention`] on tensors.
 pub fn causal_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -63,8 +68,9 @@ fn backward<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: 
     let out = f(out);
     let device = q.device();
     let (mut dq, mut dk, mut dv) = (Vec::new(), Tensor::<B, 4>::zeros([b, h, len, d], &device), Tensor::<B, 4>::zeros([b, h, len, d], &device));
-    for start in (0..len).step_by(BLOCK) {
-        let end = (start + BLOCK).min(len);
+    let block = backward_block(b, h, len);
+    for start in (0..len).step_by(block) {
+        let end = (start + block).min(len);
         let (rows, keys) = ([0..b, 0..h, start..end, 0..d], [0..b, 0..h, 0..end, 0..d]);
         let (qb, ob) = (q.clone().slice(rows.clone()), d_out.clone().slice(rows.clone()));
         // Per block, so Δ is contiguous: a slice of a whole-length Δ broadcast against the

@@ -93,7 +93,7 @@ pub fn training(c: &Qwen3Config, compute: Compute, rows: usize, seq: usize) -> M
     } else {
         m.add("activations", l * tokens * floats * bytes, Phase::Update);
     }
-    let block = seq.min(512) as f64;
+    let block = model::attention::backward_block(rows, c.num_attention_heads, seq).min(seq) as f64;
     // Scores and probabilities of a block of queries.
     m.add("attention backward block", rows as f64 * c.num_attention_heads as f64 * block * seq as f64 * 4.0 * 2.0, Phase::Update);
     let v = c.vocab_size as f64;
