@@ -189,9 +189,10 @@ fn data_parallel_replicas_train_as_one_device_does() {
     let (wa, wb) = (floats("one"), floats("two"));
     let diff = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(wa.len() == wb.len() && diff == 0.0, "final weights differ by up to {diff}");
-    // bf16: the replicas hold the layers' matrices in bf16, so their gradients come out in
-    // bf16, the values an autocast step casts to f32 (the one-device run): the same bits.
-    let bf16 = "[compute]\nprecision = \"bf16\"\n";
+    // bf16 (with gradient checkpointing): the replicas hold the layers' matrices in bf16,
+    // so their gradients come out in bf16, the values an autocast step casts to f32 (the
+    // one-device run): the same bits.
+    let bf16 = "[compute]\nprecision = \"bf16\"\ngradient_checkpointing = true\n";
     let one16 = fx.config("one16", &fx.from_init(&fx.dir.join("one/init")), bf16);
     let two16 = fx.config("two16", &fx.from_init(&fx.dir.join("one/init")), &format!("{bf16}devices = 2\n"));
     for c in [&one16, &two16] {
