@@ -4,10 +4,11 @@
 //! replica of the weights to every device (with bf16 compute, the decoder layers'
 //! matrices in bf16: half the bytes to send and hold), and the step's micro-batches go in
 //! rounds, device k taking micro-batch r·N + k of round r on its own thread; after each
-//! round every gradient is added, in f32, into its owner's sum, in micro-batch order. So the
-//! sums are the one-device step's, added in the same order, and no device holds more than
-//! one micro-batch's gradients. The optimizer then steps each parameter on its owner. With
-//! one device nothing is copied and no thread starts.
+//! round every gradient goes to its owner, which adds it in f32 to its sum in micro-batch
+//! order (the owners at once, a thread each). So the sums are the one-device step's, added
+//! in the same order, and no device holds more than one micro-batch's gradients. The
+//! optimizer then steps each parameter on its owner. With one device nothing is copied and
+//! no thread starts.
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::Tensor;
@@ -69,25 +70,69 @@ where
     let replicas: Vec<Qwen3<B>> = devices.iter().map(|d| source.clone().fork(d)).collect();
     drop(source);
     let grads = &grads;
-    let mut sums = GradientsParams::new();
+    let mut sums: Vec<GradientsParams> = devices.iter().map(|_| GradientsParams::new()).collect();
     for (r, round) in parts.chunks(n).enumerate() {
         let results: Vec<_> = std::thread::scope(|s| {
             let threads: Vec<_> = round.iter().zip(&replicas).enumerate().map(|(k, (part, replica))| s.spawn(move || grads(k, replica, part))).collect();
             threads.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
         });
+        // Each owner's incoming gradients, in micro-batch order, then summed by the owners at once.
+        let mut incoming: Vec<Vec<(ParamId, Grad<B::InnerBackend>)>> = devices.iter().map(|_| vec![]).collect();
         for (k, result) in results.into_iter().enumerate() {
             let Some((v, mut g)) = result else { continue };
             values[r * n + k] = Some(v);
             for &(id, dims, owner) in &owned {
-                match dims {
-                    1 => add::<B::InnerBackend, 1>(&mut sums, &mut g, id, &devices[owner]),
-                    2 => add::<B::InnerBackend, 2>(&mut sums, &mut g, id, &devices[owner]),
+                let t = match dims {
+                    1 => g.remove::<B::InnerBackend, 1>(id).map(Grad::Vector),
+                    2 => g.remove::<B::InnerBackend, 2>(id).map(Grad::Matrix),
                     _ => unreachable!("Qwen3 has 1-D and 2-D parameters only"),
-                }
+                };
+                incoming[owner].extend(t.map(|t| (id, t)));
             }
         }
+        std::thread::scope(|s| {
+            for ((list, sum), device) in incoming.into_iter().zip(sums.iter_mut()).zip(devices) {
+                s.spawn(move || {
+                    for (id, g) in list {
+                        match g {
+                            Grad::Vector(t) => add(sum, id, t, device),
+                            Grad::Matrix(t) => add(sum, id, t, device),
+                        }
+                    }
+                });
+            }
+        });
     }
-    (values, sums)
+    let mut all = GradientsParams::new();
+    for &(id, dims, owner) in &owned {
+        match dims {
+            1 => move_grad::<B::InnerBackend, 1>(&mut sums[owner], &mut all, id),
+            _ => move_grad::<B::InnerBackend, 2>(&mut sums[owner], &mut all, id),
+        }
+    }
+    (values, all)
+}
+
+/// A parameter's gradient (Qwen3's are vectors and matrices).
+enum Grad<B: Backend> {
+    Vector(Tensor<B, 1>),
+    Matrix(Tensor<B, 2>),
+}
+
+/// Adds gradient `t` of parameter `id`, moved to `device` in f32, to its sum there.
+fn add<B: Backend, const D: usize>(sums: &mut GradientsParams, id: ParamId, t: Tensor<B, D>, device: &B::Device) {
+    let t = t.to_device(device).cast(FloatDType::F32);
+    let sum = match sums.remove::<B, D>(id) {
+        Some(s) => s + t,
+        None => t,
+    };
+    sums.register::<B, D>(id, sum);
+}
+
+fn move_grad<B: Backend, const D: usize>(from: &mut GradientsParams, to: &mut GradientsParams, id: ParamId) {
+    if let Some(t) = from.remove::<B, D>(id) {
+        to.register::<B, D>(id, t);
+    }
 }
 
 /// Which of `n` devices owns each parameter (id, dimensions, device): largest first, each
@@ -112,18 +157,6 @@ pub fn owners<B: Backend>(model: &Qwen3<B>, n: usize) -> Vec<(ParamId, usize, us
             (id, dims, k)
         })
         .collect()
-}
-
-/// Moves parameter `id`'s gradient from `g` to `device`, in f32, and adds it to its sum.
-fn add<B: Backend, const D: usize>(sums: &mut GradientsParams, g: &mut GradientsParams, id: ParamId, device: &B::Device) {
-    if let Some(t) = g.remove::<B, D>(id) {
-        let t = t.to_device(device).cast(FloatDType::F32);
-        let sum = match sums.remove::<B, D>(id) {
-            Some(s) => s + t,
-            None => t,
-        };
-        sums.register::<B, D>(id, sum);
-    }
 }
 
 /// Every parameter of `model` on the device that owns it among `devices` (a data-parallel
