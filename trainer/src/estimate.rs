@@ -70,18 +70,15 @@ impl Memory {
     }
 }
 
-/// Training memory for forwards of `rows` sequences of `seq` tokens: f32 weights,
-/// gradients and AdamW moments (16 bytes a parameter), the activations autodiff keeps
-/// (every layer's, or with checkpointing the layer inputs and one layer's), the lean
-/// attention backward's block of scores, and the LM head's chunk (`model::lm_head`).
-pub fn training(c: &Qwen3Config, compute: Compute, rows: usize, seq: usize) -> Memory {
-    let p = params(c).total as f64;
+/// Training memory of one device for forwards of `rows` sequences of `seq` tokens: the
+/// model state (`model_state`), the activations autodiff keeps (every layer's, or with
+/// checkpointing the layer inputs and one layer's), the lean attention backward's block of
+/// scores, and the LM head's chunk (`model::lm_head`).
+pub fn training(c: &Qwen3Config, compute: Compute, rows: usize, seq: usize, devices: usize) -> Memory {
     let (h, l) = (c.hidden_size as f64, c.num_hidden_layers as f64);
     let tokens = (rows * seq) as f64;
     let mut m = Memory::default();
-    m.add("weights (f32)", 4.0 * p, Phase::Always);
-    m.add("gradients (f32)", 4.0 * p, Phase::Update);
-    m.add("AdamW moments (f32)", 8.0 * p, Phase::Always);
+    model_state(&mut m, c, compute, devices);
     // Per layer and token, the tensors a layer's backward reads: RMSNorm inputs and outputs,
     // q/k/v before and after norm and RoPE, the attention output, MLP gate/up/activation/
     // product (4-byte floats; bf16 keeps the matmul inputs in 2 bytes).
@@ -107,8 +104,8 @@ pub fn training(c: &Qwen3Config, compute: Compute, rows: usize, seq: usize) -> M
 /// GRPO adds to training the rollout copy of the policy (its matrices in bf16 when the
 /// compute is; f32 shares the master weights), the frozen KL reference when `kl`, and
 /// the KV cache of `rows` rollouts of up to `tokens` tokens each (prompt and response).
-pub fn rl(c: &Qwen3Config, compute: Compute, micro_batch_tokens: usize, rows: usize, tokens: usize, kl: bool) -> Memory {
-    let mut m = training(c, compute, 1, micro_batch_tokens);
+pub fn rl(c: &Qwen3Config, compute: Compute, micro_batch_tokens: usize, rows: usize, tokens: usize, kl: bool, devices: usize) -> Memory {
+    let mut m = training(c, compute, 1, micro_batch_tokens, devices);
     let p = params(c).total as f64;
     let bytes = if compute.precision == Precision::Bf16 { 2.0 } else { 4.0 };
     if compute.precision == Precision::Bf16 {
@@ -122,32 +119,30 @@ pub fn rl(c: &Qwen3Config, compute: Compute, micro_batch_tokens: usize, rows: us
     m
 }
 
-/// With data parallel on `devices` (`parallel`), each device owns about 1/devices of the
-/// parameters: their f32 master weights, AdamW moments and gradient sums. It also holds a
+/// Weights, gradients and AdamW moments: on one device f32 (16 bytes a parameter). With
+/// data parallel on `devices` (`parallel`) each device owns about 1/devices of the
+/// parameters: their f32 master weights, AdamW moments and gradient sums; it also holds a
 /// replica of the step's weights (with bf16 compute the decoder layers' matrices in bf16)
 /// and one micro-batch's gradients, of the replica's size.
-pub fn data_parallel(mut m: Memory, c: &Qwen3Config, compute: Compute, devices: usize) -> Memory {
-    if devices > 1 {
-        let p = params(c);
-        let n = devices as f64;
-        let layers = (c.num_hidden_layers * layer_matmul(c)) as f64;
-        let (replica, what) = match compute.precision {
-            Precision::F32 => (4.0 * p.total as f64, "f32"),
-            _ => (2.0 * layers + 4.0 * (p.total as f64 - layers), "bf16 layer matrices"),
-        };
-        for (name, bytes, _) in m.parts.iter_mut() {
-            let (new, b) = match name.as_str() {
-                "weights (f32)" => (format!("master weights (f32, a 1/{devices} shard)"), 4.0 * p.total as f64 / n),
-                "gradients (f32)" => (format!("a micro-batch's gradients ({what})"), replica),
-                "AdamW moments (f32)" => (format!("AdamW moments (f32, a 1/{devices} shard)"), 8.0 * p.total as f64 / n),
-                _ => continue,
-            };
-            (*name, *bytes) = (new, b);
-        }
-        m.add(&format!("replica weights ({what})"), replica, Phase::Update);
-        m.add(&format!("gradient sums (f32, a 1/{devices} shard)"), 4.0 * p.total as f64 / n, Phase::Update);
+fn model_state(m: &mut Memory, c: &Qwen3Config, compute: Compute, devices: usize) {
+    let p = params(c).total as f64;
+    if devices <= 1 {
+        m.add("weights (f32)", 4.0 * p, Phase::Always);
+        m.add("gradients (f32)", 4.0 * p, Phase::Update);
+        m.add("AdamW moments (f32)", 8.0 * p, Phase::Always);
+        return;
     }
-    m
+    let n = devices as f64;
+    let layers = (c.num_hidden_layers * layer_matmul(c)) as f64;
+    let (replica, what) = match compute.precision {
+        Precision::F32 => (4.0 * p, "f32"),
+        _ => (2.0 * layers + 4.0 * (p - layers), "bf16 layer matrices"),
+    };
+    m.add(&format!("master weights (f32, a 1/{devices} shard)"), 4.0 * p / n, Phase::Always);
+    m.add(&format!("a micro-batch's gradients ({what})"), replica, Phase::Update);
+    m.add(&format!("AdamW moments (f32, a 1/{devices} shard)"), 8.0 * p / n, Phase::Always);
+    m.add(&format!("replica weights ({what})"), replica, Phase::Update);
+    m.add(&format!("gradient sums (f32, a 1/{devices} shard)"), 4.0 * p / n, Phase::Update);
 }
 
 /// FLOPs to train on one token of a `seq`-token sequence: 6 per matmul weight (forward

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use trainer::estimate::{self, Memory};
 use trainer::rl_config::RlConfig;
+use trainer::rollout::wave_tasks;
 use trainer::sft;
 use trainer::stage_config::StageConfig;
 
@@ -129,7 +130,7 @@ fn plan_sft(kind: &str, path: &Path, set: &[String], detail: Detail, prev: Optio
         None => (vec![estimate::random_rows(r.config.vocab_size, b.micro_batch, b.seq_len, b.seq_len); forwards], "random full sequences"),
     };
     let n = cfg.compute.devices;
-    let memory = estimate::data_parallel(estimate::training(&r.config, cfg.compute.model(), b.micro_batch, b.seq_len), &r.config, cfg.compute.model(), n);
+    let memory = estimate::training(&r.config, cfg.compute.model(), b.micro_batch, b.seq_len, n);
     let flops = estimate::train_flops_per_token(&r.config, b.seq_len, cfg.compute.gradient_checkpointing) * (b.micro_batch * b.seq_len * forwards) as f64;
     let timing = time(detail, &r.config, cfg.compute.model(), &batch, n, &memory);
     let step_s = timing.as_ref().ok().map(|t| t.step_s);
@@ -170,15 +171,7 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
         Some(r) => r,
         None => {
             let dir = &cfg.model.init;
-            let field = |e: model::Error| anyhow::anyhow!("{}: model.init: {e}", path.display());
-            let config = Qwen3Config::from_dir(dir).map_err(field)?;
-            if dir.join("tokenizer.json").exists() {
-                let tok = Tokenizer::from_dir(dir).map_err(field)?;
-                let template = ChatTemplate::from_dir(dir, &tok.config).map_err(field)?;
-                Resolved { source: dir.display().to_string(), config, tokenizer: Some((tok, template)) }
-            } else {
-                Resolved { source: format!("{} (config.json only: no tokenizer to encode the prompts with)", dir.display()), config, tokenizer: None }
-            }
+            from_dir(dir, dir.display().to_string(), false).map_err(|e| anyhow::anyhow!("{}: model.init: {e}", path.display()))?
         }
     };
     let ro = &cfg.rollout;
@@ -209,8 +202,8 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     let n = cfg.compute.devices;
     // Each device decodes its share of the step's tasks (rollout::run_on_devices), in waves
     // of at most max_rows.
-    let rows_per_device = wave_tasks(ro, ro.tasks_per_step.div_ceil(n)) * ro.group_size;
-    let memory = estimate::data_parallel(estimate::rl(&r.config, cfg.compute.model(), g.micro_batch_tokens, rows_per_device, max_prompt + ro.max_response_tokens, g.kl_coef != 0.0), &r.config, cfg.compute.model(), n);
+    let rows_per_device = wave_tasks(ro.max_rows, ro.group_size, ro.tasks_per_step.div_ceil(n)) * ro.group_size;
+    let memory = estimate::rl(&r.config, cfg.compute.model(), g.micro_batch_tokens, rows_per_device, max_prompt + ro.max_response_tokens, g.kl_coef != 0.0, n);
     // At most: every rollout at max_response_tokens after a mean prompt (context for the
     // update's forward), update_epochs times, packed into micro-batches of micro_batch_tokens.
     let row = mean_prompt + ro.max_response_tokens;
@@ -231,11 +224,6 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     Ok((plan, r))
 }
 
-/// Tasks a device decodes together out of its `share` (`rollout::RolloutConfig::max_rows`).
-fn wave_tasks(ro: &trainer::rl_config::RolloutSpec, share: usize) -> usize {
-    ro.max_rows.map_or(share, |rows| (rows / ro.group_size).max(1)).min(share).max(1)
-}
-
 /// An upper bound on a step's rollout time: every row decodes until its response is full
 /// (`max_turns` turns of `max_new_tokens`, at most `max_response_tokens`), each turn
 /// re-encoding a full-length trajectory, at the rates measured here on a random model of
@@ -246,7 +234,8 @@ fn wave_tasks(ro: &trainer::rl_config::RolloutSpec, share: usize) -> usize {
 fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, mean_prompt: usize, not_timed: Option<&String>) -> Value {
     let ro = &cfg.rollout;
     let share = if cfg!(feature = "cuda") { ro.tasks_per_step.div_ceil(cfg.compute.devices) } else { ro.tasks_per_step };
-    let (rows, waves) = (wave_tasks(ro, share) * ro.group_size, share.div_ceil(wave_tasks(ro, share)));
+    let per = wave_tasks(ro.max_rows, ro.group_size, share);
+    let (rows, waves) = (per * ro.group_size, share.div_ceil(per));
     let decode_steps = (ro.max_turns * ro.max_new_tokens).min(ro.max_response_tokens);
     if let Some(why) = not_timed.map(String::as_str).or((mean_prompt == 0).then_some("prompt lengths unknown")) {
         return json!({"rows": rows, "waves": waves, "decode_steps_at_most": decode_steps, "skipped": why});
@@ -275,31 +264,34 @@ fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, me
     }
 }
 
+/// A Hugging Face folder's model: its shape, and its tokenizer (with the DeepAnalyze tags
+/// added when `add_tags`) when it has one; a folder with only `config.json` (a shape, as
+/// configs/deepanalyze-8b/shape) plans memory and time, not the data's steps.
+fn from_dir(dir: &Path, source: String, add_tags: bool) -> std::result::Result<Resolved, model::Error> {
+    let mut config = Qwen3Config::from_dir(dir)?;
+    if !dir.join("tokenizer.json").exists() {
+        return Ok(Resolved { source: format!("{source} (config.json only: no tokenizer to read the data with)"), config, tokenizer: None });
+    }
+    let mut tok = Tokenizer::from_dir(dir)?;
+    if add_tags {
+        tok.add_deepanalyze_tags();
+    }
+    config.vocab_size = config.vocab_size.max(tok.len());
+    let template = ChatTemplate::from_dir(dir, &tok.config)?;
+    Ok(Resolved { source, config, tokenizer: Some((tok, template)) })
+}
+
 /// The model a stage config names when no earlier stage gives it.
 fn resolve_sft(cfg: &StageConfig, path: &Path, split: Option<&curriculum::Split>) -> Result<Resolved> {
     let m = &cfg.model;
     let field = |f: &str, e: model::Error| anyhow::anyhow!("{}: {f}: {e}", path.display());
-    let from_dir = |dir: &Path, source: String| -> Result<Resolved> {
-        let mut config = Qwen3Config::from_dir(dir).map_err(|e| field("model.init", e))?;
-        if !dir.join("tokenizer.json").exists() {
-            // A shape only (config.json): memory and time, not the data's steps.
-            return Ok(Resolved { source: format!("{source} (config.json only: no tokenizer to count the data with)"), config, tokenizer: None });
-        }
-        let mut tok = Tokenizer::from_dir(dir).map_err(|e| field("model.init", e))?;
-        if m.add_tags {
-            tok.add_deepanalyze_tags();
-        }
-        config.vocab_size = config.vocab_size.max(tok.len());
-        let template = ChatTemplate::from_dir(dir, &tok.config).map_err(|e| field("model.init", e))?;
-        Ok(Resolved { source, config, tokenizer: Some((tok, template)) })
-    };
     if let Some(dir) = &m.init {
-        return from_dir(dir, dir.display().to_string());
+        return from_dir(dir, dir.display().to_string(), m.add_tags).map_err(|e| field("model.init", e));
     }
     let arch = m.arch.as_ref().expect("validated: init or arch");
     let own_init = cfg.out.join("init");
     if own_init.join("config.json").exists() {
-        return from_dir(&own_init, format!("{} (made by an earlier run from {})", own_init.display(), arch.display()));
+        return from_dir(&own_init, format!("{} (made by an earlier run from {})", own_init.display(), arch.display()), m.add_tags).map_err(|e| field("model.init", e));
     }
     let mut config = Qwen3Config::from_file(arch).map_err(|e| field("model.arch", e))?;
     let (tokenizer, how) = match (&m.tokenizer, split) {

@@ -169,10 +169,7 @@ pub fn run<B: model::ModelBackend>(
     cfg: &RolloutConfig,
     mut progress: impl FnMut(usize),
 ) -> Result<(Vec<Trajectory>, Timing)> {
-    let per = cfg.max_rows.map_or(tasks.len(), |rows| rows / samples.max(1)).max(1);
-    if tasks.len() <= per {
-        return run_wave(env, tasks, workspaces, samples, cfg, progress);
-    }
+    let per = wave_tasks(cfg.max_rows, samples, tasks.len());
     let (mut out, mut timing) = (vec![], Timing::default());
     for (w, start) in (0..tasks.len()).step_by(per).enumerate() {
         let end = (start + per).min(tasks.len());
@@ -183,6 +180,12 @@ pub fn run<B: model::ModelBackend>(
         timing.sandbox += t.sandbox;
     }
     Ok((out, timing))
+}
+
+/// Tasks decoded together out of `tasks` of `samples` trajectories each, at most
+/// `max_rows` trajectories (at least one task; none: every task).
+pub fn wave_tasks(max_rows: Option<usize>, samples: usize, tasks: usize) -> usize {
+    max_rows.map_or(tasks, |rows| rows / samples.max(1)).min(tasks).max(1)
 }
 
 /// [`run`] with every trajectory in one batch.
