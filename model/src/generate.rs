@@ -4,6 +4,8 @@
 //! tokens exactly as generated and the log-probability of each under the sampling policy:
 //! softmax(logits / temperature), before top-k/top-p filtering (temperature 1 when greedy),
 //! the numbers `score` gives at temperature 1, which is what RL's importance ratios need.
+//! A caller that continues rows (a rollout's next turn) passes each row's [`RowCache`]
+//! back in, so only the tokens after what it covers are encoded again.
 use crate::qwen3::{AttnMask, KvCache, Qwen3};
 use crate::tokenizer::Tokenizer;
 use burn::prelude::*;
@@ -58,6 +60,13 @@ pub struct Generation {
     pub finish: Finish,
 }
 
+/// One row's keys and values kept from one call to the next: `ids` are the tokens they
+/// cover (the row's prompt and generated tokens but the last, which was never fed).
+pub struct RowCache<B: Backend> {
+    pub ids: Vec<u32>,
+    kv: KvCache<B>,
+}
+
 /// Generates a continuation of every prompt. `tokenizer` is needed only for stop strings.
 pub fn generate<B: crate::ModelBackend>(
     model: &Qwen3<B>,
@@ -65,17 +74,20 @@ pub fn generate<B: crate::ModelBackend>(
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
 ) -> Vec<Generation> {
-    generate_with(model, tokenizer, prompts, cfg, |_| {}, |_, _| {})
+    generate_with(model, tokenizer, prompts, cfg, None, |_| {}, |_, _| {})
 }
 
 /// [`generate`], calling `on_step(step)` after each new position (for progress bars) and
 /// `on_done(row, generation)` the moment a row stops by a stop token or string, while the
-/// others go on (a rollout starts that row's cell then).
+/// others go on (a rollout starts that row's cell then). With `caches` (one entry per
+/// prompt, and `cfg.use_cache`), entry i going in may hold a cache whose ids start prompt
+/// i: the part they share is not encoded again; coming out it holds row i's cache.
 pub fn generate_with<B: crate::ModelBackend>(
     model: &Qwen3<B>,
     tokenizer: Option<&Tokenizer>,
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
+    mut caches: Option<&mut [Option<RowCache<B>>]>,
     mut on_step: impl FnMut(usize),
     mut on_done: impl FnMut(usize, &Generation),
 ) -> Vec<Generation> {
@@ -92,6 +104,13 @@ pub fn generate_with<B: crate::ModelBackend>(
         (0..n).map(|_| Generation { tokens: vec![], logprobs: vec![], finish: Finish::Length }).collect();
     let mut done = vec![false; n];
     let mut cache = cfg.use_cache.then(|| KvCache::new(model.num_layers()));
+    if !cfg.use_cache {
+        caches = None;
+    }
+    if let (Some(cache), Some(rows)) = (cache.as_mut(), caches.as_deref_mut()) {
+        assert_eq!(rows.len(), n, "one cache entry per prompt");
+        *cache = reused(rows, prompts, &pads).unwrap_or_else(|| KvCache::new(model.num_layers()));
+    }
     let policy_t = policy_temperature(cfg.temperature);
     let max_stop_chars = cfg.stop_strings.iter().map(|s| s.chars().count()).max().unwrap_or(0);
     // Rows still generating (indices into `prompts`); finished rows leave the batch and
@@ -144,12 +163,18 @@ pub fn generate_with<B: crate::ModelBackend>(
             }
             if done[i] {
                 on_done(i, g);
+                keep_row(&mut caches, cache.as_ref(), i, r, &seqs[i][pads[i]..]);
             }
         }
         on_step(step + 1);
         let keep: Vec<usize> = (0..m).filter(|&r| !done[live[r]]).collect();
         if keep.is_empty() {
             break;
+        }
+        if step + 1 == cfg.max_new_tokens {
+            for &r in &keep {
+                keep_row(&mut caches, cache.as_ref(), live[r], r, &seqs[live[r]][pads[live[r]]..]);
+            }
         }
         if keep.len() < m {
             if let Some(c) = cache.as_mut() {
@@ -159,6 +184,37 @@ pub fn generate_with<B: crate::ModelBackend>(
         }
     }
     out
+}
+
+/// The batch cache made of the rows' own caches, as far as each agrees with its prompt (all
+/// but the prompt's last token at most: its logits are needed). The batch starts at the
+/// first position some row has not cached; rows that cached more recompute the rest. None
+/// when that is position 0.
+fn reused<B: Backend>(rows: &mut [Option<RowCache<B>>], prompts: &[Vec<u32>], pads: &[usize]) -> Option<KvCache<B>> {
+    let cached: Vec<usize> = rows
+        .iter()
+        .zip(prompts)
+        .map(|(c, p)| c.as_ref().map_or(0, |c| c.ids.iter().zip(p).take_while(|(a, b)| a == b).count().min(p.len() - 1)))
+        .collect();
+    let start = cached.iter().zip(pads).map(|(c, p)| c + p).min()?;
+    let parts: Vec<_> = (0..rows.len())
+        .map(|i| {
+            let zeros = pads[i].min(start);
+            (zeros, rows[i].as_ref().map(|c| &c.kv), start - zeros)
+        })
+        .collect();
+    let batch = (start > 0).then(|| KvCache::from_rows(&parts));
+    rows.iter_mut().for_each(|c| *c = None);
+    batch
+}
+
+/// Hands row `i` (batch row `r`) its cache of `ids` (its sequence without padding or the
+/// newest token), when the caller keeps caches.
+fn keep_row<B: Backend>(caches: &mut Option<&mut [Option<RowCache<B>>]>, cache: Option<&KvCache<B>>, i: usize, r: usize, seq: &[u32]) {
+    if let (Some(rows), Some(cache)) = (caches.as_deref_mut(), cache) {
+        let from = cache.len() + 1 - seq.len();
+        rows[i] = Some(RowCache { ids: seq[..seq.len() - 1].to_vec(), kv: cache.row(r, from) });
+    }
 }
 
 /// The temperature of the distribution a row is drawn from: greedy decoding (0) is scored

@@ -16,7 +16,7 @@ pub use backend::{ModelBackend, TrainingBackend};
 pub use chat::ChatTemplate;
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
-pub use generate::{generate, generate_with, policy_temperature, Finish, Generation, SamplingConfig};
+pub use generate::{generate, generate_with, policy_temperature, Finish, Generation, RowCache, SamplingConfig};
 pub use qwen3::{AttnMask, Compute, KvCache, Precision, Qwen3};
 pub use tokenizer::{Tokenizer, DEEPANALYZE_TAGS};
 

@@ -159,6 +159,45 @@ impl<B: Backend> KvCache<B> {
             *v = v.clone().select(0, idx);
         }
     }
+    /// Row `row`'s cache from position `from` on (its left padding left out), copied out
+    /// of the batch so that the batch's tensors can be freed.
+    pub fn row(&self, row: usize, from: usize) -> Self {
+        let len = self.len();
+        let take = |x: &Tensor<B, 4>| {
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![row as i64], [1]), &x.device());
+            let [_, h, _, d] = x.dims();
+            x.clone().select(0, idx).slice([0..1, 0..h, from..len, 0..d])
+        };
+        Self { layers: self.layers.iter().map(|l| l.as_ref().map(|(k, v)| (take(k), take(v)))).collect() }
+    }
+
+    /// A batch cache from one-row caches: row r is `zeros` masked (left padding) positions,
+    /// then the first `cached` positions of its own cache; every row's two sum to the same
+    /// length, and some row has a cache.
+    pub fn from_rows(rows: &[(usize, Option<&KvCache<B>>, usize)]) -> Self {
+        let template = rows.iter().find_map(|r| r.1).expect("a row with a cache");
+        let layers = (0..template.layers.len()).map(|l| {
+            let (tk, _) = template.layers[l].as_ref().expect("a filled cache");
+            let [_, h, _, d] = tk.dims();
+            let (device, dtype) = (tk.device(), tk.dtype());
+            let row = |&(zeros, cache, cached): &(usize, Option<&KvCache<B>>, usize), pick: fn(&(Tensor<B, 4>, Tensor<B, 4>)) -> &Tensor<B, 4>| {
+                let mut parts = vec![];
+                if zeros > 0 {
+                    parts.push(Tensor::<B, 4>::zeros([1, h, zeros, d], (&device, dtype)));
+                }
+                if cached > 0 {
+                    let kv = cache.expect("cached positions need a cache").layers[l].as_ref().expect("a filled cache");
+                    parts.push(pick(kv).clone().slice([0..1, 0..h, 0..cached, 0..d]));
+                }
+                Tensor::cat(parts, 2)
+            };
+            let k = Tensor::cat(rows.iter().map(|r| row(r, |kv| &kv.0)).collect(), 0);
+            let v = Tensor::cat(rows.iter().map(|r| row(r, |kv| &kv.1)).collect(), 0);
+            Some((k, v))
+        });
+        Self { layers: layers.collect() }
+    }
+
     fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let (k, v) = match self.layers[layer].take() {
             None => (k, v),

@@ -175,7 +175,7 @@ fn rows_that_stop_leave_the_batch_without_changing_the_others() {
         // `on_done` hears of each stopped row at the step it stopped, with its tokens.
         let step = std::cell::Cell::new(0);
         let mut heard = vec![];
-        let batch = model::generate_with(&ck.model, None, &prompts, &cfg, |s| step.set(s), |row, g| heard.push((row, step.get() + 1, g.tokens.clone())));
+        let batch = model::generate_with(&ck.model, None, &prompts, &cfg, None, |s| step.set(s), |row, g| heard.push((row, step.get() + 1, g.tokens.clone())));
         assert_eq!(batch[1].tokens.len(), 3);
         let stopped: Vec<_> = batch.iter().enumerate().filter(|(_, g)| g.finish != model::Finish::Length).map(|(i, g)| (i, g.tokens.len(), g.tokens.clone())).collect();
         heard.sort();
@@ -188,6 +188,60 @@ fn rows_that_stop_leave_the_batch_without_changing_the_others() {
                 assert!((x - y).abs() < 1e-3, "row {i}: {x} vs {y}");
             }
         }
+    }
+}
+
+#[test]
+fn continuing_rows_from_their_caches_equals_encoding_them_whole() {
+    // A rollout's next turn: each row's prompt is its last prompt, what it generated and an
+    // observation. Rows that bring their cache encode only what it does not cover; the
+    // reference encodes every prompt whole (itself checked against transformers above).
+    let ck = load(&fixtures().join("parity/gqa4_yarn_f16"));
+    let prompts = vec![vec![5, 9, 13, 40, 41, 7, 8], vec![17], vec![3, 4, 60, 61], vec![22, 23]];
+    let cfg = SamplingConfig { max_new_tokens: 6, temperature: 1.0, seed: 3, ..Default::default() };
+    let mut caches: Vec<Option<model::RowCache<B>>> = (0..4).map(|_| None).collect();
+    let first = model::generate_with(&ck.model, None, &prompts, &cfg, Some(&mut caches), |_| {}, |_, _| {});
+    for ((p, g), c) in prompts.iter().zip(&first).zip(&caches) {
+        // A cache covers the prompt and every generated token but the last (never fed).
+        assert_eq!(c.as_ref().unwrap().ids, [p.as_slice(), &g.tokens[..g.tokens.len() - 1]].concat());
+    }
+    let observation = [70u32, 71, 72];
+    let next: Vec<Vec<u32>> = prompts.iter().zip(&first).enumerate().map(|(i, (p, g))| match i {
+        // Row 1 keeps only part of what it generated (cut at the response limit): its
+        // cache covers more than the new prompt shares with it.
+        1 => [p.as_slice(), &g.tokens[..2], &observation].concat(),
+        _ => [p.as_slice(), &g.tokens, &observation].concat(),
+    }).collect();
+    caches[2] = None; // and row 2 comes without a cache
+    let cfg = SamplingConfig { max_new_tokens: 8, seed: 9, ..cfg };
+    let whole = generate(&ck.model, None, &next, &cfg);
+    let continued = model::generate_with(&ck.model, None, &next, &cfg, Some(&mut caches), |_| {}, |_, _| {});
+    for (i, (a, b)) in continued.iter().zip(&whole).enumerate() {
+        assert_eq!(a.tokens, b.tokens, "row {i}");
+        for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+            assert!((x - y).abs() < 1e-4, "row {i}: {x} vs {y}");
+        }
+        assert_eq!(caches[i].as_ref().unwrap().ids, [next[i].as_slice(), &a.tokens[..a.tokens.len() - 1]].concat());
+    }
+    // Greedy, the third turn from the second's caches.
+    let cfg = SamplingConfig { temperature: 0.0, max_new_tokens: 5, ..cfg };
+    let third: Vec<Vec<u32>> = next.iter().zip(&continued).map(|(p, g)| [p.as_slice(), &g.tokens, &observation].concat()).collect();
+    let whole = generate(&ck.model, None, &third, &cfg);
+    let continued = model::generate_with(&ck.model, None, &third, &cfg, Some(&mut caches), |_| {}, |_, _| {});
+    for (i, (a, b)) in continued.iter().zip(&whole).enumerate() {
+        assert_eq!(a.tokens, b.tokens, "row {i}");
+    }
+    // The cached keys and values are what is used (not recomputed): caches made by a model
+    // whose first layer's values are doubled change every continuing row's log-probs.
+    let mut other = load(&fixtures().join("parity/gqa4_yarn_f16")).model;
+    let v = &mut other.layers[0].self_attn.v_proj.weight;
+    *v = burn::module::Param::from_tensor(v.val() * 2.0);
+    let mut foreign: Vec<Option<model::RowCache<B>>> = (0..4).map(|_| None).collect();
+    model::generate_with(&other, None, &prompts, &SamplingConfig { max_new_tokens: 1, ..cfg.clone() }, Some(&mut foreign), |_| {}, |_, _| {});
+    let lp = |caches: Option<&mut [Option<model::RowCache<B>>]>| model::generate_with(&ck.model, None, &prompts, &cfg, caches, |_| {}, |_, _| {});
+    let (own, mixed) = (lp(None), lp(Some(&mut foreign)));
+    for i in [0, 2, 3] {
+        assert!((own[i].logprobs[0] - mixed[i].logprobs[0]).abs() > 1e-3, "row {i}: {} vs {}", own[i].logprobs[0], mixed[i].logprobs[0]);
     }
 }
 

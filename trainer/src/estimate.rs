@@ -176,7 +176,7 @@ pub fn time_decode(c: &Qwen3Config, compute: Compute, rows: usize, prompt: usize
         let cfg = model::SamplingConfig { max_new_tokens: n, ..sampling.clone() };
         let t0 = std::time::Instant::now();
         let mut first = None;
-        model::generate_with(&model, tokenizer, &prompts, &cfg, |_| _ = *first.get_or_insert_with(|| t0.elapsed().as_secs_f64()), |_, _| {});
+        model::generate_with(&model, tokenizer, &prompts, &cfg, None, |_| _ = *first.get_or_insert_with(|| t0.elapsed().as_secs_f64()), |_, _| {});
         (first.unwrap_or(0.0), t0.elapsed().as_secs_f64())
     };
     if cfg!(feature = "cuda") {

@@ -100,7 +100,7 @@ pub fn run(args: Args) -> Result<()> {
     let bar = ProgressBar::new(args.max_new_tokens as u64).with_style(
         ProgressStyle::with_template("{spinner} generating {pos}/{len} tokens {per_sec}").unwrap(),
     );
-    let g = generate_with(&ck.model, Some(tok), &[prompt_ids.clone()], &cfg, |s| bar.set_position(s as u64), |_, _| {})
+    let g = generate_with(&ck.model, Some(tok), &[prompt_ids.clone()], &cfg, None, |s| bar.set_position(s as u64), |_, _| {})
         .remove(0);
     bar.finish_and_clear();
     let text = tok.decode(&g.tokens)?;

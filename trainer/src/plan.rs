@@ -225,8 +225,9 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
 }
 
 /// An upper bound on a step's rollout time: every row decodes until its response is full
-/// (`max_turns` turns of `max_new_tokens`, at most `max_response_tokens`), each turn
-/// re-encoding a full-length trajectory, at the rates measured here on a random model of
+/// (`max_turns` turns of `max_new_tokens`, at most `max_response_tokens`), each turn's
+/// prefill counted as a full-length context's (rollouts keep each row's cache between
+/// turns, so a turn encodes only its observations: the bound is loose there), at the rates measured here on a random model of
 /// the shape at the longest context (a mean prompt and a full response; decoding slows as
 /// the cache grows), sampling as the config says; cells not included. A device decodes its
 /// share of the tasks' rows (a CPU build times the whole batch: its replicas share the cores).

@@ -3,12 +3,13 @@
 //! workspace, append `\n<Execute>\n{observation}\n</Execute>\n` (masked), continue, up to
 //! `max_turns` cells and `max_response_tokens`. Every unfinished trajectory generates in
 //! one batch per turn; a row's cell starts on the sandbox's workers the moment the row
-//! stops, while the others are still generating.
+//! stops, while the others are still generating. A row's keys and values are kept from
+//! one turn to the next, so a turn encodes only the observation and what follows it.
 //! Token ids are kept exactly as generated, each with its rollout log-probability.
 use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use datasets::RlTask;
-use model::{generate_with, ChatTemplate, Qwen3, SamplingConfig, Tokenizer};
+use model::{generate_with, ChatTemplate, Qwen3, RowCache, SamplingConfig, Tokenizer};
 use rayon::prelude::*;
 use sandbox::{extract_code, Mode, Sandbox};
 use std::path::{Path, PathBuf};
@@ -221,6 +222,7 @@ fn run_wave<B: model::ModelBackend>(
     }
     let mut timing = Timing::default();
     let mut active: Vec<usize> = (0..out.len()).collect();
+    let mut caches: Vec<Option<RowCache<B>>> = out.iter().map(|_| None).collect();
     for turn in 0..cfg.max_turns.max(1) {
         // Rows that still have room generate; the turn is as long as the roomiest row needs.
         active.retain(|&i| out[i].ids.len() < cfg.max_response_tokens);
@@ -236,6 +238,7 @@ fn run_wave<B: model::ModelBackend>(
             ..cfg.sampling.clone()
         };
         let prompts: Vec<Vec<u32>> = active.iter().map(|&i| [out[i].prompt_ids.as_slice(), &out[i].ids].concat()).collect();
+        let mut turn_caches: Vec<_> = active.iter().map(|&i| caches[i].take()).collect();
         // A row that stops at `</Code>` gets its cell started on the sandbox at once, while
         // the rest of the batch goes on generating; the next turn waits only for cells still
         // running when the last row stops (timed as sandbox time).
@@ -244,7 +247,7 @@ fn run_wave<B: model::ModelBackend>(
             let trajs = &out;
             let mut running = vec![];
             let mut failed = None;
-            let gens = generate_with(model, Some(tok), &prompts, &sampling, |_| {}, |row, g| {
+            let gens = generate_with(model, Some(tok), &prompts, &sampling, Some(&mut turn_caches), |_| {}, |row, g| {
                 let r = &trajs[active[row]];
                 if !matches!(g.finish, model::Finish::StopString(_)) || g.tokens.len() > cfg.max_response_tokens - r.ids.len() {
                     return;
@@ -290,7 +293,10 @@ fn run_wave<B: model::ModelBackend>(
         for (row, obs) in observations {
             append_observation(&mut out[active[row]], tok, &obs, cfg.max_response_tokens)?;
         }
-        // The rows that ran a cell go on, in the same order (each row keeps its seed).
+        // The rows that ran a cell go on, in the same order (each row keeps its seed and cache).
+        for ((&i, &ran), c) in active.iter().zip(&ran).zip(turn_caches) {
+            caches[i] = if ran { c } else { None };
+        }
         active = active.iter().zip(&ran).filter(|(_, &r)| r).map(|(&i, _)| i).collect();
     }
     progress(active.len());
