@@ -491,11 +491,8 @@ impl<B: TrainingBackend> Qwen3<B> {
     }
 
     /// Runs the model to final hidden states, `head` to a scalar loss, and the backward;
-    /// returns the loss and every parameter's gradient. With
-    /// `compute.gradient_checkpointing`, a first forward without autodiff keeps only each
-    /// layer's input; the backward then recomputes one layer at a time and carries the
-    /// hidden state's gradient down (one extra forward; activation memory is one layer's
-    /// plus the layer inputs, as transformers' gradient checkpointing).
+    /// returns the loss and every parameter's gradient ([`Self::loss_and_grads_streamed`]
+    /// gathered in one).
     pub fn loss_and_grads(
         &self,
         tokens: Tensor<B, 2, Int>,
@@ -503,10 +500,31 @@ impl<B: TrainingBackend> Qwen3<B> {
         mask: &AttnMask<B>,
         head: impl FnOnce(&Self, Tensor<B, 3>) -> Tensor<B, 1>,
     ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+        let mut all = GradientsAccumulator::<Self>::new();
+        let loss = self.loss_and_grads_streamed(tokens, positions, mask, head, |g| all.accumulate(self, g));
+        (loss, all.grads())
+    }
+
+    /// [`Self::loss_and_grads`], handing the gradients to `emit` as they are complete, each
+    /// parameter's once. With `compute.gradient_checkpointing`, a first forward without
+    /// autodiff keeps only each layer's input; the backward then recomputes one layer at a
+    /// time and carries the hidden state's gradient down (one extra forward; activation
+    /// memory is one layer's plus the layer inputs, as transformers' gradient
+    /// checkpointing), emitting each layer's gradients as soon as its backward is done (last
+    /// layer first; a data-parallel replica sends them on and frees them), then the final
+    /// norm's, the LM head's and the embedding's together. Without checkpointing, one emit.
+    pub fn loss_and_grads_streamed(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: &[Vec<usize>],
+        mask: &AttnMask<B>,
+        head: impl FnOnce(&Self, Tensor<B, 3>) -> Tensor<B, 1>,
+        mut emit: impl FnMut(GradientsParams),
+    ) -> Tensor<B::InnerBackend, 1> {
         if !self.compute.gradient_checkpointing {
             let loss = head(self, self.forward_hidden(tokens, positions, mask, None));
-            let grads = GradientsParams::from_grads(loss.backward(), self);
-            return (loss.inner(), grads);
+            emit(GradientsParams::from_grads(loss.backward(), self));
+            return loss.inner();
         }
         let dt = self.compute.precision.dtype();
         let inner = self.valid();
@@ -524,24 +542,26 @@ impl<B: TrainingBackend> Qwen3<B> {
             x = layer.forward(x, &rope, &layer_mask, None, dt);
         }
         drop((rope, layer_mask));
-        let mut acc = GradientsAccumulator::<Self>::new();
-        // Top: final norm, LM head and loss; then each layer, last first.
+        // Top: final norm, LM head and loss; then each layer, last first. The top's
+        // gradients wait for the embedding's (a tied head is the same parameter).
+        let mut rest = GradientsAccumulator::<Self>::new();
         let top = Tensor::<B, 3>::from_inner(x).require_grad();
         let loss = head(self, norm(&self.norm, top.clone()));
         let mut grads = loss.backward();
         let mut g = top.grad_remove(&mut grads).expect("the loss depends on the hidden states");
-        acc.accumulate(self, GradientsParams::from_grads(grads, self));
+        rest.accumulate(self, GradientsParams::from_grads(grads, self));
         let (rope, layer_mask) = self.prepare(positions, mask, 0, &tokens.device());
         for (layer, x) in self.layers.iter().zip(inputs).rev() {
             let x = Tensor::<B, 3>::from_inner(x).require_grad();
             let y = layer.forward(x.clone(), &rope, &layer_mask, None, dt);
             let mut grads = (y * Tensor::from_inner(g)).sum().backward();
             g = x.grad_remove(&mut grads).expect("a layer's output depends on its input");
-            acc.accumulate(self, GradientsParams::from_grads(grads, self));
+            emit(GradientsParams::from_grads(grads, layer));
         }
         let grads = (self.embed(tokens) * Tensor::from_inner(g)).sum().backward();
-        acc.accumulate(self, GradientsParams::from_grads(grads, self));
-        (loss.inner(), acc.grads())
+        rest.accumulate(self, GradientsParams::from_grads(grads, self));
+        emit(rest.grads());
+        loss.inner()
     }
 }
 

@@ -123,7 +123,9 @@ pub fn rl(c: &Qwen3Config, compute: Compute, micro_batch_tokens: usize, rows: us
 /// data parallel on `devices` (`parallel`) each device owns about 1/devices of the
 /// parameters: their f32 master weights, AdamW moments and gradient sums; it also holds a
 /// replica of the step's weights (with bf16 compute the decoder layers' matrices in bf16)
-/// and one micro-batch's gradients, of the replica's size.
+/// and the gradients not yet sent to their owners: without checkpointing a micro-batch's
+/// (the replica's size), with it about two layers' and the embedding's and head's (the
+/// backward emits each layer's as it finishes it; the rest go last).
 fn model_state(m: &mut Memory, c: &Qwen3Config, compute: Compute, devices: usize) {
     let p = params(c).total as f64;
     if devices <= 1 {
@@ -134,12 +136,18 @@ fn model_state(m: &mut Memory, c: &Qwen3Config, compute: Compute, devices: usize
     }
     let n = devices as f64;
     let layers = (c.num_hidden_layers * layer_matmul(c)) as f64;
-    let (replica, what) = match compute.precision {
-        Precision::F32 => (4.0 * p, "f32"),
-        _ => (2.0 * layers + 4.0 * (p - layers), "bf16 layer matrices"),
+    let (replica_bytes, what) = match compute.precision {
+        Precision::F32 => (4.0, "f32"),
+        _ => (2.0, "bf16 layer matrices"),
     };
+    let replica = replica_bytes * layers + 4.0 * (p - layers);
     m.add(&format!("master weights (f32, a 1/{devices} shard)"), 4.0 * p / n, Phase::Always);
-    m.add(&format!("a micro-batch's gradients ({what})"), replica, Phase::Update);
+    if compute.gradient_checkpointing {
+        let layer = replica_bytes * layer_matmul(c) as f64;
+        m.add(&format!("gradients in flight (two layers' {what}, the rest f32)"), 2.0 * layer + 4.0 * (p - layers), Phase::Update);
+    } else {
+        m.add(&format!("a micro-batch's gradients ({what})"), replica, Phase::Update);
+    }
     m.add(&format!("AdamW moments (f32, a 1/{devices} shard)"), 8.0 * p / n, Phase::Always);
     m.add(&format!("replica weights ({what})"), replica, Phase::Update);
     m.add(&format!("gradient sums (f32, a 1/{devices} shard)"), 4.0 * p / n, Phase::Update);

@@ -3,10 +3,11 @@
 //! moments and the sum of its gradients: about 1/N of each on each device. A step forks a
 //! replica of the weights to every device (with bf16 compute, the decoder layers'
 //! matrices in bf16: half the bytes to send and hold), and the step's micro-batches go in
-//! rounds, device k taking micro-batch r·N + k of round r on its own thread; after each
-//! round every gradient goes to its owner, which adds it in f32 to its sum in micro-batch
-//! order (the owners at once, a thread each). So the sums are the one-device step's, added
-//! in the same order, and no device holds more than one micro-batch's gradients. The
+//! rounds, device k taking micro-batch r·N + k of round r on its own thread; each gradient
+//! goes to its owner as soon as the backward has it (a layer's, with checkpointing, when
+//! that layer is done), and the owner (a thread each) adds it in f32 to its sum in
+//! micro-batch order. So the sums are the one-device step's, added in the same order, and
+//! a device holds about one layer's gradients at a time, not a micro-batch's. The
 //! optimizer then steps each parameter on its owner. With one device nothing is copied and
 //! no thread starts.
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -16,6 +17,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Device, FloatDType};
 use model::{Qwen3, TrainingBackend};
 use std::collections::HashMap;
+use std::sync::mpsc;
 
 /// `f(k, replica)` on every device k, each on its own thread with the model forked to it;
 /// the results in device order. One device (or none given) runs `f(0, model)` here.
@@ -43,74 +45,121 @@ where
 }
 
 /// Gradients summed over `parts`, and what each part gave beside them (None: it had
-/// nothing to train), in the order of `parts`. `grads(k, replica, part)` computes one
-/// part on device k; of n devices, device k takes parts k, k + n, k + 2n, ... With several
-/// devices each sum is on the parameter's owner (see the module doc).
+/// nothing to train), in the order of `parts`. `grads(k, replica, part, emit)` computes one
+/// part on device k, handing its gradients to `emit` as the backward completes them (each
+/// parameter's once, [`Qwen3::loss_and_grads_streamed`]); of n devices, device k takes
+/// parts k, k + n, k + 2n, ... With several devices each gradient goes to its owner the
+/// moment it is emitted, and the owner adds the round's gradients of a parameter in
+/// micro-batch order (see the module doc), holding back one that arrives early.
 pub fn grads<B, T, R, F>(model: &Qwen3<B>, devices: &[Device<B>], parts: &[T], grads: F) -> (Vec<Option<R>>, GradientsParams)
 where
     B: TrainingBackend,
     T: Sync,
     R: Send,
-    F: Fn(usize, &Qwen3<B>, &T) -> Option<(R, GradientsParams)> + Sync,
+    F: Fn(usize, &Qwen3<B>, &T, &mut dyn FnMut(GradientsParams)) -> Option<R> + Sync,
 {
-    let mut values: Vec<Option<R>> = parts.iter().map(|_| None).collect();
     if devices.len() <= 1 {
         let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
-        for (i, part) in parts.iter().enumerate() {
-            if let Some((v, g)) = grads(0, model, part) {
-                values[i] = Some(v);
-                acc.accumulate(model, g);
-            }
-        }
+        let values = parts.iter().map(|part| grads(0, model, part, &mut |g| acc.accumulate(model, g))).collect();
         return (values, acc.grads());
     }
+    let mut values: Vec<Option<R>> = parts.iter().map(|_| None).collect();
     let n = devices.len();
     let owned = owners(model, n);
     let source = model.clone().with_layer_matrices_in(model.compute.precision.dtype());
     let replicas: Vec<Qwen3<B>> = devices.iter().map(|d| source.clone().fork(d)).collect();
     drop(source);
-    let grads = &grads;
+    let (grads, owned) = (&grads, &owned);
     let mut sums: Vec<GradientsParams> = devices.iter().map(|_| GradientsParams::new()).collect();
     for (r, round) in parts.chunks(n).enumerate() {
-        let results: Vec<_> = std::thread::scope(|s| {
-            let threads: Vec<_> = round.iter().zip(&replicas).enumerate().map(|(k, (part, replica))| s.spawn(move || grads(k, replica, part))).collect();
+        let (txs, rxs): (Vec<_>, Vec<_>) = devices.iter().map(|_| mpsc::channel::<Msg<B::InnerBackend>>()).unzip();
+        let results: Vec<Option<R>> = std::thread::scope(|s| {
+            for ((rx, sum), device) in rxs.into_iter().zip(sums.iter_mut()).zip(devices) {
+                s.spawn(move || receive(rx, sum, device, round.len()));
+            }
+            let threads: Vec<_> = round
+                .iter()
+                .zip(&replicas)
+                .enumerate()
+                .map(|(k, (part, replica))| {
+                    let txs = txs.clone();
+                    s.spawn(move || {
+                        let value = grads(k, replica, part, &mut |mut g| {
+                            for &(id, dims, owner) in owned {
+                                let t = match dims {
+                                    1 => g.remove::<B::InnerBackend, 1>(id).map(Grad::Vector),
+                                    2 => g.remove::<B::InnerBackend, 2>(id).map(Grad::Matrix),
+                                    _ => unreachable!("Qwen3 has 1-D and 2-D parameters only"),
+                                };
+                                if let Some(t) = t {
+                                    txs[owner].send(Msg::Grad(k, id, t)).expect("an owner is listening");
+                                }
+                            }
+                        });
+                        txs.iter().for_each(|tx| tx.send(Msg::Done(k)).expect("an owner is listening"));
+                        value
+                    })
+                })
+                .collect();
+            drop(txs);
             threads.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
         });
-        // Each owner's incoming gradients, in micro-batch order, then summed by the owners at once.
-        let mut incoming: Vec<Vec<(ParamId, Grad<B::InnerBackend>)>> = devices.iter().map(|_| vec![]).collect();
-        for (k, result) in results.into_iter().enumerate() {
-            let Some((v, mut g)) = result else { continue };
-            values[r * n + k] = Some(v);
-            for &(id, dims, owner) in &owned {
-                let t = match dims {
-                    1 => g.remove::<B::InnerBackend, 1>(id).map(Grad::Vector),
-                    2 => g.remove::<B::InnerBackend, 2>(id).map(Grad::Matrix),
-                    _ => unreachable!("Qwen3 has 1-D and 2-D parameters only"),
-                };
-                incoming[owner].extend(t.map(|t| (id, t)));
-            }
+        for (k, v) in results.into_iter().enumerate() {
+            values[r * n + k] = v;
         }
-        std::thread::scope(|s| {
-            for ((list, sum), device) in incoming.into_iter().zip(sums.iter_mut()).zip(devices) {
-                s.spawn(move || {
-                    for (id, g) in list {
-                        match g {
-                            Grad::Vector(t) => add(sum, id, t, device),
-                            Grad::Matrix(t) => add(sum, id, t, device),
-                        }
-                    }
-                });
-            }
-        });
     }
     let mut all = GradientsParams::new();
-    for &(id, dims, owner) in &owned {
+    for &(id, dims, owner) in owned {
         match dims {
             1 => move_grad::<B::InnerBackend, 1>(&mut sums[owner], &mut all, id),
             _ => move_grad::<B::InnerBackend, 2>(&mut sums[owner], &mut all, id),
         }
     }
     (values, all)
+}
+
+/// What a device sends an owner during a round: a gradient of micro-batch k of the round,
+/// or that k has sent all it will.
+enum Msg<B: Backend> {
+    Grad(usize, ParamId, Grad<B>),
+    Done(usize),
+}
+
+/// An owner's side of a round of `senders` micro-batches: adds each parameter's gradients
+/// to `sums` in micro-batch order, holding one back until every earlier micro-batch has
+/// given its own for that parameter or is done.
+fn receive<B: Backend>(rx: mpsc::Receiver<Msg<B>>, sums: &mut GradientsParams, device: &B::Device, senders: usize) {
+    let mut waiting: HashMap<ParamId, (usize, Vec<Option<Grad<B>>>)> = HashMap::new();
+    let mut done = vec![false; senders];
+    let flush = |id: ParamId, next: &mut usize, slots: &mut [Option<Grad<B>>], done: &[bool], sums: &mut GradientsParams| {
+        while *next < senders {
+            match slots[*next].take() {
+                Some(Grad::Vector(t)) => add(sums, id, t, device),
+                Some(Grad::Matrix(t)) => add(sums, id, t, device),
+                None if done[*next] => {}
+                None => break,
+            }
+            *next += 1;
+        }
+    };
+    for msg in rx {
+        match msg {
+            Msg::Grad(k, id, g) => {
+                let (next, slots) = waiting.entry(id).or_insert_with(|| (0, (0..senders).map(|_| None).collect()));
+                assert!(slots[k].is_none(), "a micro-batch gave a parameter's gradient twice");
+                slots[k] = Some(g);
+                flush(id, next, slots, &done, sums);
+            }
+            Msg::Done(k) => {
+                done[k] = true;
+                for (&id, (next, slots)) in waiting.iter_mut() {
+                    flush(id, next, slots, &done, sums);
+                }
+            }
+        }
+        waiting.retain(|_, (next, _)| *next < senders);
+    }
+    assert!(waiting.is_empty(), "every micro-batch of the round is done");
 }
 
 /// A parameter's gradient (Qwen3's are vectors and matrices).

@@ -13,7 +13,7 @@ use crate::rollout::{self, Env, RolloutConfig, Trajectory};
 use crate::run_ckpt::{self, RunState};
 use crate::sft::{Resume, TrainBackend};
 use crate::stage_config::lr_at;
-use crate::step::{trained_logprobs, trained_loss_grads, Optim};
+use crate::step::{trained_logprobs, trained_loss_streamed, Optim};
 use anyhow::{anyhow, bail, Context, Result};
 use burn::module::Module;
 use burn::optim::GradientsParams;
@@ -358,7 +358,7 @@ pub fn policy_grads<B: model::TrainingBackend>(
         }) as f32
     };
     let groups = micro_batches(trajs, chosen, spec.micro_batch_tokens);
-    let (parts, grads) = crate::parallel::grads(model, devices, &groups, |k, model, group| {
+    let (parts, grads) = crate::parallel::grads(model, devices, &groups, |k, model, group, emit| {
         let ts: Vec<&Trajectory> = group.iter().map(|&i| &trajs[i]).collect();
         let row = packed_row(&ts);
         let mut terms = TokenTerms::default();
@@ -376,13 +376,13 @@ pub fn policy_grads<B: model::TrainingBackend>(
             terms.ref_logp = Some(lp.into_data().convert::<f32>().to_vec().expect("f32 log-probs"));
         }
         let mut s = None;
-        let (v, grads) = trained_loss_grads(model, std::slice::from_ref(&row), temperature, |logp, entropy| {
+        let v = trained_loss_streamed(model, std::slice::from_ref(&row), temperature, |logp, entropy| {
             let (loss, st) = grpo::loss(logp, Some(entropy), &terms, spec);
             s = Some(st);
             loss
-        })
+        }, emit)
         .expect("generated tokens");
-        Some(((v, s.expect("the loss ran")), grads))
+        Some((v, s.expect("the loss ran")))
     });
     let mut stats = LossStats::default();
     for (v, s) in parts.into_iter().flatten() {

@@ -4,7 +4,7 @@
 use crate::stage_config::OptimSpec;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{BinFileRecorder, BurnRecord, FullPrecisionSettings, Record, Recorder};
 use std::collections::HashMap;
@@ -43,12 +43,26 @@ pub fn trained_loss_grads<B: TrainingBackend>(
     temperature: f32,
     loss: impl FnOnce(Tensor<B, 1>, Tensor<B, 1>) -> Tensor<B, 1>,
 ) -> Option<(f64, GradientsParams)> {
+    let mut all = GradientsAccumulator::<Qwen3<B>>::new();
+    let value = trained_loss_streamed(model, seqs, temperature, loss, |g| all.accumulate(model, g))?;
+    Some((value, all.grads()))
+}
+
+/// [`trained_loss_grads`], handing the gradients to `emit` as the backward completes them
+/// ([`Qwen3::loss_and_grads_streamed`]).
+pub fn trained_loss_streamed<B: TrainingBackend>(
+    model: &Qwen3<B>,
+    seqs: &[PackedSeq],
+    temperature: f32,
+    loss: impl FnOnce(Tensor<B, 1>, Tensor<B, 1>) -> Tensor<B, 1>,
+    emit: impl FnMut(GradientsParams),
+) -> Option<f64> {
     let p = Packed::new(seqs, &model.device())?;
-    let (value, grads) = model.loss_and_grads(p.tokens.clone(), &p.positions, &p.mask, |m, hidden| {
+    let value = model.loss_and_grads_streamed(p.tokens.clone(), &p.positions, &p.mask, |m, hidden| {
         let (logp, entropy) = p.logprobs(m, hidden, temperature);
         loss(logp, entropy)
-    });
-    Some((value.into_scalar().elem::<f64>(), grads))
+    }, emit);
+    Some(value.into_scalar().elem::<f64>())
 }
 
 /// Packed sequences as model inputs: tokens, positions, the document mask, and where
@@ -152,8 +166,8 @@ impl<B: TrainingBackend> Optim<B> {
     /// model); the model is unchanged when the guard trips.
     pub fn step(&mut self, model: Qwen3<B>, micro_batches: &[&[PackedSeq]], lr: f64, devices: &[Device<B>]) -> (Qwen3<B>, Result<StepStats, NonFinite>) {
         let total: usize = micro_batches.iter().map(|m| trained_tokens(m)).sum();
-        let (values, grads) = crate::parallel::grads(&model, devices, micro_batches, |_, m, mb| {
-            trained_loss_grads(m, mb, 1.0, |logp, _| logp.sum().neg().div_scalar(total as f64))
+        let (values, grads) = crate::parallel::grads(&model, devices, micro_batches, |_, m, mb, emit| {
+            trained_loss_streamed(m, mb, 1.0, |logp, _| logp.sum().neg().div_scalar(total as f64), emit)
         });
         let mut nll = 0.0;
         for (i, v) in values.into_iter().enumerate().filter_map(|(i, v)| Some((i, v?))) {

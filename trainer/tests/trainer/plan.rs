@@ -91,4 +91,11 @@ fn the_published_8b_recipe_plans_on_eight_gpus() {
     // not overlap, so the peak is below the parts' sum.
     assert_eq!(part(rl, "AdamW moments (f32, a 1/8 shard)"), Some(8.0 * p["total"].as_f64().unwrap() / 8.0));
     assert!(rl["memory"]["peak_bytes"].as_f64() < rl["memory"]["total_bytes"].as_f64());
+    // With checkpointing a layer's gradients leave for their owners as its backward ends:
+    // two layers' matrices in bf16 (192,937,984 a layer: the 192,946,432 above less its
+    // norms) and the f32 rest (embedding, head, final norm, every layer's norms).
+    let layer_matrices = 4096 * 4096 * 2 + 2 * 4096 * 1024 + 3 * 4096 * 12288;
+    let rest = p["total"].as_f64().unwrap() - 36.0 * layer_matrices as f64;
+    let in_flight = 2.0 * 2.0 * layer_matrices as f64 + 4.0 * rest;
+    assert_eq!(part(&stages[1], "gradients in flight (two layers' bf16 layer matrices, the rest f32)"), Some(in_flight));
 }

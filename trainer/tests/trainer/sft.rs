@@ -138,3 +138,44 @@ fn a_packed_sequence_scores_like_its_documents_alone() {
     let packed_sum = sum.into_scalar();
     assert!(rel(packed_sum as f64, alone as f64) < 1e-5, "packed {packed_sum} vs documents alone {alone}");
 }
+
+#[test]
+fn owners_add_gradients_in_micro_batch_order_whatever_order_they_arrive_in() {
+    // Each device emits its gradients the moment its backward has them; the owner must still
+    // add them in micro-batch order, or the sums would not be the one-device step's. With
+    // 1e8, -1e8 and 1 (f32) only that order gives 1: (1e8 + 1) rounds back to 1e8.
+    // Micro-batch 2 emits first and 0 last; micro-batch 4 has nothing to train.
+    use burn::optim::GradientsParams;
+    use burn::prelude::*;
+    type Inner = <TrainBackend as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+    let (dir, _, _) = fixture();
+    let model = Checkpoint::<TrainBackend>::load(&dir.join("model"), &Default::default()).unwrap().model;
+    let (norm, up) = (model.layers[0].input_layernorm.gamma.clone(), model.layers[1].mlp.up_proj.weight.clone());
+    let values = [1e8f32, -1e8, 1.0, 5.0, 0.0];
+    let delay_ms = [60, 30, 0, 0, 0];
+    let devices = model::devices(3).unwrap();
+    let parts: Vec<usize> = (0..5).collect();
+    let (got, sums) = trainer::parallel::grads(&model, &devices, &parts, |k, _, &i, emit| {
+        assert_eq!(k, i % 3, "device k takes parts k, k + n, ...");
+        if i == 4 {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms[i]));
+        // Two emits, as a checkpointed backward gives one layer at a time.
+        let mut g = GradientsParams::new();
+        g.register::<Inner, 2>(up.id, up.val().inner().ones_like().mul_scalar(values[i]));
+        emit(g);
+        let mut g = GradientsParams::new();
+        g.register::<Inner, 1>(norm.id, norm.val().inner().ones_like().mul_scalar(values[i]));
+        emit(g);
+        Some(i)
+    });
+    assert_eq!(got, vec![Some(0), Some(1), Some(2), Some(3), None]);
+    let mut sums = sums;
+    let up_sum: Vec<f32> = sums.remove::<Inner, 2>(up.id).unwrap().into_data().to_vec().unwrap();
+    let norm_sum: Vec<f32> = sums.remove::<Inner, 1>(norm.id).unwrap().into_data().to_vec().unwrap();
+    for (name, sum) in [("up_proj", up_sum), ("input_layernorm", norm_sum)] {
+        let wrong: Vec<f32> = sum.into_iter().filter(|&x| x != 6.0).collect();
+        assert!(wrong.is_empty(), "{name}: sums {:?} (and {} more) instead of 1e8 - 1e8 + 1 + 5 = 6", &wrong[..1], wrong.len() - 1);
+    }
+}
