@@ -35,6 +35,7 @@ pub type DefaultBackend = burn::backend::Cuda<f32>;
 /// `n` devices for data-parallel training: CUDA devices 0..n (an error naming how many
 /// there are when fewer), or on CPU `n` replicas of the one device (threads sharing its
 /// cores: on small models, where per-op overhead leaves cores idle, that is faster).
+#[cfg(any(feature = "flex", feature = "cuda"))]
 pub fn devices(n: usize) -> std::result::Result<Vec<Device<DefaultBackend>>, String> {
     use burn::tensor::backend::{Device as _, DeviceId};
     if n == 0 {

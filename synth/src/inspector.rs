@@ -1,7 +1,8 @@
 //! The Inspector: a trajectory is kept only if its format is valid, its answer matches the
-//! ground truth, every checklist item holds, and re-running its code in a fresh workspace
-//! reproduces every observation. Rejections are counted by reason.
-use crate::grade::{correct, parse_answers};
+//! ground truth and was printed by one of its cells (a model may guess right without its
+//! code supporting it), every checklist item holds, and re-running its code in a fresh
+//! workspace reproduces every observation. Rejections are counted by reason.
+use crate::grade::{correct, parse_answers, values_match};
 use crate::questioner::Task;
 use crate::solver::Solved;
 use sandbox::{Mode, Sandbox, Workspace};
@@ -36,6 +37,9 @@ fn check(task: &Task, s: &Solved, truth: &[(String, String)], sandbox: &Sandbox,
     if !correct(answer, truth) {
         return Some("answer does not match the ground truth");
     }
+    if !grounded(answer, &s.cells) {
+        return Some("an answer no cell printed");
+    }
     if let Some(code) = &task.file_check {
         let ex = sandbox.run(solved_in, code, Mode::Stateless);
         *secs += ex.wall_ms / 1000.0;
@@ -51,4 +55,27 @@ fn check(task: &Task, s: &Solved, truth: &[(String, String)], sandbox: &Sandbox,
         }
     }
     None
+}
+
+/// Every `@name[value]` of `answer` appears in some cell's output: printed as `@name[...]`
+/// with a matching value, as text (case-insensitive), or as a number that rounds to it at
+/// the value's own decimals (a printed 5.0733 grounds 5.07).
+pub fn grounded(answer: &str, cells: &[(String, String)]) -> bool {
+    let printed: Vec<(String, String)> = cells.iter().flat_map(|(_, obs)| parse_answers(obs)).collect();
+    let numbers: Vec<f64> = cells
+        .iter()
+        .flat_map(|(_, obs)| obs.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e' || c == 'E')).filter_map(|w| w.parse::<f64>().ok()))
+        .collect();
+    parse_answers(answer).iter().all(|(name, value)| {
+        let v = value.trim();
+        printed.iter().any(|(n, p)| n == name && values_match(p, v))
+            || match v.parse::<f64>() {
+                Ok(x) => {
+                    let decimals = v.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
+                    let half = 0.5 * 10f64.powi(-decimals);
+                    numbers.iter().any(|&n| (n - x).abs() <= half * (1.0 + 1e-9))
+                }
+                Err(_) => !v.is_empty() && cells.iter().any(|(_, obs)| obs.to_lowercase().contains(&v.to_lowercase())),
+            }
+    })
 }

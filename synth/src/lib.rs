@@ -127,6 +127,57 @@ pub fn pose_tasks(tables: &[Table], n: usize, seed: u64) -> Vec<Task> {
     tasks
 }
 
+/// The tasks' ground truths (in parallel), then `batch` solving all that have one at once,
+/// then the Inspector on each task's attempts in order until one is accepted (the first
+/// attempt's reason is counted when none is). `inspected()` after each task.
+fn solve_in_batch(cfg: &SynthConfig, sandbox: &Sandbox, tasks: Vec<Task>, batch: &dyn BatchSolver, inspected: &(dyn Fn() + Sync)) -> Result<Vec<Outcome>> {
+    let files = |task: &Task| -> Vec<PathBuf> { task.files().iter().map(|f| cfg.tables.join(f)).collect() };
+    let truths: Vec<(Task, Option<Vec<(String, String)>>, f64)> = tasks
+        .into_par_iter()
+        .map(|task| {
+            let paths = files(&task);
+            let ws = sandbox.workspace_with_files(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+            let (truth, secs) = ground_truth(&task, sandbox, &ws);
+            Ok((task, truth, secs))
+        })
+        .collect::<Result<_>>()?;
+    let posed: Vec<Posed> = truths
+        .iter()
+        .filter(|(_, truth, _)| truth.is_some())
+        .map(|(task, _, _)| Posed { id: &task.id, prompt: prompt(task, &cfg.tables), tables: &cfg.tables, files: task.files() })
+        .collect();
+    let mut attempts = batch.solve(&posed, sandbox).map_err(Error::Invalid)?.into_iter();
+    drop(posed);
+    let work: Vec<_> = truths.into_iter().map(|(task, truth, secs)| {
+        let tries = if truth.is_some() { attempts.next().unwrap_or_default() } else { vec![] };
+        (task, truth, secs, tries)
+    }).collect();
+    work.into_par_iter()
+        .map(|(task, truth, secs, tries)| {
+            let Some(truth) = truth else {
+                inspected();
+                return Ok(Outcome { task, truth: None, solved: None, rejection: None, sandbox_secs: secs });
+            };
+            let (mut first, mut sandbox_secs) = (None, secs);
+            for (solved, ws) in tries {
+                let paths = files(&task);
+                let fresh = sandbox.workspace_with_files(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+                let (rejection, check_secs) = inspector::inspect(&task, &solved, &truth, sandbox, &ws, &fresh);
+                sandbox_secs += check_secs;
+                match rejection {
+                    None => {
+                        inspected();
+                        return Ok(Outcome { task, truth: Some(truth), solved: Some(solved), rejection: None, sandbox_secs });
+                    }
+                    Some(reason) => first = first.or(Some(reason)),
+                }
+            }
+            inspected();
+            Ok(Outcome { task, truth: Some(truth), solved: None, rejection: Some(first.unwrap_or("solver: no attempt")), sandbox_secs })
+        })
+        .collect()
+}
+
 /// The reference program's answers (None when it fails or misses a name), and its seconds.
 pub fn ground_truth(task: &Task, sandbox: &Sandbox, ws: &sandbox::Workspace) -> (Option<Vec<(String, String)>>, f64) {
     let ex = sandbox.run(ws, &task.reference, Mode::Stateless);
@@ -274,8 +325,32 @@ fn grounding_samples(sandbox: &Sandbox, ws: &sandbox::Workspace, tables: &[Table
         .collect()
 }
 
+/// A posed task as a batch solver sees it: the prompt, and its files in `tables`.
+pub struct Posed<'a> {
+    pub id: &'a str,
+    pub prompt: String,
+    pub tables: &'a Path,
+    pub files: Vec<String>,
+}
+
+/// Solves every posed task in one call (a local checkpoint through the trainer's rollout
+/// engine: batched decoding, each trajectory in its own workspace). For each task, its
+/// attempts in order, each with the workspace it acted in; the first the Inspector
+/// accepts is kept (rejection sampling).
+pub trait BatchSolver: Sync {
+    fn solve(&self, tasks: &[Posed], sandbox: &Sandbox) -> std::result::Result<Vec<Vec<(solver::Solved, sandbox::Workspace)>>, String>;
+    /// The `source` its trajectories are written with.
+    fn source(&self) -> &str;
+}
+
 /// Runs the whole pipeline; `progress(done, total)` after each task.
 pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Report> {
+    synthesize_with(cfg, sandbox, None, progress)
+}
+
+/// [`synthesize`], the tasks solved by `batch` when given (instead of the expert or the
+/// endpoint); `progress` then counts inspected tasks.
+pub fn synthesize_with(cfg: &SynthConfig, sandbox: &Sandbox, batch: Option<&dyn BatchSolver>, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Report> {
     let start = Instant::now();
     if !cfg.tables.is_dir() {
         return Err(Error::Invalid(format!("--tables {}: not a folder", cfg.tables.display())));
@@ -304,7 +379,9 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
     }
     let total = tasks.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: Vec<Outcome> = tasks
+    let outcomes: Vec<Outcome> = match batch {
+        Some(b) => solve_in_batch(cfg, sandbox, tasks, b, &|| progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total))?,
+        None => tasks
         .into_par_iter()
         .enumerate()
         .map(|(i, task)| {
@@ -336,7 +413,8 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
             progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
             out
         })
-        .collect::<Result<_>>()?;
+        .collect::<Result<_>>()?,
+    };
 
     std::fs::create_dir_all(&cfg.out).map_err(|e| io(&cfg.out, e))?;
     let mut report = Report { tables: prof.tables.len(), skipped: prof.skipped.clone(), posed: total, paraphrased, paraphrases_rejected, ..Default::default() };
@@ -405,7 +483,12 @@ pub fn synthesize(cfg: &SynthConfig, sandbox: &Sandbox, progress: &(dyn Fn(usize
             prompt: prompt(&o.task, &cfg.tables),
             response: solved.response.clone(),
             reward: Some(1.0),
-            source: if cfg.teacher.is_some() { "synth-teacher" } else { "synth-expert" }.into(),
+            source: match (batch, &cfg.teacher) {
+                (Some(b), _) => b.source(),
+                (None, Some(_)) => "synth-teacher",
+                (None, None) => "synth-expert",
+            }
+            .into(),
             metadata: serde_json::json!({"family": o.task.family, "difficulty": o.task.difficulty,
                                          "recovered_error": solved.recovered_error, "turns": solved.cells.len()}).to_string(),
         })?;

@@ -350,3 +350,77 @@ fn paraphrases_keep_every_name_number_and_file_or_are_dropped() {
     assert_eq!(seen[0].1["messages"][1]["content"], statement);
     assert!(!seen[0].0.to_lowercase().contains("authorization"), "no key, no header");
 }
+
+/// A scripted batch solver: per task, its attempts as (cells' code, answer), each run for
+/// real in its own workspace of the task's files.
+struct Scripted(Vec<(Vec<&'static str>, &'static str)>, std::sync::Mutex<Vec<String>>);
+
+impl synth::BatchSolver for Scripted {
+    fn solve(&self, tasks: &[synth::Posed], sb: &Sandbox) -> Result<Vec<Vec<(synth::solver::Solved, sandbox::Workspace)>>, String> {
+        Ok(tasks
+            .iter()
+            .map(|t| {
+                self.1.lock().unwrap().push(format!("{} {:?} {}", t.id, t.files, t.prompt));
+                let files: Vec<PathBuf> = t.files.iter().map(|f| t.tables.join(f)).collect();
+                self.0
+                    .iter()
+                    .map(|(codes, answer)| {
+                        let ws = sb.workspace_with_files(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>()).unwrap();
+                        let mut response = "<Analyze>\nRead the table.\n</Analyze>\n".to_string();
+                        let mut cells = vec![];
+                        for code in codes {
+                            let obs = sb.run(&ws, code, Mode::Stateless).observation;
+                            response += &format!("<Code>\n```python\n{code}\n```\n</Code>\n<Execute>\n{obs}\n</Execute>\n");
+                            cells.push((code.to_string(), obs));
+                        }
+                        response += &format!("<Answer>\n{answer}\n</Answer>");
+                        (synth::solver::Solved { response, cells, recovered_error: false, sandbox_secs: 0.0 }, ws)
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    fn source(&self) -> &str {
+        "synth-local:scripted"
+    }
+}
+
+#[test]
+fn a_batch_solver_keeps_the_first_accepted_attempt_and_guesses_are_rejected() {
+    // The task: the mean of x (2.00). A right answer that no cell printed is a guess.
+    let sb = sandbox();
+    let tables = tempfile::tempdir().unwrap();
+    std::fs::write(tables.path().join("t.csv"), "id,x\na,1.5\nb,2.5\nc,2.0\nd,2.0\n").unwrap();
+    let ws = sb.workspace(Some(tables.path())).unwrap();
+    let prof = synth::profile::profile(&sb, &ws).unwrap();
+    let seed = (0..200).find(|&s| synth::pose_tasks(&prof.tables, 1, s)[0].family == "mean").unwrap();
+    let load = "import pandas as pd\ndf = pd.read_csv('t.csv')\n";
+    let guess = (vec![Box::leak(format!("{load}print(len(df))").into_boxed_str()) as &str], "@mean_x[2.00]");
+    let wrong = (vec![Box::leak(format!("{load}print('@mean_x[%.2f]' % df['x'].max())").into_boxed_str()) as &str], "@mean_x[2.50]");
+    let right = (vec![Box::leak(format!("{load}print('@mean_x[%.2f]' % df['x'].mean())").into_boxed_str()) as &str], "@mean_x[2.00]");
+    let run = |attempts: Vec<(Vec<&'static str>, &'static str)>| {
+        let out = tempfile::tempdir().unwrap();
+        let cfg = SynthConfig { tables: tables.path().into(), out: out.path().join("s"), tasks: 1, seed, error_rate: 0.0, teacher: None, tokenizer: None, paraphrase: false };
+        let solver = Scripted(attempts, Default::default());
+        let report = synth::synthesize_with(&cfg, &sb, Some(&solver), &|_, _| {}).unwrap();
+        let trajs: Vec<Trajectory> = read_all(&out.path().join("s/trajectories")).unwrap();
+        (report, trajs, solver.1.into_inner().unwrap())
+    };
+    let (report, trajs, seen) = run(vec![guess.clone(), wrong, right.clone()]);
+    assert_eq!((report.accepted, report.rejected.len()), (1, 0), "{report:?}");
+    assert_eq!(trajs[0].source, "synth-local:scripted");
+    assert!(trajs[0].response.contains("df['x'].mean()") && trajs[0].response.contains("<Execute>\n@mean_x[2.00]\n"), "{}", trajs[0].response);
+    // It was given the task as the model sees it: the DeepAnalyze prompt and the file.
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].contains("[\"t.csv\"]") && seen[0].contains("# Instruction") && seen[0].contains("\"name\": \"t.csv\""), "{seen:?}");
+    let (report, trajs, _) = run(vec![guess]);
+    assert_eq!((report.accepted, trajs.len()), (0, 0));
+    assert_eq!(report.rejected.get("an answer no cell printed"), Some(&1), "{report:?}");
+    // Grounding reads printed `@name[...]`, text, and numbers at the answer's decimals.
+    let cell = |obs: &str| vec![(String::new(), obs.to_string())];
+    assert!(synth::inspector::grounded("@m[5.07]", &cell("mean 5.0733")));
+    assert!(!synth::inspector::grounded("@m[5.07]", &cell("mean 5.0789")));
+    assert!(synth::inspector::grounded("@s[setosa]", &cell("most common: Setosa")));
+    assert!(synth::inspector::grounded("@n[13]", &cell("@n[13]")) && !synth::inspector::grounded("@n[13]", &cell("@n[11]")));
+}

@@ -47,6 +47,11 @@ impl Trajectory {
     pub fn generated(&self) -> usize {
         self.mask.iter().filter(|&&m| m == 1).count()
     }
+    /// Each cell's code (the fenced block it ran; empty when it had none) and observation.
+    pub fn code_cells(&self) -> Vec<(String, String)> {
+        let codes = self.text.split("<Execute>").map(|before| extract_code(own_tail(before).as_str()).unwrap_or_default());
+        codes.zip(&self.observations).map(|(c, o)| (c, o.clone())).collect()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -1,10 +1,16 @@
 //! `trainer synth`: real tables in, verified single-ability samples, trajectories and RL
-//! tasks out (parquet shards), with a statistics report.
+//! tasks out (parquet shards), with a statistics report. The Solver is the built-in
+//! expert, an OpenAI-compatible endpoint, or a local checkpoint (`--teacher local`:
+//! rejection sampling through the rollout engine, the Inspector keeping the first attempt
+//! it accepts).
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use model::{Checkpoint, ChatTemplate, DefaultBackend as B, Qwen3, SamplingConfig, Tokenizer};
 use sandbox::{Sandbox, SandboxConfig};
 use std::path::PathBuf;
-use synth::SynthConfig;
+use synth::solver::Solved;
+use synth::{BatchSolver, Posed, SynthConfig};
+use trainer::rollout::{self, RolloutConfig};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Teacher {
@@ -12,6 +18,8 @@ enum Teacher {
     Expert,
     /// An OpenAI-compatible chat endpoint (--base-url, --teacher-model, key from --api-key-env).
     Openai,
+    /// The checkpoint given by --model, through the rollout engine (--samples attempts a task).
+    Local,
 }
 
 #[derive(clap::Args)]
@@ -44,20 +52,39 @@ pub struct Args {
     /// files must survive, else the template's wording stays).
     #[arg(long)]
     paraphrase: bool,
-    /// A checkpoint folder whose tokenizer measures the trajectories' token lengths.
+    /// A checkpoint folder whose tokenizer measures the trajectories' token lengths (and,
+    /// with --teacher local, that solves the tasks).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// --teacher local: attempts per task (sampled; the first the Inspector accepts is kept).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    samples: u64,
+    /// --teacher local: sampling temperature (0: greedy, one attempt is enough).
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// --teacher local: `<Code>` cells per trajectory at most.
+    #[arg(long, default_value_t = 8)]
+    max_turns: usize,
+    /// --teacher local: tokens per turn.
+    #[arg(long, default_value_t = 768)]
+    max_new_tokens: usize,
+    /// --teacher local: f32, or bf16 (for GPUs).
+    #[arg(long, default_value = "f32")]
+    precision: model::Precision,
+    /// --teacher local: GPUs 0..N-1, each solving a share of the tasks.
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
     /// The sandbox's Python (default: $DEEPANALYZE_SANDBOX_PYTHON, else .venv-sandbox/bin/python).
     #[arg(long)]
     python: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.paraphrase && matches!(a.teacher, Teacher::Expert) {
+    if a.paraphrase && !matches!(a.teacher, Teacher::Openai) {
         bail!("--paraphrase needs --teacher openai (the endpoint rephrases the tasks)");
     }
     let teacher = match a.teacher {
-        Teacher::Expert => None,
+        Teacher::Expert | Teacher::Local => None,
         Teacher::Openai => {
             let (Some(base_url), Some(model)) = (a.base_url.clone(), a.teacher_model.clone()) else {
                 bail!("--teacher openai needs --base-url and --teacher-model");
@@ -73,14 +100,19 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{}: exists and is not empty; write to a new folder", a.out.display());
     }
     let mut cfg = SandboxConfig::default();
-    if let Some(p) = a.python {
+    if let Some(p) = a.python.clone() {
         cfg.python = p;
     }
     let sandbox = Sandbox::new(cfg)?;
     let bar = ProgressBar::new(a.tasks as u64)
         .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} tasks solved and inspected ({per_sec}, eta {eta})").unwrap());
+    let local = match (a.teacher, &a.model) {
+        (Teacher::Local, None) => bail!("--teacher local needs --model DIR (the checkpoint that solves the tasks)"),
+        (Teacher::Local, Some(dir)) => Some(Local::load(dir, &a)?),
+        _ => None,
+    };
     let cfg = SynthConfig { tables: a.tables, out: a.out.clone(), tasks: a.tasks, seed: a.seed, error_rate: a.error_rate, teacher, tokenizer: a.model.clone(), paraphrase: a.paraphrase };
-    let report = synth::synthesize(&cfg, &sandbox, &|done, total| {
+    let report = synth::synthesize_with(&cfg, &sandbox, local.as_ref().map(|l| l as &dyn BatchSolver), &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
@@ -102,3 +134,72 @@ pub fn run(a: Args) -> Result<()> {
              a.out.join("report.json").display());
     Ok(())
 }
+
+/// A local checkpoint as the Solver: every task's attempts decoded together by the rollout
+/// engine (as RL and `trainer eval` run them), each in its own workspace.
+struct Local {
+    model: Qwen3<B>,
+    tok: Tokenizer,
+    template: ChatTemplate,
+    eos: Vec<u32>,
+    devices: Vec<burn::tensor::Device<B>>,
+    samples: usize,
+    cfg: RolloutConfig,
+    source: String,
+}
+
+impl Local {
+    fn load(dir: &std::path::Path, a: &Args) -> Result<Self> {
+        let devices = model::devices(a.devices).map_err(|e| anyhow::anyhow!("--devices {}: {e}", a.devices))?;
+        let ck = Checkpoint::<B>::load(dir, &devices[0])?;
+        let (tok, template, eos) = (ck.tokenizer()?.clone(), ck.chat_template()?, ck.eos_token_ids());
+        let cfg = RolloutConfig {
+            max_turns: a.max_turns,
+            max_new_tokens: a.max_new_tokens,
+            max_response_tokens: a.max_turns * (a.max_new_tokens + 1024),
+            sampling: SamplingConfig { temperature: a.temperature, seed: a.seed, ..SamplingConfig::default() },
+            max_rows: None,
+        };
+        let name = dir.file_name().map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
+        Ok(Self { model: ck.model.for_generation(a.precision), tok, template, eos, devices, samples: a.samples as usize, cfg, source: format!("synth-local:{name}") })
+    }
+}
+
+impl BatchSolver for Local {
+    fn solve(&self, tasks: &[Posed], sandbox: &Sandbox) -> std::result::Result<Vec<Vec<(Solved, sandbox::Workspace)>>, String> {
+        let rl: Vec<datasets::RlTask> = tasks
+            .iter()
+            .map(|t| datasets::RlTask {
+                id: t.id.to_string(),
+                kind: "qa".into(),
+                prompt: t.prompt.clone(),
+                workspace: ".".into(),
+                files: t.files.clone(),
+                ground_truth: None,
+                judge: None,
+                source: "synth".into(),
+                metadata: "{}".into(),
+            })
+            .collect();
+        let refs: Vec<&datasets::RlTask> = rl.iter().collect();
+        let dirs: Vec<PathBuf> = tasks.iter().map(|t| t.tables.to_path_buf()).collect();
+        let env = rollout::Env { model: &self.model, tok: &self.tok, template: &self.template, eos: &self.eos, sandbox };
+        let bar = ProgressBar::new((tasks.len() * self.samples) as u64)
+            .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} attempts written ({per_sec}, eta {eta})").unwrap());
+        let (trajs, _) = rollout::run_on_devices(&env, &self.devices, &refs, &dirs, self.samples, &self.cfg, |n| bar.inc(n as u64)).map_err(|e| e.to_string())?;
+        bar.finish_and_clear();
+        let mut out: Vec<Vec<(Solved, sandbox::Workspace)>> = tasks.iter().map(|_| vec![]).collect();
+        for mut t in trajs {
+            let Some(ws) = t.workspace.take() else { continue };
+            let cells = t.code_cells();
+            let solved = Solved { recovered_error: cells.iter().any(|(_, o)| o.starts_with("[Error]")), response: t.text, cells, sandbox_secs: 0.0 };
+            out[t.task].push((solved, ws));
+        }
+        Ok(out)
+    }
+
+    fn source(&self) -> &str {
+        &self.source
+    }
+}
+

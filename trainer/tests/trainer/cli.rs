@@ -232,6 +232,36 @@ fn data_import_and_inspect_on_the_dabench_split() {
 }
 
 #[test]
+fn synth_with_a_local_checkpoint_inspects_each_of_its_attempts() {
+    // A random model as the Solver: its attempts run in the sandbox and are inspected, and
+    // none is kept (the Inspector's choice among attempts is tested in the synth crate).
+    let d = tiny_checkpoint();
+    let tables = d.path().join("tables");
+    std::fs::create_dir(&tables).unwrap();
+    std::fs::copy(root().join("../shared/data/dabench-dev/tables/abalone.csv"), tables.join("abalone.csv")).unwrap();
+    let out = d.path().join("synth");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["synth", "--tables", tables.to_str().unwrap(), "--out", out.to_str().unwrap(), "--tasks", "3", "--teacher", "local",
+                                  "--samples", "2", "--max-turns", "1", "--max-new-tokens", "12"].iter().map(|s| s.to_string()).collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| Command::new(env!("CARGO_BIN_EXE_trainer")).args(a).env(sandbox::PYTHON_ENV, sandbox_python()).output().unwrap();
+    let o = run(args(&[]));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--teacher local needs --model"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(args(&["--model", d.path().join("ck").to_str().unwrap()]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!((report["posed"].as_u64(), report["accepted"].as_u64()), (Some(3), Some(0)), "{report}");
+    let rejected: u64 = report["rejected"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(rejected + report["ground_truth_failed"].as_u64().unwrap(), 3, "{report}");
+    assert!(report["rejected"].as_object().unwrap().keys().all(|k| k.starts_with("format")), "a random model's text is not a trajectory: {report}");
+    // Every task with a ground truth is still an RL task.
+    let tasks: Vec<datasets::RlTask> = datasets::read_all(&out.join("rl_tasks")).unwrap();
+    assert_eq!(tasks.len() as u64, 3 - report["ground_truth_failed"].as_u64().unwrap());
+}
+
+#[test]
 fn eval_runs_on_a_dabench_folder_and_summarizes_its_rollouts() {
     let d = tiny_checkpoint();
     let out = d.path().join("eval");

@@ -134,6 +134,16 @@ const GOOD: &str = "<Analyze>\nCount the rows.\n</Analyze>\n<Code>\n```python\np
 <Code>\n```python\nprint('@rows[32]')\n```\n</Code>\n<Execute>\n@rows[32]\n</Execute>\n<Answer>\n@rows[32] @mean[3.6000001]\n</Answer>";
 
 #[test]
+fn a_trajectory_s_cells_are_its_fenced_code_and_observations() {
+    // What the Inspector re-runs when a local checkpoint solves synth tasks.
+    let t = trajectory(GOOD, &["[Error]:\nZeroDivisionError", "@rows[32]"], None);
+    assert_eq!(t.code_cells(), vec![("print(1/0)".into(), "[Error]:\nZeroDivisionError".into()), ("print('@rows[32]')".into(), "@rows[32]".into())]);
+    // A cell without a fence ran nothing (the published "no code" error): empty code.
+    let t = trajectory("<Code>\nprint(2)\n</Code>\n<Execute>\nno code\n</Execute>\n", &["no code"], None);
+    assert_eq!(t.code_cells(), vec![(String::new(), "no code".into())]);
+}
+
+#[test]
 fn reward_parts_on_crafted_trajectories() {
     let sb = sandbox();
     let spec = RewardSpec::default();
