@@ -561,9 +561,10 @@ fn bf16_compute_tracks_torch_autocast() {
 
 #[test]
 fn lean_attention_backward_matches_autodiff_through_burns_attention() {
-    // Our causal attention's backward (recomputed by blocks of 512 queries) against burn's
+    // Our causal attention (on Flex a forward by blocks of 256 queries, each against the
+    // keys up to its last; a backward recomputed by blocks of 512 queries) against burn's
     // autodiff through its own attention (matmul, mask, softmax, matmul kept for the
-    // backward): outputs and the gradients of q, k and v, across a block boundary.
+    // backward): outputs and the gradients of q, k and v, across block boundaries.
     type A = burn::backend::Autodiff<B>;
     let device = Default::default();
     <A as Backend>::seed(&device, 7);
