@@ -99,6 +99,11 @@ pub fn run(a: Args) -> Result<()> {
     if a.out.exists() && std::fs::read_dir(&a.out)?.next().is_some() {
         bail!("{}: exists and is not empty; write to a new folder", a.out.display());
     }
+    let local = match (a.teacher, &a.model) {
+        (Teacher::Local, None) => bail!("--teacher local needs --model DIR (the checkpoint that solves the tasks)"),
+        (Teacher::Local, Some(dir)) => Some(Local::load(dir, &a)?),
+        _ => None,
+    };
     let mut cfg = SandboxConfig::default();
     if let Some(p) = a.python.clone() {
         cfg.python = p;
@@ -106,11 +111,6 @@ pub fn run(a: Args) -> Result<()> {
     let sandbox = Sandbox::new(cfg)?;
     let bar = ProgressBar::new(a.tasks as u64)
         .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} tasks solved and inspected ({per_sec}, eta {eta})").unwrap());
-    let local = match (a.teacher, &a.model) {
-        (Teacher::Local, None) => bail!("--teacher local needs --model DIR (the checkpoint that solves the tasks)"),
-        (Teacher::Local, Some(dir)) => Some(Local::load(dir, &a)?),
-        _ => None,
-    };
     let cfg = SynthConfig { tables: a.tables, out: a.out.clone(), tasks: a.tasks, seed: a.seed, error_rate: a.error_rate, teacher, tokenizer: a.model.clone(), paraphrase: a.paraphrase };
     let report = synth::synthesize_with(&cfg, &sandbox, local.as_ref().map(|l| l as &dyn BatchSolver), &|done, total| {
         bar.set_length(total as u64);
