@@ -1,11 +1,13 @@
 //! Held-out evaluation on RL tasks (used by `trainer eval` and the RL stage): one
 //! rollout per task, and the shares whose trajectory is well formed, whose code runs,
-//! and whose answer is right.
+//! and whose answer is right, with InfiAgent-DABench's three accuracies (by question,
+//! proportional and uniform by sub-question) and a breakdown by the tasks' level.
 use crate::reward;
 use crate::rollout::{self, Env, RolloutConfig, Trajectory};
 use anyhow::Result;
 use datasets::RlTask;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// One task's evaluated rollout (a line of rollouts.jsonl).
@@ -19,6 +21,10 @@ pub struct Record {
     pub well_formed: bool,
     /// Graded on the `<Answer>` block (qa tasks with a ground truth); None otherwise.
     pub correct: Option<bool>,
+    /// Named sub-answers right, of how many (the same tasks as `correct`).
+    pub sub_answers: Option<[usize; 2]>,
+    /// The task's level (DABench's `level`, synth's `difficulty`), when its metadata has one.
+    pub level: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -29,9 +35,23 @@ pub struct Summary {
     pub code_ran: f64,
     pub well_formed_and_ran: f64,
     pub cell_success_rate: f64,
-    /// Share of graded tasks answered right (None: no task has a ground truth).
+    /// Share of graded tasks answered right (None: no task has a ground truth): DABench's
+    /// accuracy by question (ABQ).
     pub correct: Option<f64>,
+    /// DABench's PSAQ: the mean over graded tasks of their share of right sub-answers.
+    pub sub_answers_proportional: Option<f64>,
+    /// DABench's UASQ: right sub-answers over all sub-answers.
+    pub sub_answers_uniform: Option<f64>,
     pub mean_cells: f64,
+    /// Tasks, well formed and right (as above) per level, when tasks carry one.
+    pub by_level: BTreeMap<String, LevelSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LevelSummary {
+    pub tasks: usize,
+    pub well_formed: f64,
+    pub correct: Option<f64>,
 }
 
 impl Record {
@@ -44,6 +64,11 @@ impl Record {
             finished: t.finished,
             well_formed: t.finished && rollout::well_formed(&t.text),
             correct: reward::accuracy(&t.text, task, numeric_tol),
+            sub_answers: reward::sub_answers(&t.text, task, numeric_tol),
+            level: serde_json::from_str::<serde_json::Value>(&task.metadata).ok().and_then(|m| {
+                let level = if m["level"].is_string() { &m["level"] } else { &m["difficulty"] };
+                level.as_str().map(String::from)
+            }),
         }
     }
 }
@@ -53,7 +78,29 @@ pub fn summarize(rs: &[Record]) -> Summary {
     let share = |f: &dyn Fn(&Record) -> bool| rs.iter().filter(|r| f(r)).count() as f64 / n;
     let ran = |r: &Record| r.cells > 0 && r.failed_cells == 0;
     let graded: Vec<bool> = rs.iter().filter_map(|r| r.correct).collect();
+    let subs: Vec<[usize; 2]> = rs.iter().filter_map(|r| r.sub_answers).collect();
+    let mut levels: BTreeMap<String, Vec<&Record>> = BTreeMap::new();
+    for r in rs {
+        if let Some(l) = &r.level {
+            levels.entry(l.clone()).or_default().push(r);
+        }
+    }
+    let by_level = levels
+        .into_iter()
+        .map(|(l, rs)| {
+            let graded: Vec<bool> = rs.iter().filter_map(|r| r.correct).collect();
+            let summary = LevelSummary {
+                tasks: rs.len(),
+                well_formed: rs.iter().filter(|r| r.well_formed).count() as f64 / rs.len() as f64,
+                correct: (!graded.is_empty()).then(|| graded.iter().filter(|&&c| c).count() as f64 / graded.len() as f64),
+            };
+            (l, summary)
+        })
+        .collect();
     Summary {
+        sub_answers_proportional: (!subs.is_empty()).then(|| subs.iter().map(|[r, of]| *r as f64 / *of as f64).sum::<f64>() / subs.len() as f64),
+        sub_answers_uniform: (!subs.is_empty()).then(|| subs.iter().map(|s| s[0]).sum::<usize>() as f64 / subs.iter().map(|s| s[1]).sum::<usize>() as f64),
+        by_level,
         tasks: rs.len(),
         well_formed: share(&|r| r.well_formed),
         code_ran: share(&ran),

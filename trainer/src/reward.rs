@@ -177,12 +177,19 @@ pub fn format_ok(text: &str) -> bool {
 
 /// Whether the `<Answer>` block gets every closed-form answer right (None: no ground truth).
 pub fn accuracy(text: &str, task: &RlTask, rel_tol: f64) -> Option<bool> {
+    sub_answers(text, task, rel_tol).map(|[right, of]| right == of)
+}
+
+/// Of a qa task's named sub-answers, how many the `<Answer>` block gets right, and how
+/// many there are (None: not a qa task with a ground truth).
+pub fn sub_answers(text: &str, task: &RlTask, rel_tol: f64) -> Option<[usize; 2]> {
     let labels: Vec<(String, String)> = serde_json::from_str(task.ground_truth.as_deref()?).ok()?;
     if labels.is_empty() || task.kind != "qa" {
         return None;
     }
     let answer = answer_block(text).unwrap_or("");
-    Some(synth::grade::grade_tol(answer, &labels, rel_tol).iter().all(|&ok| ok))
+    let graded = synth::grade::grade_tol(answer, &labels, rel_tol);
+    Some([graded.iter().filter(|&&ok| ok).count(), graded.len()])
 }
 
 /// Scores a trajectory (the file check runs in its workspace).

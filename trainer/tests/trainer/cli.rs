@@ -280,6 +280,10 @@ fn eval_runs_on_a_dabench_folder_and_summarizes_its_rollouts() {
     assert_eq!(summary["tasks"], 3);
     assert_eq!(f(&summary["correct"]), rows.iter().filter(|r| r["correct"] == true).count() as f64 / 3.0);
     assert_eq!(f(&summary["well_formed"]), 0.0);
+    // DABench's levels (questions.jsonl) break the summary down.
+    let levels = summary["by_level"].as_object().unwrap();
+    assert!(levels.keys().all(|l| ["easy", "medium", "hard"].contains(&l.as_str())), "{summary}");
+    assert_eq!(levels.values().map(|l| l["tasks"].as_u64().unwrap()).sum::<u64>(), 3);
     // --max-rows 1: one task decoded at a time (greedy), the same rollouts.
     let waves = d.path().join("eval-waves");
     let o = Command::new(env!("CARGO_BIN_EXE_trainer"))

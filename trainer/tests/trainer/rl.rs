@@ -144,6 +144,35 @@ fn a_trajectory_s_cells_are_its_fenced_code_and_observations() {
 }
 
 #[test]
+fn evaluation_reports_dabench_s_three_accuracies_and_levels() {
+    // InfiAgent-DABench: ABQ (questions with every sub-answer right), PSAQ (mean share of
+    // right sub-answers per question), UASQ (right sub-answers over all), by hand.
+    use trainer::evaluate::{summarize, LevelSummary, Record};
+    let t = |kind: &str, truth: Option<&str>, meta: &str| RlTask { kind: kind.into(), metadata: meta.into(), ..task(kind, truth, None) };
+    let tasks = [
+        t("qa", Some(r#"[["a","1"],["b","2"],["c","3"]]"#), r#"{"level": "hard"}"#),
+        t("qa", Some(r#"[["x","5"]]"#), r#"{"level": "easy"}"#),
+        t("qa", Some(r#"[["m","1.5"],["n","2"]]"#), r#"{"level": "easy"}"#),
+        t("datatask", None, r#"{"difficulty": "medium"}"#),
+    ];
+    let texts = [
+        "<Answer>\n@a[1] @b[2] @c[4]\n</Answer>",
+        "<Analyze>\nx\n</Analyze>\n<Code>\n```python\nprint(5)\n```\n</Code>\n<Answer>\n@x[5]\n</Answer>",
+        "<Answer>\n</Answer>",
+        "<Answer>\ndone\n</Answer>",
+    ];
+    let records: Vec<Record> = tasks.iter().zip(texts).map(|(task, text)| Record::of(&trajectory(text, &[], None), task, 1e-6)).collect();
+    assert_eq!(records.iter().map(|r| r.sub_answers).collect::<Vec<_>>(), [Some([2, 3]), Some([1, 1]), Some([0, 2]), None]);
+    let s = summarize(&records);
+    assert_eq!(s.correct, Some(1.0 / 3.0));
+    assert!((s.sub_answers_proportional.unwrap() - (2.0 / 3.0 + 1.0 + 0.0) / 3.0).abs() < 1e-12);
+    assert_eq!(s.sub_answers_uniform, Some(3.0 / 6.0));
+    assert_eq!(s.by_level["easy"], LevelSummary { tasks: 2, well_formed: 0.5, correct: Some(0.5) });
+    assert_eq!(s.by_level["hard"], LevelSummary { tasks: 1, well_formed: 0.0, correct: Some(0.0) });
+    assert_eq!(s.by_level["medium"], LevelSummary { tasks: 1, well_formed: 0.0, correct: None });
+}
+
+#[test]
 fn reward_parts_on_crafted_trajectories() {
     let sb = sandbox();
     let spec = RewardSpec::default();
