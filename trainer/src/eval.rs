@@ -34,6 +34,9 @@ pub struct Args {
     max_new_tokens: usize,
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// Rollouts per task (sampled: needs --temperature > 0); the summary adds pass@k.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    samples: u64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// f32, or bf16 (bf16 matrices and compute, as `[compute] precision = "bf16"`; for GPUs).
@@ -48,6 +51,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    anyhow::ensure!(a.samples == 1 || a.temperature > 0.0, "--samples {} needs --temperature above 0 (greedy rollouts of a task are all the same)", a.samples);
     let devices = model::devices(a.devices).map_err(|e| anyhow::anyhow!("--devices {}: {e}", a.devices))?;
     let mut ck = Checkpoint::<B>::load(&a.model, &devices[0])?;
     ck.model = ck.model.for_generation(a.precision);
@@ -77,12 +81,12 @@ pub fn run(a: Args) -> Result<()> {
         sampling: SamplingConfig { temperature: a.temperature, seed: a.seed, ..SamplingConfig::default() },
         max_rows: a.max_rows.map(|r| r as usize),
     };
-    let bar = indicatif::ProgressBar::new(tasks.len() as u64).with_message("rollouts");
+    let bar = indicatif::ProgressBar::new(tasks.len() as u64 * a.samples).with_message("rollouts");
     bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} ETA {eta}").unwrap());
     let with_dirs: Vec<_> = tasks.iter().map(|t| (t, rollout::workspace_dir(t, &shard_dir))).collect();
     let eos = ck.eos_token_ids();
     let env = rollout::Env { model: &ck.model, tok, template: &template, eos: &eos, sandbox: &sandbox };
-    let (records, summary) = evaluate::run(&env, &devices, &with_dirs, &cfg, trainer::reward::RewardSpec::default().numeric_tol, |n| bar.inc(n as u64))?;
+    let (records, summary) = evaluate::run(&env, &devices, &with_dirs, a.samples as usize, &cfg, trainer::reward::RewardSpec::default().numeric_tol, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let mut summary = serde_json::to_value(&summary)?;
     summary["model"] = json!(a.model);

@@ -121,7 +121,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         let bar = bar(eval_tasks.len() as u64, "held-out");
         let policy = model.for_inference();
         let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
-        let (records, s) = evaluate::run(&env, &devices, &eval_tasks, &eval_cfg, cfg.reward.numeric_tol, |n| bar.inc(n as u64))?;
+        let (records, s) = evaluate::run(&env, &devices, &eval_tasks, 1, &eval_cfg, cfg.reward.numeric_tol, |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
         // The rollouts, to read: out/eval/step-N.jsonl (one JSON object per task).
         let dir = out.join("eval");

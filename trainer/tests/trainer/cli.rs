@@ -294,4 +294,21 @@ fn eval_runs_on_a_dabench_folder_and_summarizes_its_rollouts() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_to_string(waves.join("rollouts.jsonl")).unwrap(), std::fs::read_to_string(out.join("rollouts.jsonl")).unwrap());
+    // Two sampled rollouts a task: both written, the summary over tasks with pass@1 and @2.
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", d.path().join("ck").to_str().unwrap(), "--tasks", root().join("../shared/data/dabench-dev").to_str().unwrap(),
+                            "--limit", "2", "--max-turns", "1", "--max-new-tokens", "8", "--samples", "2"].into_iter().map(String::from).collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).env(sandbox::PYTHON_ENV, sandbox_python()).output().unwrap()
+    };
+    let o = eval(&[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--temperature"), "{}", String::from_utf8_lossy(&o.stderr));
+    let sampled = d.path().join("eval-sampled");
+    let o = eval(&["--temperature", "1.0", "--out", sampled.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((summary["tasks"].as_u64(), summary["samples"].as_u64()), (Some(2), Some(2)), "{summary}");
+    assert_eq!(summary["pass_at"].as_object().unwrap().keys().collect::<Vec<_>>(), ["1", "2"]);
+    let rows: Vec<Value> = std::fs::read_to_string(sampled.join("rollouts.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.iter().map(|r| r["sample"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 0, 1]);
 }

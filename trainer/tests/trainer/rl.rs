@@ -148,11 +148,11 @@ fn evaluation_reports_dabench_s_three_accuracies_and_levels() {
     // InfiAgent-DABench: ABQ (questions with every sub-answer right), PSAQ (mean share of
     // right sub-answers per question), UASQ (right sub-answers over all), by hand.
     use trainer::evaluate::{summarize, LevelSummary, Record};
-    let t = |kind: &str, truth: Option<&str>, meta: &str| RlTask { kind: kind.into(), metadata: meta.into(), ..task(kind, truth, None) };
+    let t = |kind: &str, truth: Option<&str>, meta: &str| RlTask { id: format!("{kind} {meta}"), kind: kind.into(), metadata: meta.into(), ..task(kind, truth, None) };
     let tasks = [
         t("qa", Some(r#"[["a","1"],["b","2"],["c","3"]]"#), r#"{"level": "hard"}"#),
         t("qa", Some(r#"[["x","5"]]"#), r#"{"level": "easy"}"#),
-        t("qa", Some(r#"[["m","1.5"],["n","2"]]"#), r#"{"level": "easy"}"#),
+        t("qa", Some(r#"[["m","1.5"],["n","2"]]"#), r#"{"level": "easy", "n": 2}"#),
         t("datatask", None, r#"{"difficulty": "medium"}"#),
     ];
     let texts = [
@@ -170,6 +170,22 @@ fn evaluation_reports_dabench_s_three_accuracies_and_levels() {
     assert_eq!(s.by_level["easy"], LevelSummary { tasks: 2, well_formed: 0.5, correct: Some(0.5) });
     assert_eq!(s.by_level["hard"], LevelSummary { tasks: 1, well_formed: 0.0, correct: Some(0.0) });
     assert_eq!(s.by_level["medium"], LevelSummary { tasks: 1, well_formed: 0.0, correct: None });
+    assert!(s.pass_at.is_empty() && s.samples == 1);
+    // pass@k, unbiased (Chen et al. 2021): 1 - C(n-c, k) / C(n, k). 4 samples, 1 right:
+    // pass@1 = 1/4, pass@2 = 1 - C(3,2)/C(4,2) = 1/2, pass@4 = 1; 4 samples, none right: 0.
+    use trainer::evaluate::pass_at_k;
+    assert_eq!([pass_at_k(4, 1, 1), pass_at_k(4, 1, 2), pass_at_k(4, 1, 4), pass_at_k(4, 0, 2)], [0.25, 0.5, 1.0, 0.0]);
+    assert!((pass_at_k(5, 2, 3) - (1.0 - 1.0 / 10.0)).abs() < 1e-12); // C(3,3)/C(5,3) = 1/10
+    let right = "<Answer>\n@x[5]\n</Answer>";
+    let wrong = "<Answer>\n@x[6]\n</Answer>";
+    let samples: Vec<Record> = [right, wrong, wrong, wrong, wrong, wrong, wrong, wrong]
+        .iter()
+        .enumerate()
+        .map(|(i, text)| Record { sample: i % 4, ..Record::of(&trajectory(text, &[], None), &tasks[if i < 4 { 1 } else { 2 }], 1e-6) })
+        .collect();
+    let s = summarize(&samples);
+    assert_eq!((s.tasks, s.samples, s.correct), (2, 4, Some(1.0 / 8.0)));
+    assert_eq!(s.pass_at.into_iter().collect::<Vec<_>>(), [(1, 0.125), (2, 0.25), (4, 0.5)]);
 }
 
 #[test]
