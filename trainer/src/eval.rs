@@ -45,9 +45,10 @@ pub struct Args {
     /// GPUs 0..N-1 of the machine, each generating a share of the tasks.
     #[arg(long, default_value_t = 1)]
     devices: usize,
-    /// Tasks decoded together per device (bounds the KV cache); default: a device's whole share.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    max_rows: Option<u64>,
+    /// Rollouts decoded together per device (bounds the KV cache: a device's tasks run in
+    /// waves of max_rows / samples tasks, at least one).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_rows: u64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -79,7 +80,7 @@ pub fn run(a: Args) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         max_response_tokens: a.max_turns * (a.max_new_tokens + 1024),
         sampling: SamplingConfig { temperature: a.temperature, seed: a.seed, ..SamplingConfig::default() },
-        max_rows: a.max_rows.map(|r| r as usize),
+        max_rows: Some(a.max_rows as usize),
     };
     let bar = indicatif::ProgressBar::new(tasks.len() as u64 * a.samples).with_message("rollouts");
     bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} ETA {eta}").unwrap());

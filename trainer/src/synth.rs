@@ -74,6 +74,10 @@ pub struct Args {
     /// --teacher local: GPUs 0..N-1, each solving a share of the tasks.
     #[arg(long, default_value_t = 1)]
     devices: usize,
+    /// --teacher local: attempts decoded together per device (bounds the KV cache: the
+    /// tasks run in waves of max_rows / samples, at least one).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_rows: u64,
     /// The sandbox's Python (default: $DEEPANALYZE_SANDBOX_PYTHON, else .venv-sandbox/bin/python).
     #[arg(long)]
     python: Option<PathBuf>,
@@ -158,7 +162,7 @@ impl Local {
             max_new_tokens: a.max_new_tokens,
             max_response_tokens: a.max_turns * (a.max_new_tokens + 1024),
             sampling: SamplingConfig { temperature: a.temperature, seed: a.seed, ..SamplingConfig::default() },
-            max_rows: None,
+            max_rows: Some(a.max_rows as usize),
         };
         let name = dir.file_name().map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
         Ok(Self { model: ck.model.for_generation(a.precision), tok, template, eos, devices, samples: a.samples as usize, cfg, source: format!("synth-local:{name}") })
