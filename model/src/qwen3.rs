@@ -180,20 +180,22 @@ impl<B: Backend> KvCache<B> {
             let (tk, _) = template.layers[l].as_ref().expect("a filled cache");
             let [_, h, _, d] = tk.dims();
             let (device, dtype) = (tk.device(), tk.dtype());
-            let row = |&(zeros, cache, cached): &(usize, Option<&KvCache<B>>, usize), pick: fn(&(Tensor<B, 4>, Tensor<B, 4>)) -> &Tensor<B, 4>| {
-                let mut parts = vec![];
-                if zeros > 0 {
-                    parts.push(Tensor::<B, 4>::zeros([1, h, zeros, d], (&device, dtype)));
-                }
-                if cached > 0 {
-                    let kv = cache.expect("cached positions need a cache").layers[l].as_ref().expect("a filled cache");
-                    parts.push(pick(kv).clone().slice([0..1, 0..h, 0..cached, 0..d]));
-                }
-                Tensor::cat(parts, 2)
+            // Keys (0) or values (1) of every row, padding first.
+            let side = |which: usize| {
+                let rows = rows.iter().map(|&(zeros, cache, cached)| {
+                    let mut parts = vec![];
+                    if zeros > 0 {
+                        parts.push(Tensor::<B, 4>::zeros([1, h, zeros, d], (&device, dtype)));
+                    }
+                    if cached > 0 {
+                        let (k, v) = cache.and_then(|c| c.layers[l].as_ref()).expect("cached positions need a filled cache");
+                        parts.push([k, v][which].clone().slice([0..1, 0..h, 0..cached, 0..d]));
+                    }
+                    Tensor::cat(parts, 2)
+                });
+                Tensor::cat(rows.collect(), 0)
             };
-            let k = Tensor::cat(rows.iter().map(|r| row(r, |kv| &kv.0)).collect(), 0);
-            let v = Tensor::cat(rows.iter().map(|r| row(r, |kv| &kv.1)).collect(), 0);
-            Some((k, v))
+            Some((side(0), side(1)))
         });
         Self { layers: layers.collect() }
     }
