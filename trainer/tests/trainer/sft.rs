@@ -146,7 +146,6 @@ fn owners_add_gradients_in_micro_batch_order_whatever_order_they_arrive_in() {
     // 1e8, -1e8 and 1 (f32) only that order gives 1: (1e8 + 1) rounds back to 1e8.
     // Micro-batch 2 emits first and 0 last; micro-batch 4 has nothing to train.
     use burn::optim::GradientsParams;
-    use burn::prelude::*;
     type Inner = <TrainBackend as burn::tensor::backend::AutodiffBackend>::InnerBackend;
     let (dir, _, _) = fixture();
     let model = Checkpoint::<TrainBackend>::load(&dir.join("model"), &Default::default()).unwrap().model;
