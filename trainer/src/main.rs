@@ -1,5 +1,6 @@
 //! `trainer`: one binary for the whole curriculum. This file only parses the command line
 //! (shapes fixed by shared/design/cli.md) and dispatches; each command lives in its own file.
+mod ask;
 mod data;
 mod eval;
 mod exec;
@@ -57,6 +58,9 @@ enum Command {
     /// Multi-turn rollouts of a checkpoint on RL tasks in the sandbox; prints the shares
     /// of well-formed, running and correct trajectories.
     Eval(eval::Args),
+    /// A checkpoint analyzes data files: prompt with the files, cells run in the sandbox,
+    /// until its answer; prints the trajectory.
+    Ask(ask::Args),
     /// Write a randomly initialised Qwen3 checkpoint (HF folder) for a shape and tokenizer.
     InitModel(init_model::Args),
     /// What a run will take: steps, one device's memory by part, FLOPs, a measured step.
@@ -90,6 +94,7 @@ fn main() {
         Some(Command::Data(c)) => data::run(c),
         Some(Command::Synth(a)) => synth::run(a),
         Some(Command::Eval(a)) => eval::run(a),
+        Some(Command::Ask(a)) => ask::run(a),
         None => match (cli.stage, cli.config) {
             (Some(stage), Some(config)) => {
                 let kind = match stage {

@@ -262,6 +262,33 @@ fn synth_with_a_local_checkpoint_inspects_each_of_its_attempts() {
 }
 
 #[test]
+fn ask_gives_the_model_its_files_and_runs_its_cells() {
+    let d = tiny_checkpoint();
+    let table = d.path().join("prices.csv");
+    std::fs::write(&table, "item,price\na,1.5\nb,2.5\n").unwrap();
+    let run = |files: &[&Path], extra: &[&str]| {
+        let mut args: Vec<String> = vec!["ask".into(), "--model".into(), d.path().join("ck").display().to_string(), "--question".into(), "Mean price?".into(), "--files".into()];
+        args.extend(files.iter().map(|f| f.display().to_string()));
+        args.extend(["--max-turns", "2", "--max-new-tokens", "16"].iter().chain(extra).map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).env(sandbox::PYTHON_ENV, sandbox_python()).output().unwrap()
+    };
+    let o = run(&[&table], &["--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The published prompt: the question, then each file by name and size (21 bytes).
+    assert_eq!(v["prompt"], "# Instruction\nMean price?\n\n# Data\nFile 1:\n{\"name\": \"prices.csv\", \"size\": \"0.0KB\"}");
+    assert!(v["text"].is_string() && v["cells"].as_u64().is_some() && v["files_written"].as_array().unwrap().is_empty(), "{v}");
+    // Two files of one name, or a missing one: one-line errors naming them.
+    let other = d.path().join("sub");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::copy(&table, other.join("prices.csv")).unwrap();
+    let o = run(&[&table, &other.join("prices.csv")], &[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("two files are named prices.csv"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[&d.path().join("missing.csv")], &[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("missing.csv"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
 fn eval_runs_on_a_dabench_folder_and_summarizes_its_rollouts() {
     let d = tiny_checkpoint();
     let out = d.path().join("eval");
