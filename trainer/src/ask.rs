@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use model::{Checkpoint, DefaultBackend as B, SamplingConfig};
 use sandbox::{Sandbox, SandboxConfig};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use trainer::rollout::{self, RolloutConfig};
 
 #[derive(clap::Args)]
@@ -87,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
     spinner.finish_and_clear();
     let t = trajs.remove(0);
     let written = match (&a.out, &t.workspace) {
-        (Some(out), Some(ws)) => keep_outputs(ws.path(), &names, out)?,
+        (Some(out), Some(ws)) => rollout::copy_outputs(ws.path(), staged.path(), out)?,
         _ => vec![],
     };
     if a.json {
@@ -104,26 +104,4 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Copies every file in `ws` that is not one of the inputs to `out` (same relative path).
-fn keep_outputs(ws: &Path, inputs: &BTreeSet<String>, out: &Path) -> Result<Vec<PathBuf>> {
-    let mut written = vec![];
-    let mut stack = vec![ws.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).with_context(|| dir.display().to_string())?.flatten() {
-            let path = e.path();
-            let rel = path.strip_prefix(ws).expect("under the workspace").to_path_buf();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.is_file() && !inputs.contains(&rel.to_string_lossy().into_owned()) {
-                let dst = out.join(&rel);
-                std::fs::create_dir_all(dst.parent().expect("a parent")).with_context(|| dst.display().to_string())?;
-                std::fs::copy(&path, &dst).with_context(|| dst.display().to_string())?;
-                written.push(dst);
-            }
-        }
-    }
-    written.sort();
-    Ok(written)
 }

@@ -189,6 +189,24 @@ fn evaluation_reports_dabench_s_three_accuracies_and_levels() {
 }
 
 #[test]
+fn what_the_cells_wrote_is_copied_out() {
+    // `trainer ask --out`: new files, and inputs the cells changed; not the untouched inputs.
+    let sb = sandbox();
+    let inputs = tempfile::tempdir().unwrap();
+    std::fs::write(inputs.path().join("a.csv"), "x\n1\n").unwrap();
+    std::fs::write(inputs.path().join("b.csv"), "y\n2\n").unwrap();
+    let ws = sb.workspace(Some(inputs.path())).unwrap();
+    let code = "import os\nopen('report.md', 'w').write('# Report')\nos.makedirs('figs')\nopen('figs/f.txt', 'w').write('f')\nopen('a.csv', 'a').write('3\\n')\nprint('ok')";
+    assert_eq!(sb.run(&ws, code, sandbox::Mode::Stateless).observation.trim(), "ok");
+    let out = tempfile::tempdir().unwrap();
+    let written = trainer::rollout::copy_outputs(ws.path(), inputs.path(), out.path()).unwrap();
+    let rel: Vec<String> = written.iter().map(|p| p.strip_prefix(out.path()).unwrap().display().to_string()).collect();
+    assert_eq!(rel, ["a.csv", "figs/f.txt", "report.md"]);
+    assert_eq!(std::fs::read_to_string(out.path().join("a.csv")).unwrap(), "x\n1\n3\n");
+    assert_eq!(std::fs::read_to_string(out.path().join("report.md")).unwrap(), "# Report");
+}
+
+#[test]
 fn reward_parts_on_crafted_trajectories() {
     let sb = sandbox();
     let spec = RewardSpec::default();
