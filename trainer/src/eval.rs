@@ -89,6 +89,7 @@ pub fn run(a: Args) -> Result<()> {
     let env = rollout::Env { model: &ck.model, tok, template: &template, eos: &eos, sandbox: &sandbox };
     let (records, summary) = evaluate::run(&env, &devices, &with_dirs, a.samples as usize, &cfg, trainer::reward::RewardSpec::default().numeric_tol, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
+    let summary_pass_at = summary.pass_at.clone();
     let mut summary = serde_json::to_value(&summary)?;
     summary["model"] = json!(a.model);
     if let Some(out) = &a.out {
@@ -98,6 +99,7 @@ pub fn run(a: Args) -> Result<()> {
         for r in &records {
             writeln!(f, "{}", serde_json::to_string(r)?)?;
         }
+        trainer::plots::write_eval(out, &summary_pass_at)?;
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())

@@ -1,5 +1,6 @@
 //! PNG plots of a finished stage: `loss.png` (training and held-out loss per step) and
-//! `lr.png`, or for RL `reward.png` and `success.png`, drawn with plotters. Text needs a
+//! `lr.png`, or for RL `reward.png` and `success.png`, and `trainer eval`'s `pass_at_k.png`,
+//! drawn with plotters. Text needs a
 //! TrueType font: DejaVu Sans from the system or the one matplotlib bundles in the
 //! sandbox's environment.
 use crate::metrics::Metrics;
@@ -38,8 +39,8 @@ pub fn write(out: &Path, m: &Metrics) -> Result<()> {
         eprintln!("plots skipped: no TrueType font found (install fonts-dejavu-core); metrics.jsonl has the data");
         return Ok(());
     }
-    chart(&out.join("loss.png"), "loss per trained token", &[("train", m.series("loss"), &BLUE), ("held-out", m.series("eval_loss"), &RED)])?;
-    chart(&out.join("lr.png"), "learning rate", &[("lr", m.series("lr"), &BLUE)])?;
+    chart(&out.join("loss.png"), "loss per trained token", "step", &[("train", m.series("loss"), &BLUE), ("held-out", m.series("eval_loss"), &RED)])?;
+    chart(&out.join("lr.png"), "learning rate", "step", &[("lr", m.series("lr"), &BLUE)])?;
     Ok(())
 }
 
@@ -50,12 +51,25 @@ pub fn write_rl(out: &Path, m: &Metrics) -> Result<()> {
         eprintln!("plots skipped: no TrueType font found (install fonts-dejavu-core); metrics.jsonl has the data");
         return Ok(());
     }
-    chart(&out.join("reward.png"), "rollout reward", &[("reward", m.series("reward"), &BLUE), ("format ok", m.series("format_ok"), &GREEN)])?;
-    chart(&out.join("success.png"), "held-out success", &[("success", m.series("eval_success"), &RED), ("well formed", m.series("eval_well_formed"), &BLUE)])?;
+    chart(&out.join("reward.png"), "rollout reward", "step", &[("reward", m.series("reward"), &BLUE), ("format ok", m.series("format_ok"), &GREEN)])?;
+    chart(&out.join("success.png"), "held-out success", "step", &[("success", m.series("eval_success"), &RED), ("well formed", m.series("eval_well_formed"), &BLUE)])?;
     Ok(())
 }
 
-fn chart(path: &Path, title: &str, series: &[(&str, Vec<(f64, f64)>, &RGBColor)]) -> Result<()> {
+/// `trainer eval --samples K --out DIR`: `pass_at_k.png`, pass@k against k.
+pub fn write_eval(out: &Path, pass_at: &std::collections::BTreeMap<usize, f64>) -> Result<()> {
+    if pass_at.is_empty() {
+        return Ok(());
+    }
+    if !font_ready() {
+        eprintln!("plot skipped: no TrueType font found (install fonts-dejavu-core); eval.json has the data");
+        return Ok(());
+    }
+    let pts: Vec<(f64, f64)> = pass_at.iter().map(|(&k, &p)| (k as f64, p)).collect();
+    chart(&out.join("pass_at_k.png"), "pass@k on the graded tasks", "k (samples drawn)", &[("pass@k", pts, &BLUE)])
+}
+
+fn chart(path: &Path, title: &str, x_desc: &str, series: &[(&str, Vec<(f64, f64)>, &RGBColor)]) -> Result<()> {
     let e = |e: &dyn std::fmt::Display| anyhow!("{}: {e}", path.display());
     let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
     if pts.is_empty() {
@@ -73,7 +87,7 @@ fn chart(path: &Path, title: &str, series: &[(&str, Vec<(f64, f64)>, &RGBColor)]
         .y_label_area_size(64)
         .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
         .map_err(|x| e(&x))?;
-    c.configure_mesh().x_desc("step").label_style(("sans-serif", 14)).draw().map_err(|x| e(&x))?;
+    c.configure_mesh().x_desc(x_desc).label_style(("sans-serif", 14)).draw().map_err(|x| e(&x))?;
     for (name, pts, color) in series.iter().filter(|s| !s.1.is_empty()) {
         let color = **color;
         c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))

@@ -338,4 +338,5 @@ fn eval_runs_on_a_dabench_folder_and_summarizes_its_rollouts() {
     assert_eq!(summary["pass_at"].as_object().unwrap().keys().collect::<Vec<_>>(), ["1", "2"]);
     let rows: Vec<Value> = std::fs::read_to_string(sampled.join("rollouts.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.iter().map(|r| r["sample"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 0, 1]);
+    assert_eq!(&std::fs::read(sampled.join("pass_at_k.png")).unwrap()[..4], b"\x89PNG");
 }
