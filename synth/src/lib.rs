@@ -159,8 +159,8 @@ fn solve_in_batch(cfg: &SynthConfig, sandbox: &Sandbox, tasks: Vec<Task>, batch:
                 return Ok(Outcome { task, truth: None, solved: None, rejection: None, sandbox_secs: secs });
             };
             let (mut first, mut sandbox_secs) = (None, secs);
+            let paths = files(&task);
             for (solved, ws) in tries {
-                let paths = files(&task);
                 let fresh = sandbox.workspace_with_files(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
                 let (rejection, check_secs) = inspector::inspect(&task, &solved, &truth, sandbox, &ws, &fresh);
                 sandbox_secs += check_secs;

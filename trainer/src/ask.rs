@@ -3,11 +3,12 @@
 //! run in a sandbox workspace holding copies of the files, observations fed back, until
 //! `<Answer>`. Prints the trajectory; `--out` keeps the files the cells wrote.
 use anyhow::{bail, Context, Result};
-use model::{Checkpoint, DefaultBackend as B, SamplingConfig};
+use crate::rollout_args::RolloutArgs;
+use model::{Checkpoint, DefaultBackend as B};
 use sandbox::{Sandbox, SandboxConfig};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use trainer::rollout::{self, RolloutConfig};
+use trainer::rollout;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,19 +22,13 @@ pub struct Args {
     /// Copy the files the cells wrote (reports, figures, cleaned tables) here.
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, default_value_t = 8)]
-    max_turns: usize,
-    /// Tokens per turn.
-    #[arg(long, default_value_t = 768)]
-    max_new_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// f32, or bf16 (for GPUs).
-    #[arg(long, default_value = "f32")]
-    precision: model::Precision,
+    #[command(flatten)]
+    rollout: RolloutArgs,
     /// Print {"prompt", "text", "answer", "cells", "failed_cells", "finished", "files_written"}.
     #[arg(long)]
     json: bool,
@@ -55,39 +50,23 @@ pub fn run(a: Args) -> Result<()> {
         listed.push((name, meta.len()));
     }
     let mut ck = Checkpoint::<B>::load(&a.model, &Default::default())?;
-    ck.model = ck.model.for_generation(a.precision);
+    ck.model = ck.model.for_generation(a.rollout.precision);
     let (tok, template, eos) = (ck.tokenizer()?, ck.chat_template()?, ck.eos_token_ids());
     let staged = tempfile::tempdir().context("a staging folder")?;
     for (f, (name, _)) in a.files.iter().zip(&listed) {
         std::fs::copy(f, staged.path().join(name)).with_context(|| format!("--files {}", f.display()))?;
     }
     let prompt = datasets::import::deepanalyze_prompt(&a.question, &listed);
-    let task = datasets::RlTask {
-        id: "ask".into(),
-        kind: "qa".into(),
-        prompt: prompt.clone(),
-        workspace: ".".into(),
-        files: listed.iter().map(|(n, _)| n.clone()).collect(),
-        ground_truth: None,
-        judge: None,
-        source: "ask".into(),
-        metadata: "{}".into(),
-    };
+    let task = rollout::posed_task("ask", prompt.clone(), listed.iter().map(|(n, _)| n.clone()).collect());
     let sandbox = Sandbox::new(SandboxConfig { workers: 1, ..SandboxConfig::default() })?;
-    let cfg = RolloutConfig {
-        max_turns: a.max_turns,
-        max_new_tokens: a.max_new_tokens,
-        max_response_tokens: a.max_turns * (a.max_new_tokens + 1024),
-        sampling: SamplingConfig { temperature: a.temperature, seed: a.seed, ..SamplingConfig::default() },
-        max_rows: None,
-    };
+    let cfg = a.rollout.config(a.temperature, a.seed, None);
     let env = rollout::Env { model: &ck.model, tok, template: &template, eos: &eos, sandbox: &sandbox };
     let spinner = trainer::sft::spinner("the model is analyzing (cells run in the sandbox)");
     let (mut trajs, _) = rollout::run(&env, &[&task], &[staged.path().to_path_buf()], 1, &cfg, |_| {})?;
     spinner.finish_and_clear();
     let t = trajs.remove(0);
     let written = match (&a.out, &t.workspace) {
-        (Some(out), Some(ws)) => rollout::copy_outputs(ws.path(), staged.path(), out)?,
+        (Some(out), Some(ws)) => rollout::copy_outputs(ws, staged.path(), out)?,
         _ => vec![],
     };
     if a.json {
@@ -97,7 +76,7 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         println!("{}", t.text);
         if !t.finished {
-            eprintln!("(stopped before an answer: --max-turns {} or --max-new-tokens {} ran out)", a.max_turns, a.max_new_tokens);
+            eprintln!("(stopped before an answer: --max-turns {} or --max-new-tokens {} ran out)", a.rollout.max_turns, a.rollout.max_new_tokens);
         }
         for f in &written {
             eprintln!("wrote {}", f.display());

@@ -3,13 +3,14 @@
 //! ones) or a DABench folder; the share of tasks whose trajectory is well formed, whose
 //! code runs, and whose answer (the `<Answer>` block's) is right.
 use anyhow::{Context, Result};
-use model::{Checkpoint, DefaultBackend as B, SamplingConfig};
+use crate::rollout_args::RolloutArgs;
+use model::{Checkpoint, DefaultBackend as B};
 use sandbox::{Sandbox, SandboxConfig};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use trainer::evaluate;
-use trainer::rollout::{self, RolloutConfig};
+use trainer::rollout;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,11 +28,6 @@ pub struct Args {
     heldout: Option<f64>,
     #[arg(long)]
     limit: Option<usize>,
-    #[arg(long, default_value_t = 8)]
-    max_turns: usize,
-    /// Tokens per turn.
-    #[arg(long, default_value_t = 768)]
-    max_new_tokens: usize,
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     /// Rollouts per task (sampled: needs --temperature > 0); the summary adds pass@k.
@@ -39,9 +35,8 @@ pub struct Args {
     samples: u64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// f32, or bf16 (bf16 matrices and compute, as `[compute] precision = "bf16"`; for GPUs).
-    #[arg(long, default_value = "f32")]
-    precision: model::Precision,
+    #[command(flatten)]
+    rollout: RolloutArgs,
     /// GPUs 0..N-1 of the machine, each generating a share of the tasks.
     #[arg(long, default_value_t = 1)]
     devices: usize,
@@ -55,7 +50,7 @@ pub fn run(a: Args) -> Result<()> {
     anyhow::ensure!(a.samples == 1 || a.temperature > 0.0, "--samples {} needs --temperature above 0 (greedy rollouts of a task are all the same)", a.samples);
     let devices = model::devices(a.devices).map_err(|e| anyhow::anyhow!("--devices {}: {e}", a.devices))?;
     let mut ck = Checkpoint::<B>::load(&a.model, &devices[0])?;
-    ck.model = ck.model.for_generation(a.precision);
+    ck.model = ck.model.for_generation(a.rollout.precision);
     let tok = ck.tokenizer()?;
     let template = ck.chat_template()?;
     // A DABench folder becomes task shards in a temporary folder first.
@@ -75,13 +70,7 @@ pub fn run(a: Args) -> Result<()> {
     tasks.truncate(a.limit.unwrap_or(usize::MAX));
     anyhow::ensure!(!tasks.is_empty(), "{}: no tasks to evaluate (after --heldout/--limit)", a.tasks.display());
     let sandbox = Sandbox::new(SandboxConfig { workers: 2, ..SandboxConfig::default() })?;
-    let cfg = RolloutConfig {
-        max_turns: a.max_turns,
-        max_new_tokens: a.max_new_tokens,
-        max_response_tokens: a.max_turns * (a.max_new_tokens + 1024),
-        sampling: SamplingConfig { temperature: a.temperature, seed: a.seed, ..SamplingConfig::default() },
-        max_rows: Some(a.max_rows as usize),
-    };
+    let cfg = a.rollout.config(a.temperature, a.seed, Some(a.max_rows as usize));
     let bar = indicatif::ProgressBar::new(tasks.len() as u64 * a.samples).with_message("rollouts");
     bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} ETA {eta}").unwrap());
     let with_dirs: Vec<_> = tasks.iter().map(|t| (t, rollout::workspace_dir(t, &shard_dir))).collect();
@@ -89,19 +78,18 @@ pub fn run(a: Args) -> Result<()> {
     let env = rollout::Env { model: &ck.model, tok, template: &template, eos: &eos, sandbox: &sandbox };
     let (records, summary) = evaluate::run(&env, &devices, &with_dirs, a.samples as usize, &cfg, trainer::reward::RewardSpec::default().numeric_tol, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    let summary_pass_at = summary.pass_at.clone();
-    let mut summary = serde_json::to_value(&summary)?;
-    summary["model"] = json!(a.model);
+    let mut shown = serde_json::to_value(&summary)?;
+    shown["model"] = json!(a.model);
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
-        std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&summary)?)?;
+        std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&shown)?)?;
         let mut f = std::fs::File::create(out.join("rollouts.jsonl"))?;
         for r in &records {
             writeln!(f, "{}", serde_json::to_string(r)?)?;
         }
-        trainer::plots::write_eval(out, &summary_pass_at)?;
+        trainer::plots::write_eval(out, &summary.pass_at)?;
     }
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod exec;
 mod generate;
 mod init_model;
 mod plan;
+mod rollout_args;
 mod score;
 mod submit;
 mod stages;

@@ -348,29 +348,37 @@ fn own_tail(text: &str) -> String {
     text.rsplit("</Execute>").next().unwrap_or(text).to_string()
 }
 
+/// A qa task posed on the spot (`trainer ask`, synth's local Solver): a prompt and the
+/// names of its files, with no ground truth to grade against.
+pub fn posed_task(id: &str, prompt: String, files: Vec<String>) -> RlTask {
+    RlTask {
+        id: id.into(),
+        kind: "qa".into(),
+        prompt,
+        workspace: ".".into(),
+        files,
+        ground_truth: None,
+        judge: None,
+        source: "posed".into(),
+        metadata: "{}".into(),
+    }
+}
+
 /// Copies what the cells wrote in workspace `ws` to `out` (same relative paths): every file
 /// that `inputs` (the folder the workspace was filled from) lacks or holds different bytes
 /// of. Returns the copies' paths, sorted.
-pub fn copy_outputs(ws: &Path, inputs: &Path, out: &Path) -> Result<Vec<PathBuf>> {
+pub fn copy_outputs(ws: &sandbox::Workspace, inputs: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let mut written = vec![];
-    let mut stack = vec![ws.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).with_context(|| dir.display().to_string())?.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let rel = path.strip_prefix(ws).expect("under the workspace");
-            let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
-            if std::fs::read(inputs.join(rel)).is_ok_and(|original| original == bytes) {
-                continue;
-            }
-            let dst = out.join(rel);
-            std::fs::create_dir_all(dst.parent().expect("a parent")).with_context(|| dst.display().to_string())?;
-            std::fs::write(&dst, bytes).with_context(|| dst.display().to_string())?;
-            written.push(dst);
+    for f in ws.files() {
+        let path = ws.path().join(&f.path);
+        let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+        if std::fs::read(inputs.join(&f.path)).is_ok_and(|original| original == bytes) {
+            continue;
         }
+        let dst = out.join(&f.path);
+        std::fs::create_dir_all(dst.parent().expect("a parent")).with_context(|| dst.display().to_string())?;
+        std::fs::write(&dst, bytes).with_context(|| dst.display().to_string())?;
+        written.push(dst);
     }
     written.sort();
     Ok(written)

@@ -5,7 +5,8 @@
 //! it accepts).
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use model::{Checkpoint, ChatTemplate, DefaultBackend as B, Qwen3, SamplingConfig, Tokenizer};
+use crate::rollout_args::RolloutArgs;
+use model::{Checkpoint, ChatTemplate, DefaultBackend as B, Qwen3, Tokenizer};
 use sandbox::{Sandbox, SandboxConfig};
 use std::path::PathBuf;
 use synth::solver::Solved;
@@ -62,15 +63,9 @@ pub struct Args {
     /// --teacher local: sampling temperature (0: greedy, one attempt is enough).
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
-    /// --teacher local: `<Code>` cells per trajectory at most.
-    #[arg(long, default_value_t = 8)]
-    max_turns: usize,
-    /// --teacher local: tokens per turn.
-    #[arg(long, default_value_t = 768)]
-    max_new_tokens: usize,
-    /// --teacher local: f32, or bf16 (for GPUs).
-    #[arg(long, default_value = "f32")]
-    precision: model::Precision,
+    /// --teacher local: the rollouts' limits and precision.
+    #[command(flatten)]
+    rollout: RolloutArgs,
     /// --teacher local: GPUs 0..N-1, each solving a share of the tasks.
     #[arg(long, default_value_t = 1)]
     devices: usize,
@@ -157,34 +152,15 @@ impl Local {
         let devices = model::devices(a.devices).map_err(|e| anyhow::anyhow!("--devices {}: {e}", a.devices))?;
         let ck = Checkpoint::<B>::load(dir, &devices[0])?;
         let (tok, template, eos) = (ck.tokenizer()?.clone(), ck.chat_template()?, ck.eos_token_ids());
-        let cfg = RolloutConfig {
-            max_turns: a.max_turns,
-            max_new_tokens: a.max_new_tokens,
-            max_response_tokens: a.max_turns * (a.max_new_tokens + 1024),
-            sampling: SamplingConfig { temperature: a.temperature, seed: a.seed, ..SamplingConfig::default() },
-            max_rows: Some(a.max_rows as usize),
-        };
+        let cfg = a.rollout.config(a.temperature, a.seed, Some(a.max_rows as usize));
         let name = dir.file_name().map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { model: ck.model.for_generation(a.precision), tok, template, eos, devices, samples: a.samples as usize, cfg, source: format!("synth-local:{name}") })
+        Ok(Self { model: ck.model.for_generation(a.rollout.precision), tok, template, eos, devices, samples: a.samples as usize, cfg, source: format!("synth-local:{name}") })
     }
 }
 
 impl BatchSolver for Local {
     fn solve(&self, tasks: &[Posed], sandbox: &Sandbox) -> std::result::Result<Vec<Vec<(Solved, sandbox::Workspace)>>, String> {
-        let rl: Vec<datasets::RlTask> = tasks
-            .iter()
-            .map(|t| datasets::RlTask {
-                id: t.id.to_string(),
-                kind: "qa".into(),
-                prompt: t.prompt.clone(),
-                workspace: ".".into(),
-                files: t.files.clone(),
-                ground_truth: None,
-                judge: None,
-                source: "synth".into(),
-                metadata: "{}".into(),
-            })
-            .collect();
+        let rl: Vec<datasets::RlTask> = tasks.iter().map(|t| rollout::posed_task(t.id, t.prompt.clone(), t.files.clone())).collect();
         let refs: Vec<&datasets::RlTask> = rl.iter().collect();
         let dirs: Vec<PathBuf> = tasks.iter().map(|t| t.tables.to_path_buf()).collect();
         let env = rollout::Env { model: &self.model, tok: &self.tok, template: &self.template, eos: &self.eos, sandbox };

@@ -199,7 +199,7 @@ fn what_the_cells_wrote_is_copied_out() {
     let code = "import os\nopen('report.md', 'w').write('# Report')\nos.makedirs('figs')\nopen('figs/f.txt', 'w').write('f')\nopen('a.csv', 'a').write('3\\n')\nprint('ok')";
     assert_eq!(sb.run(&ws, code, sandbox::Mode::Stateless).observation.trim(), "ok");
     let out = tempfile::tempdir().unwrap();
-    let written = trainer::rollout::copy_outputs(ws.path(), inputs.path(), out.path()).unwrap();
+    let written = trainer::rollout::copy_outputs(&ws, inputs.path(), out.path()).unwrap();
     let rel: Vec<String> = written.iter().map(|p| p.strip_prefix(out.path()).unwrap().display().to_string()).collect();
     assert_eq!(rel, ["a.csv", "figs/f.txt", "report.md"]);
     assert_eq!(std::fs::read_to_string(out.path().join("a.csv")).unwrap(), "x\n1\n3\n");
