@@ -101,7 +101,7 @@ pub struct TokenTerms {
 }
 
 /// Sums over the micro-batch's tokens, for logging (divide by `tokens`).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct LossStats {
     pub tokens: usize,
     pub clipped: f64,

@@ -92,10 +92,11 @@ pub fn save<B: model::TrainingBackend>(out: &Path, model: &Qwen3<B>, cfg: &Qwen3
 /// one; then, if SIGTERM asked the run to stop, [`stop`].
 #[allow(clippy::too_many_arguments)]
 pub fn after_step<B: model::TrainingBackend>(stage: &str, out: &Path, model: &Qwen3<B>, cfg: &Qwen3Config, tok: &Tokenizer, optim: &Optim<B>, state: &RunState, spec: &CheckpointSpec, last: bool) -> Result<()> {
-    if last || (spec.every > 0 && state.step % spec.every == 0) {
+    if crate::cluster::primary() && (last || (spec.every > 0 && state.step % spec.every == 0)) {
         save(out, model, cfg, tok, optim, state, spec.keep_last)?;
     }
-    if !last && crate::interrupt::requested() {
+    // Across machines a SIGTERM seen by one rank stops all of them after the same step.
+    if !last && crate::cluster::any(crate::interrupt::requested()) {
         return Err(stop(stage, out, model, cfg, tok, optim, state, spec.keep_last));
     }
     Ok(())
@@ -106,7 +107,7 @@ pub fn after_step<B: model::TrainingBackend>(stage: &str, out: &Path, model: &Qw
 #[allow(clippy::too_many_arguments)]
 pub fn stop<B: model::TrainingBackend>(stage: &str, out: &Path, model: &Qwen3<B>, cfg: &Qwen3Config, tok: &Tokenizer, optim: &Optim<B>, state: &RunState, keep_last: usize) -> anyhow::Error {
     let dir = checkpoints_dir(out).join(format!("step-{:08}", state.step));
-    let saved = if dir.join("state.json").exists() { Ok(dir) } else { save(out, model, cfg, tok, optim, state, keep_last) };
+    let saved = if dir.join("state.json").exists() || !crate::cluster::primary() { Ok(dir) } else { save(out, model, cfg, tok, optim, state, keep_last) };
     match saved {
         Ok(dir) => crate::interrupt::stopped(stage, state.step, &dir),
         Err(e) => e,

@@ -51,13 +51,19 @@ impl Resume {
 /// Runs one SFT stage; `init` (from the curriculum) replaces the config's model source.
 pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume) -> Result<StageOutcome> {
     let out = &cfg.out;
+    // Across machines (`cluster`) every rank runs this with the same config; rank 0 alone
+    // writes the run folder.
+    let primary = crate::cluster::primary();
+    crate::cluster::check_same("stage config", &toml::to_string(cfg)?)?;
     let outcome_path = out.join("outcome.json");
     if matches!(resume, Resume::Auto) && outcome_path.exists() {
         eprintln!("{}: finished earlier ({}); skipping", kind.name(), outcome_path.display());
         return Ok(serde_json::from_str(&std::fs::read_to_string(&outcome_path)?)?);
     }
-    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
-    std::fs::write(out.join("config.toml"), toml::to_string(cfg)?)?;
+    if primary {
+        std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+        std::fs::write(out.join("config.toml"), toml::to_string(cfg)?)?;
+    }
     let devices = cfg.compute.devices(cfg_path)?;
     let device = devices[0].clone();
     let split = cfg.data.load()?;
@@ -65,10 +71,13 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     let resume_dir = resume.checkpoint(out);
     let (ck, state) = match &resume_dir {
         Some(dir) => (Checkpoint::<TrainBackend>::load(dir, &device)?, Some(run_ckpt::read_state(dir)?)),
-        None => (source_model(cfg, cfg_path, init, &split, &device)?, None),
+        None => (crate::cluster::primary_first(|| source_model(cfg, cfg_path, init, &split, &device))?, None),
     };
+    crate::cluster::check_same("checkpoint to resume from", &format!("{resume_dir:?}"))?;
     let source_dtype = if state.is_some() { original_dtype(out).unwrap_or(ck.config.dtype.clone()) } else { ck.config.dtype.clone() };
-    std::fs::write(out.join("source_dtype"), &source_dtype)?;
+    if primary {
+        std::fs::write(out.join("source_dtype"), &source_dtype)?;
+    }
     let tok = ck.tokenizer()?;
     if tok.deepanalyze_tag_ids().is_none() {
         bail!("{}: the tokenizer lacks the DeepAnalyze tags (<Analyze> ... </Answer>); set model.add_tags = true \
@@ -127,7 +136,8 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     if let Some(dir) = &resume_dir {
         optim = optim.load(dir, &model, &devices)?; // keyed by the stable ids, sharded by owner
     }
-    let mut metrics = Metrics::open(out, state.step)?;
+    let scratch = tempfile::tempdir()?; // (the metrics of a rank other than 0)
+    let mut metrics = Metrics::open(if primary { out } else { scratch.path() }, state.step)?;
     let evaluate = |model: &Qwen3<TrainBackend>| eval_loss(model, &eval_seqs, cfg.batch.micro_batch, &devices);
     if state.step == 0 {
         state.first_eval_loss = evaluate(&model);
@@ -136,7 +146,7 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
         }
     }
 
-    let bar = ProgressBar::new(total_steps).with_position(state.step);
+    let bar = if primary { ProgressBar::new(total_steps) } else { ProgressBar::hidden() }.with_position(state.step);
     bar.set_style(ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} ETA {eta}").unwrap());
     bar.set_prefix(kind.name());
     let mut last_eval = None;
@@ -179,10 +189,15 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
         last_eval = evaluate(&model);
     }
     let final_dir = out.join("final");
-    run_ckpt::write_atomic(&final_dir, &model, &config, &tok, &source_dtype, |_| Ok(()))?;
-    crate::plots::write(out, &metrics)?;
     let outcome = StageOutcome { kind, final_dir, first_eval_loss: state.first_eval_loss, last_eval_loss: last_eval, steps: state.step, first_success: None, last_success: None };
-    std::fs::write(&outcome_path, serde_json::to_string_pretty(&outcome)?)?;
+    crate::cluster::primary_first(|| -> Result<()> {
+        if primary {
+            run_ckpt::write_atomic(&outcome.final_dir, &model, &config, &tok, &source_dtype, |_| Ok(()))?;
+            crate::plots::write(out, &metrics)?;
+            std::fs::write(&outcome_path, serde_json::to_string_pretty(&outcome)?)?;
+        }
+        Ok(())
+    })?;
     eprintln!("{}: done: {} steps, held-out loss {:?} → {:?}; model in {}", kind.name(), outcome.steps,
               outcome.first_eval_loss, outcome.last_eval_loss, outcome.final_dir.display());
     Ok(outcome)

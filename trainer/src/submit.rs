@@ -20,7 +20,7 @@ pub struct Args {
     /// Override a config value: key=value (repeatable), passed on to the run.
     #[arg(long = "set")]
     set: Vec<String>,
-    /// Machines (only 1: data parallel runs within one machine).
+    /// Machines: one rank each, joined over TCP (the SFT stages; rl runs on one).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
     /// GPUs of the machine that train in data parallel (sets `compute.devices`; default:
@@ -43,8 +43,8 @@ pub struct Args {
 }
 
 pub fn run(mut a: Args) -> Result<()> {
-    if a.nodes != 1 {
-        bail!("--nodes {}: data parallel runs within one machine (no collective across machines yet); use --nodes 1 --gpus-per-node G", a.nodes);
+    if a.nodes == 0 {
+        bail!("--nodes 0: at least one machine");
     }
     if let Some(g) = a.gpus_per_node {
         a.set.push(format!("compute.devices={g}"));
@@ -56,6 +56,10 @@ pub fn run(mut a: Args) -> Result<()> {
         (None, 1) => stages[0].0.name().to_string(),
         (None, _) => "all".into(),
     };
+    let runs_rl = stage == "rl" || (stage == "all" && stages.iter().any(|(k, _, _)| *k == curriculum::StageKind::Rl));
+    if a.nodes > 1 && runs_rl {
+        bail!("--nodes {}: the rl stage runs on one machine (its GPUs in data parallel: --gpus-per-node); across machines only the SFT stages run so far (--stage sft-single / sft-multi)", a.nodes);
+    }
     let plans = plan::stages(&a.slurm, &a.set, plan::Detail::Memory, |_, _, _| {})?;
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     let params = plans.iter().map(|p| f(&p["model"]["params"]["total"])).fold(0.0, f64::max);
@@ -86,8 +90,8 @@ pub fn run(mut a: Args) -> Result<()> {
     s += "# a preempted job is requeued; after the time limit, submit this script again.\n";
     let mut sb = |k: &str, v: String| s += &format!("#SBATCH --{k}={v}\n");
     sb("job-name", stem.clone());
-    sb("nodes", "1".into());
-    sb("ntasks", "1".into());
+    sb("nodes", a.nodes.to_string());
+    sb("ntasks-per-node", "1".into());
     sb("cpus-per-task", a.cpus.to_string());
     if cfg!(feature = "cuda") {
         sb("gpus-per-node", gpus.to_string());
@@ -108,7 +112,16 @@ pub fn run(mut a: Args) -> Result<()> {
     s += "#SBATCH --requeue\n\nset -euo pipefail\n";
     s += &format!("cd {}\n", quote(&cwd.display().to_string()));
     let sets: String = a.set.iter().map(|kv| format!(" --set {}", quote(kv))).collect();
-    s += &format!("srun --kill-on-bad-exit=1 {} --stage {stage} {}{sets} --resume auto\n", quote(&exe.display().to_string()), quote(&config.display().to_string()));
+    let run = format!("{} --stage {stage} {}{sets} --resume auto", quote(&exe.display().to_string()), quote(&config.display().to_string()));
+    if a.nodes == 1 {
+        s += &format!("srun --kill-on-bad-exit=1 {run}\n");
+    } else {
+        // One rank per machine, joined at the first machine (`trainer::cluster`).
+        s += "export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\n";
+        s += "export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}\n";
+        s += "export WORLD_SIZE=$SLURM_NNODES\n";
+        s += &format!("srun --kill-on-bad-exit=1 bash -c 'RANK=$SLURM_PROCID exec \"$@\"' rank {run}\n");
+    }
     std::fs::write(&script, &s).with_context(|| script.display().to_string())?;
     if a.dry_run {
         print!("{s}");

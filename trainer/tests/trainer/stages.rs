@@ -158,7 +158,6 @@ fn sigkill_or_sigterm_at_a_random_step_then_resume_gives_the_same_weights() {
     assert_eq!(steps, (1..=24).collect::<Vec<_>>());
 }
 
-/// The JSON lines of `p` so far (none when it does not exist yet; a half-written last line is skipped).
 #[test]
 fn data_parallel_replicas_train_as_one_device_does() {
     // Two replicas (on a CPU build they share the one device) split each step's two
@@ -212,6 +211,73 @@ fn data_parallel_replicas_train_as_one_device_does() {
     assert!(e.contains("one.toml") && e.contains("compute.devices"), "{e}");
 }
 
+/// `trainer args` as ranks 0..world of one run (rank 0 listening on a free local port), as
+/// `trainer submit --nodes` starts them on separate machines; their stderr, by rank.
+fn ranks(world: usize, args: &[&str]) -> Vec<(bool, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let children: Vec<_> = (0..world)
+        .map(|r| {
+            trainer_cmd(args)
+                .envs([("WORLD_SIZE", world.to_string()), ("RANK", r.to_string()), ("MASTER_ADDR", "127.0.0.1".into()), ("MASTER_PORT", port.clone())])
+                .env("TRAINER_RENDEZVOUS_S", "60")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children.into_iter().map(|c| c.wait_with_output().unwrap()).map(|o| (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string())).collect()
+}
+
+#[test]
+fn machines_joined_over_tcp_train_as_one_device_does() {
+    // Processes joined over TCP (here on one machine, sharing the run folder as machines
+    // share a filesystem) split each step's micro-batches with their devices: 2 ranks of one
+    // device, 2 ranks of two (four micro-batches of a step at once). The gradients are
+    // summed in the one-device order on their owners and the sums sent to every rank, which
+    // all take the same step: the one-device run's losses and final weights, to the bit.
+    let fx = Fixture::new();
+    let one = fx.config("one", &fx.scratch(), "");
+    ok(&["--stage", "sft-single", one.to_str().unwrap(), "--set", "train.max_steps=4", "--set", "batch.batch_tokens=512"]);
+    let losses = |run: &str| -> Vec<f64> { lines(&fx.dir.join(run).join("metrics.jsonl")).iter().filter_map(|r| r["loss"].as_f64()).collect() };
+    let weights = |run: &str| std::fs::read(fx.dir.join(run).join("final/model.safetensors")).unwrap();
+    for (name, model, devices) in [("ranks", fx.scratch(), 1), ("ranks2x2", fx.from_init(&fx.dir.join("one/init")), 2)] {
+        let c = fx.config(name, &model, &format!("[compute]\ndevices = {devices}\n"));
+        let logs = ranks(2, &["--stage", "sft-single", c.to_str().unwrap(), "--set", "train.max_steps=4", "--set", "batch.batch_tokens=512"]);
+        for (r, (ok, log)) in logs.iter().enumerate() {
+            assert!(ok, "{name}: rank {r} failed:\n{log}");
+            assert!(log.contains(&format!("rank {r} of 2 joined")), "{log}");
+        }
+        assert_eq!(losses("one"), losses(name), "{name}: losses differ");
+        assert!(weights("one") == weights(name), "{name}: final weights differ from one device's");
+        assert!(fx.dir.join(name).join("checkpoints/step-00000004/state.json").exists());
+    }
+    // A rank whose config differs is named; a rank that dies stops the others with a reason.
+    let c = fx.config("differs", &fx.from_init(&fx.dir.join("one/init")), "");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let start = |r: usize, extra: &[&str]| {
+        let mut args = vec!["--stage", "sft-single", c.to_str().unwrap()];
+        args.extend(extra);
+        trainer_cmd(&args).envs([("WORLD_SIZE", "2"), ("RANK", &r.to_string()), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)]).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let (a, b) = (start(0, &[]), start(1, &["--set", "seed=4"]));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let err = String::from_utf8_lossy(&a.stderr);
+    assert!(!a.status.success() && !b.status.success() && err.contains("rank 1's stage config differs from rank 0's"), "{err}");
+    let (a, mut b) = (start(0, &[]), start(1, &[]));
+    let t0 = std::time::Instant::now();
+    while !fx.dir.join("differs/checkpoints/step-00000002/state.json").exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint at step 2");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let out = a.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("rank 1") && err.contains("left the run"), "{err}");
+    assert!(fx.dir.join("differs/checkpoints/step-00000002/state.json").exists(), "the checkpoint written before is kept");
+}
+
+/// The JSON lines of `p` so far (none when it does not exist yet; a half-written last line is skipped).
 fn lines_if_any(p: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(p).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
@@ -611,7 +677,7 @@ fn submit_writes_an_sbatch_script_that_runs_and_resumes_the_stage() {
     let text = String::from_utf8_lossy(&o.stdout).to_string();
     let script = fx.dir.join("job/job.sbatch");
     assert_eq!(std::fs::read_to_string(&script).unwrap(), text);
-    for line in ["#SBATCH --requeue", "#SBATCH --signal=TERM@120", "#SBATCH --time=00:30:00", "#SBATCH --ntasks=1", "--stage sft-single", "--set 'train.max_steps=3' --resume auto"] {
+    for line in ["#SBATCH --requeue", "#SBATCH --signal=TERM@120", "#SBATCH --time=00:30:00", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1", "--stage sft-single", "--set 'train.max_steps=3' --resume auto"] {
         assert!(text.contains(line), "{line} missing in:\n{text}");
     }
     let mem: u64 = text.lines().find_map(|l| l.strip_prefix("#SBATCH --mem=")?.strip_suffix('G')?.parse().ok()).expect("a --mem line");
@@ -630,8 +696,23 @@ fn submit_writes_an_sbatch_script_that_runs_and_resumes_the_stage() {
     let o = submit(&[]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Submitted batch job 4242"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_to_string(fx.dir.join("sbatch-arg")).unwrap().trim(), script.to_str().unwrap());
-    let e = err_line(&["submit", "--slurm", cfg.to_str().unwrap(), "--nodes", "2"]);
-    assert!(e.contains("--nodes 2") && e.contains("one machine"), "{e}");
+    // Two machines: srun starts the script's command once per node with its SLURM_PROCID
+    // (here both on this machine, scontrol naming it as the first node).
+    exe("srun", "shift\nfor i in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_PROCID=$i \"$@\" & done\nrc=0\nfor p in $(jobs -p); do wait $p || rc=1; done\nexit $rc");
+    exe("scontrol", "echo 127.0.0.1");
+    let two = fx.config("two", &fx.scratch(), "");
+    let o = trainer_cmd(&["submit", "--slurm", two.to_str().unwrap(), "--set", "train.max_steps=3", "--nodes", "2", "--dry-run"]).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("#SBATCH --nodes=2"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let o = Command::new("bash").arg(fx.dir.join("two/two.sbatch")).current_dir("/").env("PATH", &path)
+        .envs([("SLURM_NNODES", "2"), ("SLURM_JOB_NODELIST", "n[1-2]"), ("SLURM_JOB_ID", "7"), ("MASTER_PORT", &port)]).output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && log.contains("rank 0 of 2 joined") && log.contains("rank 1 of 2 joined"), "{log}");
+    let outcome: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.dir.join("two/outcome.json")).unwrap()).unwrap();
+    assert_eq!(outcome["steps"], 3);
+    let e = err_line(&["submit", "--slurm", root().join("configs/curriculum.toml").to_str().unwrap(), "--nodes", "2", "--dry-run"]);
+    assert!(e.contains("--nodes 2") && e.contains("rl stage runs on one machine"), "{e}");
     if !cfg!(feature = "cuda") {
         let e = err_line(&["submit", "--slurm", cfg.to_str().unwrap(), "--gpus-per-node", "2", "--dry-run"]);
         assert!(e.contains("compute.devices = 2") && e.contains("CPU build"), "{e}");

@@ -1,0 +1,312 @@
+//! Data parallel across machines: one process (rank) per machine, all running the same
+//! command, joined over TCP. Ranks replicate what a machine shards: every rank keeps the
+//! f32 master weights and AdamW state sharded among its own devices (`parallel`), and every
+//! rank takes the same optimizer step, so no weights travel. What travels: each
+//! micro-batch's gradients to the device (of any rank) that sums them in micro-batch
+//! order, then those sums to every rank, and small values (losses, flags). So a run on R
+//! machines of N devices adds every gradient in the order one device does: the same bits.
+//!
+//! The launcher sets `WORLD_SIZE` (ranks), `RANK` (this one), `MASTER_ADDR` and
+//! `MASTER_PORT` (where rank 0 listens; 29500 by default), as torchrun does; `trainer
+//! submit --nodes N` writes them from Slurm's variables. Rank 0 alone writes the run
+//! folder, which every rank reads (a shared filesystem).
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// This process's place in the run (none: a one-machine run).
+pub fn get() -> Option<&'static Cluster> {
+    CLUSTER.get().and_then(Option::as_ref)
+}
+
+/// Whether this process writes the run folder (rank 0, or no cluster).
+pub fn primary() -> bool {
+    get().is_none_or(|c| c.rank == 0)
+}
+
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+
+/// Joins the run the environment describes (`WORLD_SIZE` > 1), waiting up to
+/// `TRAINER_RENDEZVOUS_S` seconds (600) for every rank; without it, a one-machine run.
+pub fn join_from_env() -> Result<()> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let world: usize = match var("WORLD_SIZE") {
+        None => 1,
+        Some(w) => w.parse().map_err(|_| anyhow!("WORLD_SIZE={w}: expected the number of ranks"))?,
+    };
+    if world <= 1 {
+        let _ = CLUSTER.set(None);
+        return Ok(());
+    }
+    let rank: usize = var("RANK").ok_or_else(|| anyhow!("WORLD_SIZE={world} but RANK is not set"))?.parse().map_err(|_| anyhow!("RANK: expected a number"))?;
+    if rank >= world {
+        bail!("RANK={rank}: expected 0..{world} (WORLD_SIZE={world})");
+    }
+    let host = var("MASTER_ADDR").ok_or_else(|| anyhow!("WORLD_SIZE={world} but MASTER_ADDR (rank 0's host) is not set"))?;
+    let port: u16 = var("MASTER_PORT").unwrap_or_else(|| "29500".into()).parse().map_err(|_| anyhow!("MASTER_PORT: expected a port number"))?;
+    let wait = Duration::from_secs(var("TRAINER_RENDEZVOUS_S").and_then(|s| s.parse().ok()).unwrap_or(600));
+    let c = Cluster::join(rank, world, &host, port, wait)?;
+    eprintln!("cluster: rank {rank} of {world} joined (rank 0 at {host}:{port})");
+    CLUSTER.set(Some(c)).map_err(|_| anyhow!("joined a cluster twice"))
+}
+
+/// A message between ranks: a frame of `tag` and bytes.
+const GRAD: u8 = 1;
+const DONE: u8 = 2;
+const BLOB: u8 = 3;
+
+/// A gradient sent to the rank whose device sums it, or that a micro-batch sent all.
+pub enum Frame {
+    /// Micro-batch `slot` of the round, parameter `param` (its index in `parallel::owners`).
+    Grad { slot: usize, param: usize, dims: Vec<usize>, data: Vec<f32> },
+    Done { slot: usize },
+}
+
+struct Peer {
+    addr: SocketAddr,
+    writer: Mutex<BufWriter<TcpStream>>,
+    grads: Mutex<Receiver<Frame>>,
+    blobs: Mutex<Receiver<Vec<u8>>>,
+}
+
+pub struct Cluster {
+    pub rank: usize,
+    pub world: usize,
+    /// By rank; none for this one.
+    peers: Vec<Option<Peer>>,
+}
+
+impl Cluster {
+    /// Rank 0 listens at `port`; the others connect to it, say their rank and the port of
+    /// their own listener, and get everyone's; then rank j connects to ranks 1..j.
+    fn join(rank: usize, world: usize, host: &str, port: u16, wait: Duration) -> Result<Self> {
+        let deadline = Instant::now() + wait;
+        let mut links: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
+        if rank == 0 {
+            let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("rank 0: listening on port {port} (MASTER_PORT)"))?;
+            let mut table = vec![String::new(); world];
+            for _ in 1..world {
+                let (mut s, from) = accept(&listener, deadline, &links)?;
+                let hello = read_frame(&mut s).with_context(|| format!("rank 0: greeting from {from}"))?.1;
+                let (r, their_port) = parse_hello(&hello)?;
+                if r == 0 || r >= world || links[r].is_some() {
+                    bail!("rank 0: {from} says it is rank {r}; expected one of 1..{world}, each once (RANK)");
+                }
+                table[r] = SocketAddr::new(from.ip(), their_port).to_string();
+                links[r] = Some(s);
+            }
+            let text = table.join("\n");
+            for s in links.iter_mut().flatten() {
+                write_frame(s, BLOB, text.as_bytes())?;
+            }
+        } else {
+            let listener = TcpListener::bind(("0.0.0.0", 0)).context("listening for the other ranks")?;
+            let mut s = connect(&format!("{host}:{port}"), deadline).with_context(|| format!("rank {rank}: reaching rank 0 at {host}:{port} (MASTER_ADDR, MASTER_PORT)"))?;
+            write_frame(&mut s, BLOB, format!("{rank} {}", listener.local_addr()?.port()).as_bytes())?;
+            let table = String::from_utf8(read_frame(&mut s).context("rank 0's table of ranks")?.1)?;
+            let table: Vec<&str> = table.split('\n').collect();
+            links[0] = Some(s);
+            for (r, addr) in table.iter().enumerate().take(rank).skip(1) {
+                let mut s = connect(addr, deadline).with_context(|| format!("rank {rank}: reaching rank {r} at {addr}"))?;
+                write_frame(&mut s, BLOB, format!("{rank} 0").as_bytes())?;
+                links[r] = Some(s);
+            }
+            for _ in rank + 1..world {
+                let (mut s, from) = accept(&listener, deadline, &links)?;
+                let (r, _) = parse_hello(&read_frame(&mut s)?.1)?;
+                if r <= rank || r >= world || links[r].is_some() {
+                    bail!("rank {rank}: {from} says it is rank {r}; expected one of {}..{world}, each once", rank + 1);
+                }
+                links[r] = Some(s);
+            }
+        }
+        let peers = links.into_iter().map(|l| l.map(Peer::start).transpose()).collect::<Result<_>>()?;
+        Ok(Self { rank, world, peers })
+    }
+
+    fn peer(&self, r: usize) -> &Peer {
+        self.peers[r].as_ref().expect("a peer, not this rank")
+    }
+
+    /// The other ranks.
+    pub fn others(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.world).filter(move |&r| r != self.rank)
+    }
+
+    pub fn send_grad(&self, to: usize, slot: usize, param: usize, dims: &[usize], data: &[f32]) {
+        let mut b = Vec::with_capacity(9 + 8 * dims.len() + 4 * data.len());
+        b.extend((slot as u32).to_le_bytes());
+        b.extend((param as u32).to_le_bytes());
+        b.push(dims.len() as u8);
+        dims.iter().for_each(|&d| b.extend((d as u64).to_le_bytes()));
+        b.extend_from_slice(bytemuck::cast_slice(data));
+        self.send(to, GRAD, &b);
+    }
+
+    pub fn send_done(&self, to: usize, slot: usize) {
+        self.send(to, DONE, &(slot as u32).to_le_bytes());
+    }
+
+    pub fn send_blob(&self, to: usize, bytes: &[u8]) {
+        self.send(to, BLOB, bytes);
+    }
+
+    fn send(&self, to: usize, tag: u8, bytes: &[u8]) {
+        let p = self.peer(to);
+        let mut w = p.writer.lock().expect("no sender panicked holding it");
+        if let Err(e) = write_frame(&mut *w, tag, bytes).and_then(|_| Ok(w.flush()?)) {
+            panic!("cluster: rank {to} ({}) left the run (sending to it: {e:#}); the run stops (resume with --resume auto)", p.addr);
+        }
+    }
+
+    /// The next gradient frame from rank `from`.
+    pub fn recv_grad(&self, from: usize) -> Frame {
+        let p = self.peer(from);
+        p.grads.lock().expect("one reader").recv().unwrap_or_else(|_| left(from, p))
+    }
+
+    pub fn recv_blob(&self, from: usize) -> Vec<u8> {
+        let p = self.peer(from);
+        p.blobs.lock().expect("one reader").recv().unwrap_or_else(|_| left(from, p))
+    }
+
+    /// Every rank's `mine`, by rank.
+    pub fn all_gather(&self, mine: Vec<u8>) -> Vec<Vec<u8>> {
+        self.others().for_each(|r| self.send_blob(r, &mine));
+        let mut all: Vec<Vec<u8>> = (0..self.world).map(|r| if r == self.rank { vec![] } else { self.recv_blob(r) }).collect();
+        all[self.rank] = mine;
+        all
+    }
+}
+
+fn left(r: usize, p: &Peer) -> ! {
+    panic!("cluster: rank {r} ({}) left the run (its connection closed); the run stops (resume with --resume auto)", p.addr)
+}
+
+impl Peer {
+    /// A reader thread per peer files its frames by kind, in the order sent.
+    fn start(s: TcpStream) -> Result<Self> {
+        s.set_nodelay(true)?;
+        let addr = s.peer_addr()?;
+        let (gtx, grads) = channel();
+        let (btx, blobs) = channel();
+        let mut r = BufReader::with_capacity(1 << 20, s.try_clone()?);
+        std::thread::spawn(move || read_loop(&mut r, &gtx, &btx));
+        Ok(Self { addr, writer: Mutex::new(BufWriter::with_capacity(1 << 20, s)), grads: Mutex::new(grads), blobs: Mutex::new(blobs) })
+    }
+}
+
+/// Until the connection closes (which disconnects the channels, so a waiting receiver
+/// learns the peer left).
+fn read_loop(r: &mut impl Read, grads: &Sender<Frame>, blobs: &Sender<Vec<u8>>) {
+    while let Ok((tag, b)) = read_frame(r) {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
+        let sent = match tag {
+            GRAD => {
+                let nd = b[8] as usize;
+                let dims: Vec<usize> = (0..nd).map(|i| u64::from_le_bytes(b[9 + 8 * i..17 + 8 * i].try_into().unwrap()) as usize).collect();
+                let data = b[9 + 8 * nd..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                grads.send(Frame::Grad { slot: u32_at(0), param: u32_at(4), dims, data }).is_ok()
+            }
+            DONE => grads.send(Frame::Done { slot: u32_at(0) }).is_ok(),
+            _ => blobs.send(b).is_ok(),
+        };
+        if !sent {
+            return;
+        }
+    }
+}
+
+fn write_frame(w: &mut impl Write, tag: u8, bytes: &[u8]) -> Result<()> {
+    w.write_all(&[tag])?;
+    w.write_all(&(bytes.len() as u64).to_le_bytes())?;
+    w.write_all(bytes)?;
+    w.flush()?;
+    Ok(())
+}
+
+fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head)?;
+    let mut b = vec![0u8; u64::from_le_bytes(head[1..].try_into().unwrap()) as usize];
+    r.read_exact(&mut b)?;
+    Ok((head[0], b))
+}
+
+fn parse_hello(b: &[u8]) -> Result<(usize, u16)> {
+    let text = String::from_utf8_lossy(b);
+    let mut it = text.split(' ').map(str::parse::<usize>);
+    match (it.next(), it.next()) {
+        (Some(Ok(r)), Some(Ok(p))) if p <= u16::MAX as usize => Ok((r, p as u16)),
+        _ => bail!("not a trainer rank's greeting: {text:?}"),
+    }
+}
+
+fn connect(addr: &str, deadline: Instant) -> Result<TcpStream> {
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => return Err(anyhow!("{e} (gave up after TRAINER_RENDEZVOUS_S)")),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn accept(l: &TcpListener, deadline: Instant, links: &[Option<TcpStream>]) -> Result<(TcpStream, SocketAddr)> {
+    l.set_nonblocking(true)?;
+    loop {
+        match l.accept() {
+            Ok((s, from)) => {
+                s.set_nonblocking(false)?;
+                return Ok((s, from));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => {
+                let missing: Vec<usize> = links.iter().enumerate().skip(1).filter(|(_, l)| l.is_none()).map(|(r, _)| r).collect();
+                bail!("waiting for ranks {missing:?} to connect at {}: {e} (TRAINER_RENDEZVOUS_S)", l.local_addr()?);
+            }
+        }
+    }
+}
+
+/// Every rank must give the same `value` for `what` (the stage config, the step resumed
+/// from); an error names the first rank that differs.
+pub fn check_same(what: &str, value: &str) -> Result<()> {
+    let Some(c) = get() else { return Ok(()) };
+    let all = c.all_gather(value.as_bytes().to_vec());
+    if let Some(r) = (1..c.world).find(|&r| all[r] != all[0]) {
+        bail!("cluster: rank {r}'s {what} differs from rank 0's: {:?} vs {:?}", String::from_utf8_lossy(&all[r]), String::from_utf8_lossy(&all[0]));
+    }
+    Ok(())
+}
+
+/// Whether any rank says `flag` (SIGTERM seen by one rank stops all at the same step).
+pub fn any(flag: bool) -> bool {
+    match get() {
+        None => flag,
+        Some(c) => c.all_gather(vec![flag as u8]).iter().any(|b| b == &[1]),
+    }
+}
+
+/// Waits until every rank is here.
+pub fn barrier() {
+    if let Some(c) = get() {
+        c.all_gather(vec![]);
+    }
+}
+
+/// `f` on rank 0 first, then (once it is done, whatever it gave) on the other ranks: for
+/// what rank 0 writes and the others then read (a fresh model's init folder, the final one).
+pub fn primary_first<T>(f: impl FnOnce() -> T) -> T {
+    if !primary() {
+        barrier();
+    }
+    let out = f();
+    if primary() {
+        barrier();
+    }
+    out
+}
