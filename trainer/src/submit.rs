@@ -120,7 +120,7 @@ pub fn run(mut a: Args) -> Result<()> {
         s += "export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\n";
         s += "export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}\n";
         s += "export WORLD_SIZE=$SLURM_NNODES\n";
-        s += &format!("srun --kill-on-bad-exit=1 bash -c 'RANK=$SLURM_PROCID exec \"$@\"' rank {run}\n");
+        s += &format!("srun --kill-on-bad-exit=1 --label bash -c 'RANK=$SLURM_PROCID exec \"$@\"' rank {run}\n");
     }
     std::fs::write(&script, &s).with_context(|| script.display().to_string())?;
     if a.dry_run {

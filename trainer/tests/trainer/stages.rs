@@ -698,7 +698,9 @@ fn submit_writes_an_sbatch_script_that_runs_and_resumes_the_stage() {
     assert_eq!(std::fs::read_to_string(fx.dir.join("sbatch-arg")).unwrap().trim(), script.to_str().unwrap());
     // Two machines: srun starts the script's command once per node with its SLURM_PROCID
     // (here both on this machine, scontrol naming it as the first node).
-    exe("srun", "shift\nfor i in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_PROCID=$i \"$@\" & done\nrc=0\nfor p in $(jobs -p); do wait $p || rc=1; done\nexit $rc");
+    let logs = fx.dir.join("rank");
+    exe("srun", &format!("while [ \"${{1#--}}\" != \"$1\" ]; do shift; done\nfor i in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_PROCID=$i \"$@\" 2> {}$i.log & done\n\
+                          rc=0\nfor p in $(jobs -p); do wait $p || rc=1; done\nexit $rc", logs.display()));
     exe("scontrol", "echo 127.0.0.1");
     let two = fx.config("two", &fx.scratch(), "");
     let o = trainer_cmd(&["submit", "--slurm", two.to_str().unwrap(), "--set", "train.max_steps=3", "--nodes", "2", "--dry-run"]).env("PATH", &path).output().unwrap();
@@ -707,8 +709,9 @@ fn submit_writes_an_sbatch_script_that_runs_and_resumes_the_stage() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
     let o = Command::new("bash").arg(fx.dir.join("two/two.sbatch")).current_dir("/").env("PATH", &path)
         .envs([("SLURM_NNODES", "2"), ("SLURM_JOB_NODELIST", "n[1-2]"), ("SLURM_JOB_ID", "7"), ("MASTER_PORT", &port)]).output().unwrap();
-    let log = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && log.contains("rank 0 of 2 joined") && log.contains("rank 1 of 2 joined"), "{log}");
+    let log = |r: usize| std::fs::read_to_string(fx.dir.join(format!("rank{r}.log"))).unwrap();
+    assert!(o.status.success(), "{}\n{}\n{}", String::from_utf8_lossy(&o.stderr), log(0), log(1));
+    assert!(log(0).contains("rank 0 of 2 joined") && log(1).contains("rank 1 of 2 joined"), "{}\n{}", log(0), log(1));
     let outcome: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.dir.join("two/outcome.json")).unwrap()).unwrap();
     assert_eq!(outcome["steps"], 3);
     let e = err_line(&["submit", "--slurm", root().join("configs/curriculum.toml").to_str().unwrap(), "--nodes", "2", "--dry-run"]);
