@@ -310,3 +310,17 @@ pub fn primary_first<T>(f: impl FnOnce() -> T) -> T {
     }
     out
 }
+
+/// The items `here` (index, value) of every rank, by index (0..len, each from one rank).
+pub fn gather_indexed<R: serde::Serialize + serde::de::DeserializeOwned>(mut here: Vec<(usize, R)>, len: usize) -> Vec<R> {
+    if let Some(c) = get() {
+        let bytes = bincode::serde::encode_to_vec(&here, bincode::config::standard()).expect("values encode");
+        for (r, b) in c.all_gather(bytes).into_iter().enumerate().filter(|&(r, _)| r != c.rank) {
+            let (theirs, _): (Vec<(usize, R)>, usize) = bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap_or_else(|e| panic!("cluster: rank {r}'s values: {e}"));
+            here.extend(theirs);
+        }
+    }
+    here.sort_by_key(|(i, _)| *i);
+    assert!(here.len() == len && here.iter().enumerate().all(|(i, (j, _))| i == *j), "every item from exactly one rank");
+    here.into_iter().map(|(_, r)| r).collect()
+}

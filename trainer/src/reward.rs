@@ -115,7 +115,7 @@ impl RewardSpec {
 }
 
 /// The parts of one trajectory's reward.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Parts {
     pub format_ok: bool,
     /// All `@name[value]` answers of the `<Answer>` block right (qa with a ground truth).

@@ -31,13 +31,19 @@ use std::time::Instant;
 /// Runs the RL stage; `init` (from the curriculum) replaces `model.init`.
 pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume) -> Result<StageOutcome> {
     let out = &cfg.out;
+    // Across machines (`cluster`) every rank runs this with the same config; rank 0 alone
+    // writes the run folder.
+    let primary = crate::cluster::primary();
+    crate::cluster::check_same("stage config", &toml::to_string(cfg)?)?;
     let outcome_path = out.join("outcome.json");
     if matches!(resume, Resume::Auto) && outcome_path.exists() {
         eprintln!("rl: finished earlier ({}); skipping", outcome_path.display());
         return Ok(serde_json::from_str(&std::fs::read_to_string(&outcome_path)?)?);
     }
-    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
-    std::fs::write(out.join("config.toml"), toml::to_string(cfg)?)?;
+    if primary {
+        std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+        std::fs::write(out.join("config.toml"), toml::to_string(cfg)?)?;
+    }
     let weights = cfg.reward.resolved().map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
     let (mut train, mut heldout) = load_tasks(cfg)?;
     let kinds: std::collections::BTreeSet<&str> = train.iter().chain(&heldout).map(|(t, _)| t.kind.as_str()).collect();
@@ -46,6 +52,9 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     let device = devices[0].clone();
 
     let resume_dir = resume.checkpoint(out);
+    crate::cluster::check_same("checkpoint to resume from", &format!("{resume_dir:?}"))?;
+    // Rollouts sample per device, every rank's (`rollout::run_on_devices`).
+    let all_devices = devices.len() * crate::cluster::get().map_or(1, |c| c.world);
     let init_dir = init.unwrap_or(&cfg.model.init).to_path_buf();
     let ck = match &resume_dir {
         Some(dir) => Checkpoint::<TrainBackend>::load(dir, &device)?,
@@ -89,13 +98,13 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             }
             loader.seek(s.cursor.clone());
             eprintln!("rl: resumed at step {} from {}", s.step, dir.display());
-            if s.devices != devices.len() {
-                eprintln!("rl: the run stepped on {} device(s) and goes on on {}: each device samples its share of the tasks \
-                           with its own seed, so the rollouts from here differ from an uninterrupted run's", s.devices, devices.len());
+            if s.devices != all_devices {
+                eprintln!("rl: the run stepped on {} device(s) and goes on on {all_devices}: each device samples its share of the tasks \
+                           with its own seed, so the rollouts from here differ from an uninterrupted run's", s.devices);
             }
-            RunState { devices: devices.len(), ..s }
+            RunState { devices: all_devices, ..s }
         }
-        None => RunState { step: 0, total_steps, cursor: loader.cursor().clone(), seed: cfg.seed, tokens: 0, first_eval_loss: None, devices: devices.len() },
+        None => RunState { step: 0, total_steps, cursor: loader.cursor().clone(), seed: cfg.seed, tokens: 0, first_eval_loss: None, devices: all_devices },
     };
     let Checkpoint { config, model, .. } = ck;
     // With data parallel each parameter lives on the device that owns it (`parallel`).
@@ -103,7 +112,8 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     if let Some(dir) = &resume_dir {
         optim = optim.load(dir, &model, &devices)?; // keyed by the stable ids, sharded by owner
     }
-    let mut metrics = Metrics::open(out, state.step)?;
+    let scratch = tempfile::tempdir()?; // (the metrics of a rank other than 0)
+    let mut metrics = Metrics::open(if primary { out } else { scratch.path() }, state.step)?;
     eprintln!("rl: {} training tasks, {} held out ({} evaluated), {} steps of {} tasks × {} samples; compute {}",
               train.len(), heldout.len(), eval_tasks.len(), total_steps, cfg.rollout.tasks_per_step, cfg.rollout.group_size, cfg.compute);
 
@@ -123,6 +133,9 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
         let (records, s) = evaluate::run(&env, &devices, &eval_tasks, 1, &eval_cfg, cfg.reward.numeric_tol, |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
+        if !primary {
+            return Ok(Some(s.correct.unwrap_or(s.well_formed_and_ran)));
+        }
         // The rollouts, to read: out/eval/step-N.jsonl (one JSON object per task).
         let dir = out.join("eval");
         std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
@@ -138,7 +151,9 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     let mut first_success = None;
     if state.step == 0 {
         first_success = evaluate(&model, 0, &mut metrics)?;
-        std::fs::write(out.join("first_eval.json"), serde_json::to_string(&first_success)?)?;
+        if primary {
+            std::fs::write(out.join("first_eval.json"), serde_json::to_string(&first_success)?)?;
+        }
     } else if let Ok(t) = std::fs::read_to_string(out.join("first_eval.json")) {
         first_success = serde_json::from_str(&t).unwrap_or(None);
     }
@@ -174,7 +189,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
         let (trajs, timing) = rollout::run_on_devices(&env, &devices, &tasks, &dirs, cfg.rollout.group_size, &rcfg, |_| {})?;
         let t_score = Instant::now();
-        let parts: Vec<Parts> = trajs.par_iter().map(|t| reward::score(t, tasks[t.task], &cfg.reward, &sandbox)).collect();
+        let parts = score(&trajs, &tasks, cfg, &sandbox);
         let rewards: Vec<f64> = trajs.iter().zip(&parts).map(|(t, p)| p.total(&weights[&tasks[t.task].kind], cfg.reward.format_penalty)).collect();
         let sandbox_s = timing.sandbox + t_score.elapsed().as_secs_f64();
         let adv = grpo::advantages(&rewards, cfg.rollout.group_size, cfg.grpo.std_normalize, cfg.grpo.eps);
@@ -188,7 +203,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             .collect();
         // Stopping mid-step (Slurm signals the sandbox's workers too, so this step's cells
         // may have been killed): drop the step, keep the previous one's checkpoint.
-        if crate::interrupt::requested() {
+        if crate::cluster::any(crate::interrupt::requested()) {
             bar.abandon();
             if state.step == 0 {
                 bail!("rl: stopped by SIGTERM during the first step; nothing to keep (a rerun starts over)");
@@ -249,7 +264,9 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             row["grad_norm"] = json!(gn);
         }
         metrics.log(row)?;
-        write_rollouts(out, step, &trajs, &tasks, &parts, &rewards)?;
+        if primary {
+            write_rollouts(out, step, &trajs, &tasks, &parts, &rewards)?;
+        }
         bar.set_position(step);
         bar.set_message(format!("reward {:.3}", mean(&rewards)));
 
@@ -264,13 +281,27 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     }
     bar.finish();
     let final_dir = out.join("final");
-    run_ckpt::write_atomic(&final_dir, &model, &config, &tok, &source_dtype, |_| Ok(()))?;
-    crate::plots::write_rl(out, &metrics)?;
     let outcome = StageOutcome { kind: StageKind::Rl, final_dir, first_eval_loss: None, last_eval_loss: None, steps: state.step,
                                  first_success, last_success };
-    std::fs::write(&outcome_path, serde_json::to_string_pretty(&outcome)?)?;
+    crate::cluster::primary_first(|| -> Result<()> {
+        if primary {
+            run_ckpt::write_atomic(&outcome.final_dir, &model, &config, &tok, &source_dtype, |_| Ok(()))?;
+            crate::plots::write_rl(out, &metrics)?;
+            std::fs::write(&outcome_path, serde_json::to_string_pretty(&outcome)?)?;
+        }
+        Ok(())
+    })?;
     eprintln!("rl: done: {} steps, held-out success {:?} → {:?}; model in {}", outcome.steps, first_success, last_success, outcome.final_dir.display());
     Ok(outcome)
+}
+
+/// Every trajectory's reward parts, each scored where its workspace is (the rank that
+/// generated it: its file check reads what its cells wrote there) and shared with the
+/// other ranks (`cluster`).
+fn score(trajs: &[Trajectory], tasks: &[&RlTask], cfg: &RlConfig, sandbox: &Sandbox) -> Vec<Parts> {
+    let here: Vec<(usize, Parts)> = trajs.par_iter().enumerate().filter(|(_, t)| t.workspace.is_some())
+        .map(|(i, t)| (i, reward::score(t, tasks[t.task], &cfg.reward, sandbox))).collect();
+    crate::cluster::gather_indexed(here, trajs.len())
 }
 
 /// Training and held-out tasks, each with its workspace folder.
@@ -457,8 +488,9 @@ fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len().max(1) as f64
 }
 
+/// A progress bar (on rank 0 only, across machines).
 fn bar(len: u64, prefix: &str) -> ProgressBar {
-    let b = ProgressBar::new(len);
+    let b = if crate::cluster::primary() { ProgressBar::new(len) } else { ProgressBar::hidden() };
     b.set_style(ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} ETA {eta}").unwrap());
     b.set_prefix(prefix.to_string());
     b

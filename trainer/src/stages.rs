@@ -18,7 +18,6 @@ pub fn run(kind: Option<StageKind>, config: &Path, overrides: &[String], resume:
 
 fn run_one(kind: StageKind, config: &Path, overrides: &[String], init: Option<&Path>, resume: &Resume) -> Result<curriculum::StageOutcome> {
     if kind == StageKind::Rl {
-        one_machine(config)?;
         let cfg = RlConfig::load(config, overrides)?;
         return rl::run(&cfg, config, init, resume);
     }
@@ -29,9 +28,6 @@ fn run_one(kind: StageKind, config: &Path, overrides: &[String], init: Option<&P
 /// `--stage all`: every stage of the plan in order (`--set` applies to each stage config).
 fn run_plan(path: &Path, overrides: &[String], resume: &Resume) -> Result<()> {
     let plan = Plan::load(path, &[])?;
-    if plan.stages.iter().any(|s| s.kind == StageKind::Rl) {
-        one_machine(path)?;
-    }
     let mut previous: Option<std::path::PathBuf> = None;
     for (i, st) in plan.stages.iter().enumerate() {
         let init = if st.from_previous { previous.as_deref() } else { None };
@@ -43,15 +39,5 @@ fn run_plan(path: &Path, overrides: &[String], resume: &Resume) -> Result<()> {
         previous = Some(outcome.final_dir);
     }
     eprintln!("curriculum: all {} stages done; final model in {}", plan.stages.len(), previous.unwrap().display());
-    Ok(())
-}
-
-/// The RL stage runs on one machine (its devices in data parallel); across machines only
-/// the SFT stages do so far.
-fn one_machine(config: &Path) -> Result<()> {
-    if let Some(c) = trainer::cluster::get() {
-        bail!("{}: the rl stage runs on one machine (WORLD_SIZE={}); across machines only the SFT stages run so far \
-               (--stage sft-single / sft-multi), then run rl with WORLD_SIZE unset and compute.devices on one node", config.display(), c.world);
-    }
     Ok(())
 }

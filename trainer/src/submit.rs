@@ -20,7 +20,7 @@ pub struct Args {
     /// Override a config value: key=value (repeatable), passed on to the run.
     #[arg(long = "set")]
     set: Vec<String>,
-    /// Machines: one rank each, joined over TCP (the SFT stages; rl runs on one).
+    /// Machines: one rank each, joined over TCP (`trainer::cluster`).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
     /// GPUs of the machine that train in data parallel (sets `compute.devices`; default:
@@ -56,10 +56,7 @@ pub fn run(mut a: Args) -> Result<()> {
         (None, 1) => stages[0].0.name().to_string(),
         (None, _) => "all".into(),
     };
-    let runs_rl = stage == "rl" || (stage == "all" && stages.iter().any(|(k, _, _)| *k == curriculum::StageKind::Rl));
-    if a.nodes > 1 && runs_rl {
-        bail!("--nodes {}: the rl stage runs on one machine (its GPUs in data parallel: --gpus-per-node); across machines only the SFT stages run so far (--stage sft-single / sft-multi)", a.nodes);
-    }
+
     let plans = plan::stages(&a.slurm, &a.set, plan::Detail::Memory, |_, _, _| {})?;
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     let params = plans.iter().map(|p| f(&p["model"]["params"]["total"])).fold(0.0, f64::max);
