@@ -1,10 +1,12 @@
 //! Data parallel across machines: one process (rank) per machine, all running the same
 //! command, joined over TCP. Ranks replicate what a machine shards: every rank keeps the
 //! f32 master weights and AdamW state sharded among its own devices (`parallel`), and every
-//! rank takes the same optimizer step, so no weights travel. What travels: each
-//! micro-batch's gradients to the device (of any rank) that sums them in micro-batch
-//! order, then those sums to every rank, and small values (losses, flags). So a run on R
-//! machines of N devices adds every gradient in the order one device does: the same bits.
+//! rank takes the same optimizer step, so no weights travel. What travels: each rank's
+//! gradient sums of a step (its devices' micro-batches, added in micro-batch order) to the
+//! rank owning each parameter, which adds them in rank order and sends the total back (two
+//! gradients' worth of f32 a step, whatever the micro-batch count); RL's trajectories and
+//! rewards; and small values (losses, flags). Every rank thus takes the same step; against
+//! one machine, only the order of the additions across ranks differs.
 //!
 //! The launcher sets `WORLD_SIZE` (ranks), `RANK` (this one), `MASTER_ADDR` and
 //! `MASTER_PORT` (where rank 0 listens; 29500 by default), as torchrun does; `trainer
@@ -53,22 +55,12 @@ pub fn join_from_env() -> Result<()> {
     CLUSTER.set(Some(c)).map_err(|_| anyhow!("joined a cluster twice"))
 }
 
-/// A message between ranks: a frame of `tag` and bytes.
-const GRAD: u8 = 1;
-const DONE: u8 = 2;
+/// What the connections carry: frames of a tag (this one) and bytes.
 const BLOB: u8 = 3;
-
-/// A gradient sent to the rank whose device sums it, or that a micro-batch sent all.
-pub enum Frame {
-    /// Micro-batch `slot` of the round, parameter `param` (its index in `parallel::owners`).
-    Grad { slot: usize, param: usize, dims: Vec<usize>, data: Vec<f32> },
-    Done { slot: usize },
-}
 
 struct Peer {
     addr: SocketAddr,
     writer: Mutex<BufWriter<TcpStream>>,
-    grads: Mutex<Receiver<Frame>>,
     blobs: Mutex<Receiver<Vec<u8>>>,
 }
 
@@ -136,38 +128,16 @@ impl Cluster {
         (0..self.world).filter(move |&r| r != self.rank)
     }
 
-    pub fn send_grad(&self, to: usize, slot: usize, param: usize, dims: &[usize], data: &[f32]) {
-        let mut b = Vec::with_capacity(9 + 8 * dims.len() + 4 * data.len());
-        b.extend((slot as u32).to_le_bytes());
-        b.extend((param as u32).to_le_bytes());
-        b.push(dims.len() as u8);
-        dims.iter().for_each(|&d| b.extend((d as u64).to_le_bytes()));
-        b.extend_from_slice(bytemuck::cast_slice(data));
-        self.send(to, GRAD, &b);
-    }
-
-    pub fn send_done(&self, to: usize, slot: usize) {
-        self.send(to, DONE, &(slot as u32).to_le_bytes());
-    }
-
+    /// Sends `bytes` to rank `to` (in order with what was sent before).
     pub fn send_blob(&self, to: usize, bytes: &[u8]) {
-        self.send(to, BLOB, bytes);
-    }
-
-    fn send(&self, to: usize, tag: u8, bytes: &[u8]) {
         let p = self.peer(to);
         let mut w = p.writer.lock().expect("no sender panicked holding it");
-        if let Err(e) = write_frame(&mut *w, tag, bytes).and_then(|_| Ok(w.flush()?)) {
+        if let Err(e) = write_frame(&mut *w, BLOB, bytes) {
             panic!("cluster: rank {to} ({}) left the run (sending to it: {e:#}); the run stops (resume with --resume auto)", p.addr);
         }
     }
 
-    /// The next gradient frame from rank `from`.
-    pub fn recv_grad(&self, from: usize) -> Frame {
-        let p = self.peer(from);
-        p.grads.lock().expect("one reader").recv().unwrap_or_else(|_| left(from, p))
-    }
-
+    /// The next bytes from rank `from`.
     pub fn recv_blob(&self, from: usize) -> Vec<u8> {
         let p = self.peer(from);
         p.blobs.lock().expect("one reader").recv().unwrap_or_else(|_| left(from, p))
@@ -187,34 +157,23 @@ fn left(r: usize, p: &Peer) -> ! {
 }
 
 impl Peer {
-    /// A reader thread per peer files its frames by kind, in the order sent.
+    /// A reader thread per peer queues what it sends, so a sender never waits on a
+    /// receiver that is busy sending.
     fn start(s: TcpStream) -> Result<Self> {
         s.set_nodelay(true)?;
         let addr = s.peer_addr()?;
-        let (gtx, grads) = channel();
-        let (btx, blobs) = channel();
+        let (tx, blobs) = channel();
         let mut r = BufReader::with_capacity(1 << 20, s.try_clone()?);
-        std::thread::spawn(move || read_loop(&mut r, &gtx, &btx));
-        Ok(Self { addr, writer: Mutex::new(BufWriter::with_capacity(1 << 20, s)), grads: Mutex::new(grads), blobs: Mutex::new(blobs) })
+        std::thread::spawn(move || read_loop(&mut r, &tx));
+        Ok(Self { addr, writer: Mutex::new(BufWriter::with_capacity(1 << 20, s)), blobs: Mutex::new(blobs) })
     }
 }
 
-/// Until the connection closes (which disconnects the channels, so a waiting receiver
+/// Until the connection closes (which disconnects the channel, so a waiting receiver
 /// learns the peer left).
-fn read_loop(r: &mut impl Read, grads: &Sender<Frame>, blobs: &Sender<Vec<u8>>) {
-    while let Ok((tag, b)) = read_frame(r) {
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
-        let sent = match tag {
-            GRAD => {
-                let nd = b[8] as usize;
-                let dims: Vec<usize> = (0..nd).map(|i| u64::from_le_bytes(b[9 + 8 * i..17 + 8 * i].try_into().unwrap()) as usize).collect();
-                let data = b[9 + 8 * nd..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-                grads.send(Frame::Grad { slot: u32_at(0), param: u32_at(4), dims, data }).is_ok()
-            }
-            DONE => grads.send(Frame::Done { slot: u32_at(0) }).is_ok(),
-            _ => blobs.send(b).is_ok(),
-        };
-        if !sent {
+fn read_loop(r: &mut impl Read, blobs: &Sender<Vec<u8>>) {
+    while let Ok((_, b)) = read_frame(r) {
+        if blobs.send(b).is_err() {
             return;
         }
     }

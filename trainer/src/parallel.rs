@@ -14,10 +14,11 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use crate::cluster::{Cluster, Frame};
+use crate::cluster::Cluster;
 use burn::tensor::{Device, FloatDType, TensorData};
 use model::{Qwen3, TrainingBackend};
 use serde::{de::DeserializeOwned, Serialize};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::mpsc;
 
@@ -49,13 +50,12 @@ where
 /// Gradients summed over `parts`, and what each part gave beside them (None: it had
 /// nothing to train), in the order of `parts`. `grads(k, replica, part, emit)` computes one
 /// part on local device k, handing its gradients to `emit` as the backward completes them
-/// (each parameter's once, [`Qwen3::loss_and_grads_streamed`]). Of G devices in all (every
-/// rank's, `cluster`), global device g takes parts g, g + G, g + 2G, ... With several
-/// devices each gradient goes to its owner (a global device) the moment it is emitted, and
-/// the owner adds the round's gradients of a parameter in micro-batch order (see the
-/// module doc), holding back one that arrives early. Across machines, the owners' sums
-/// then go to every rank (each parameter's to the local device that owns it), and so do
-/// the values.
+/// (each parameter's once, [`Qwen3::loss_and_grads_streamed`]). Of G devices in all
+/// (every machine's, `cluster`), global device g takes parts g, g + G, g + 2G, ... On one
+/// machine each gradient goes to its owner the moment it is emitted, and the owner adds
+/// the round's gradients of a parameter in micro-batch order (see the module doc), holding
+/// back one that arrives early. Across machines each then has the sums of its own parts,
+/// which [`reduce_across`] adds up in rank order; the values go to every rank.
 pub fn grads<B, T, R, F>(model: &Qwen3<B>, devices: &[Device<B>], parts: &[T], grads: F) -> (Vec<Option<R>>, GradientsParams)
 where
     B: TrainingBackend,
@@ -63,158 +63,139 @@ where
     R: Send + Serialize + DeserializeOwned,
     F: Fn(usize, &Qwen3<B>, &T, &mut dyn FnMut(GradientsParams)) -> Option<R> + Sync,
 {
-    let cluster = crate::cluster::get();
-    let (rank, world) = cluster.map_or((0, 1), |c| (c.rank, c.world));
+    let Some(c) = crate::cluster::get() else {
+        return grads_here(model, devices, &parts.iter().collect::<Vec<_>>(), grads);
+    };
     let n = devices.len();
-    let all_devices = world * n;
-    if all_devices <= 1 {
+    let here: Vec<usize> = (0..parts.len()).filter(|i| i % (c.world * n) / n == c.rank).collect();
+    let (values, sums) = grads_here(model, devices, &here.iter().map(|&i| &parts[i]).collect::<Vec<_>>(), grads);
+    let values = crate::cluster::gather_indexed(here.into_iter().zip(values).collect(), parts.len());
+    (values, reduce_across(c, model, devices, sums))
+}
+
+/// [`grads`] on this machine's devices: of n devices, device k takes parts k, k + n, ...
+fn grads_here<B, T, R, F>(model: &Qwen3<B>, devices: &[Device<B>], parts: &[&T], grads: F) -> (Vec<Option<R>>, GradientsParams)
+where
+    B: TrainingBackend,
+    T: Sync,
+    R: Send,
+    F: Fn(usize, &Qwen3<B>, &T, &mut dyn FnMut(GradientsParams)) -> Option<R> + Sync,
+{
+    if devices.len() <= 1 {
         let mut acc = GradientsAccumulator::<Qwen3<B>>::new();
-        let values = parts.iter().map(|part| grads(0, model, part, &mut |g| acc.accumulate(model, g))).collect();
+        let values = parts.iter().map(|&part| grads(0, model, part, &mut |g| acc.accumulate(model, g))).collect();
         return (values, acc.grads());
     }
     let mut values: Vec<Option<R>> = parts.iter().map(|_| None).collect();
-    let owned = owners(model, all_devices);
+    let n = devices.len();
+    let owned = owners(model, n);
     let source = model.clone().with_layer_matrices_in(model.compute.precision.dtype());
     let replicas: Vec<Qwen3<B>> = devices.iter().map(|d| source.clone().fork(d)).collect();
     drop(source);
     let (grads, owned) = (&grads, &owned);
     let mut sums: Vec<GradientsParams> = devices.iter().map(|_| GradientsParams::new()).collect();
-    // Global device g is rank g / n's device g % n; in a round it takes micro-batch (slot) g.
-    for (r, round) in parts.chunks(all_devices).enumerate() {
+    for (r, round) in parts.chunks(n).enumerate() {
         let (txs, rxs): (Vec<_>, Vec<_>) = devices.iter().map(|_| mpsc::channel::<Msg<B::InnerBackend>>()).unzip();
         let results: Vec<Option<R>> = std::thread::scope(|s| {
             for ((rx, sum), device) in rxs.into_iter().zip(sums.iter_mut()).zip(devices) {
                 s.spawn(move || receive(rx, sum, device, round.len()));
             }
-            // Another rank's gradients for owners here, until each of its slots is done.
-            for from in cluster.map_or(vec![], |c| c.others().collect()) {
-                let (c, txs) = (cluster.expect("others exist"), txs.clone());
-                let slots = (from * n..(from + 1) * n).filter(|&g| g < round.len()).count();
-                s.spawn(move || {
-                    let mut done = 0;
-                    while done < slots {
-                        match c.recv_grad(from) {
-                            Frame::Grad { slot, param, dims, data } => {
-                                let (id, _, g) = owned[param];
-                                let t = TensorData::new(data, dims.clone());
-                                let grad = match dims.len() {
-                                    1 => Grad::Vector(Tensor::from_data(t, &devices[g % n])),
-                                    _ => Grad::Matrix(Tensor::from_data(t, &devices[g % n])),
-                                };
-                                txs[g % n].send(Msg::Grad(slot, id, grad)).expect("an owner is listening");
-                            }
-                            Frame::Done { slot } => {
-                                txs.iter().for_each(|tx| tx.send(Msg::Done(slot)).expect("an owner is listening"));
-                                done += 1;
-                            }
-                        }
-                    }
-                });
-            }
-            let threads: Vec<_> = (0..n)
-                .filter(|k| rank * n + k < round.len())
-                .map(|k| {
-                    let (txs, slot, replica) = (txs.clone(), rank * n + k, &replicas[k]);
+            let threads: Vec<_> = round
+                .iter()
+                .zip(&replicas)
+                .enumerate()
+                .map(|(k, (part, replica))| {
+                    let txs = txs.clone();
                     s.spawn(move || {
-                        let value = grads(k, replica, &round[slot], &mut |mut g| {
-                            for (param, &(id, dims, owner)) in owned.iter().enumerate() {
+                        let value = grads(k, replica, *part, &mut |mut g| {
+                            for &(id, dims, owner) in owned {
                                 let t = match dims {
                                     1 => g.remove::<B::InnerBackend, 1>(id).map(Grad::Vector),
                                     2 => g.remove::<B::InnerBackend, 2>(id).map(Grad::Matrix),
                                     _ => unreachable!("Qwen3 has 1-D and 2-D parameters only"),
                                 };
-                                match (t, cluster) {
-                                    (Some(t), Some(c)) if owner / n != rank => {
-                                        let (dims, data) = match t {
-                                            Grad::Vector(t) => host_f32(t),
-                                            Grad::Matrix(t) => host_f32(t),
-                                        };
-                                        c.send_grad(owner / n, slot, param, &dims, &data);
-                                    }
-                                    (Some(t), _) => txs[owner % n].send(Msg::Grad(slot, id, t)).expect("an owner is listening"),
-                                    (None, _) => {}
+                                if let Some(t) = t {
+                                    txs[owner].send(Msg::Grad(k, id, t)).expect("an owner is listening");
                                 }
                             }
                         });
-                        txs.iter().for_each(|tx| tx.send(Msg::Done(slot)).expect("an owner is listening"));
-                        cluster.iter().for_each(|c| c.others().for_each(|to| c.send_done(to, slot)));
-                        (slot, value)
+                        txs.iter().for_each(|tx| tx.send(Msg::Done(k)).expect("an owner is listening"));
+                        value
                     })
                 })
                 .collect();
             drop(txs);
-            threads.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).map(|(_, v)| v).collect()
+            threads.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
         });
         for (k, v) in results.into_iter().enumerate() {
-            values[r * all_devices + rank * n + k] = v;
+            values[r * n + k] = v;
         }
     }
-    let Some(c) = cluster else {
-        let mut all = GradientsParams::new();
-        for &(id, dims, owner) in owned {
-            match dims {
-                1 => move_grad::<B::InnerBackend, 1>(&mut sums[owner], &mut all, id),
-                _ => move_grad::<B::InnerBackend, 2>(&mut sums[owner], &mut all, id),
-            }
-        }
-        return (values, all);
-    };
-    (gather_values(c, values, n), gather_sums(c, owned, sums, model, devices))
-}
-
-/// Every rank's values, each rank having filled in its devices' parts.
-fn gather_values<R: Serialize + DeserializeOwned>(c: &Cluster, mut values: Vec<Option<R>>, n: usize) -> Vec<Option<R>> {
-    let world_devices = c.world * n;
-    let mine: Vec<(usize, &Option<R>)> = values.iter().enumerate().filter(|(i, _)| i % world_devices / n == c.rank).collect();
-    let bytes = bincode::serde::encode_to_vec(&mine, bincode::config::standard()).expect("values encode");
-    for (r, b) in c.all_gather(bytes).into_iter().enumerate().filter(|&(r, _)| r != c.rank) {
-        let (theirs, _): (Vec<(usize, Option<R>)>, usize) =
-            bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap_or_else(|e| panic!("cluster: rank {r}'s values: {e}"));
-        for (i, v) in theirs {
-            values[i] = v;
-        }
-    }
-    values
-}
-
-/// The owners' sums sent to every rank, each parameter's on the local device that owns
-/// it (`owners(model, n)`: where the optimizer keeps its state).
-fn gather_sums<B: TrainingBackend>(c: &Cluster, owned: &[(ParamId, usize, usize)], mut sums: Vec<GradientsParams>, model: &Qwen3<B>, devices: &[Device<B>]) -> GradientsParams {
-    type I<B> = <B as AutodiffBackend>::InnerBackend;
-    let n = devices.len();
-    let local: HashMap<ParamId, usize> = owners(model, n).into_iter().map(|(id, _, k)| (id, k)).collect();
     let mut all = GradientsParams::new();
-    for (param, &(id, dims, owner)) in owned.iter().enumerate().filter(|(_, o)| o.2 / n == c.rank) {
-        let (shape, data) = match dims {
-            1 => sums[owner % n].remove::<I<B>, 1>(id).map(host_f32),
-            _ => sums[owner % n].remove::<I<B>, 2>(id).map(host_f32),
+    for &(id, dims, owner) in owned {
+        match dims {
+            1 => move_grad::<B::InnerBackend, 1>(&mut sums[owner], &mut all, id),
+            _ => move_grad::<B::InnerBackend, 2>(&mut sums[owner], &mut all, id),
         }
-        .unzip();
-        let bytes = bincode::serde::encode_to_vec((param, &shape, &data), bincode::config::standard()).expect("a sum encodes");
-        c.others().for_each(|to| c.send_blob(to, &bytes));
-        register::<B>(&mut all, id, shape, data, &devices[local[&id]]);
     }
-    for from in c.others() {
-        for _ in owned.iter().filter(|o| o.2 / n == from) {
-            let b = c.recv_blob(from);
-            let ((param, shape, data), _): ((usize, Option<Vec<usize>>, Option<Vec<f32>>), usize) =
-                bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap_or_else(|e| panic!("cluster: rank {from}'s gradient sums: {e}"));
-            let id = owned[param].0;
-            register::<B>(&mut all, id, shape, data, &devices[local[&id]]);
+    (values, all)
+}
+
+/// The sums of every rank's parts, the same on every rank: each parameter's partial sums
+/// go to the rank that owns it (`owners` over the ranks), which adds them in rank order and
+/// sends the total to all; each lands on the local device that owns the parameter (where
+/// the optimizer keeps its state). A rank sends and receives about twice the gradients'
+/// f32 bytes a step, whatever the micro-batch count.
+fn reduce_across<B: TrainingBackend>(c: &Cluster, model: &Qwen3<B>, devices: &[Device<B>], mut mine: GradientsParams) -> GradientsParams {
+    let local: HashMap<ParamId, usize> = owners(model, devices.len()).into_iter().map(|(id, _, k)| (id, k)).collect();
+    let ranks = owners(model, c.world);
+    let take = |g: &mut GradientsParams, id: ParamId, dims: usize| match dims {
+        1 => g.remove::<I<B>, 1>(id).map(host_f32),
+        _ => g.remove::<I<B>, 2>(id).map(host_f32),
+    };
+    let encode = |x: &Option<(Vec<usize>, Vec<f32>)>| bincode::serde::encode_to_vec(x, bincode::config::standard()).expect("a gradient encodes");
+    let decode = |b: Vec<u8>, from: usize| -> Option<(Vec<usize>, Vec<f32>)> {
+        bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap_or_else(|e| panic!("cluster: rank {from}'s gradient sums: {e}")).0
+    };
+    for &(id, dims, owner) in &ranks {
+        if owner != c.rank {
+            c.send_blob(owner, &encode(&take(&mut mine, id, dims)));
         }
+    }
+    let mut all = GradientsParams::new();
+    for &(id, dims, _) in ranks.iter().filter(|p| p.2 == c.rank) {
+        let device = &devices[local[&id]];
+        let mut sum: Option<(Vec<usize>, Vec<f32>)> = None;
+        for r in 0..c.world {
+            let part = if r == c.rank { take(&mut mine, id, dims) } else { decode(c.recv_blob(r), r) };
+            sum = match (sum, part) {
+                (Some((shape, mut s)), Some((_, p))) => {
+                    s.par_iter_mut().zip(&p).for_each(|(s, p)| *s += p);
+                    Some((shape, s))
+                }
+                (s, p) => s.or(p),
+            };
+        }
+        let bytes = encode(&sum);
+        c.others().for_each(|to| c.send_blob(to, &bytes));
+        register::<B>(&mut all, id, sum, device);
+    }
+    for &(id, _, owner) in ranks.iter().filter(|p| p.2 != c.rank) {
+        register::<B>(&mut all, id, decode(c.recv_blob(owner), owner), &devices[local[&id]]);
     }
     all
 }
 
+type I<B> = <B as AutodiffBackend>::InnerBackend;
+
 /// A tensor's shape and f32 values on the host (bf16 → f32 is exact).
 fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
     let shape = t.dims().to_vec();
-    (shape, t.into_data().convert::<f32>().to_vec().expect("f32 values"))
+    (shape, t.cast(FloatDType::F32).into_data().convert::<f32>().to_vec().expect("f32 values"))
 }
 
-fn register<B: TrainingBackend>(all: &mut GradientsParams, id: ParamId, shape: Option<Vec<usize>>, data: Option<Vec<f32>>, device: &Device<B>) {
-    type I<B> = <B as AutodiffBackend>::InnerBackend;
-    let (Some(shape), Some(data)) = (shape, data) else { return };
+fn register<B: TrainingBackend>(all: &mut GradientsParams, id: ParamId, t: Option<(Vec<usize>, Vec<f32>)>, device: &Device<B>) {
+    let Some((shape, data)) = t else { return };
     let t = TensorData::new(data, shape.clone());
     match shape.len() {
         1 => all.register::<I<B>, 1>(id, Tensor::from_data(t, device)),

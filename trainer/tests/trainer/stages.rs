@@ -229,28 +229,51 @@ fn ranks(world: usize, args: &[&str]) -> Vec<(bool, String)> {
 }
 
 #[test]
-fn machines_joined_over_tcp_train_as_one_device_does() {
+fn machines_joined_over_tcp_train_as_one_machine_does() {
     // Processes joined over TCP (here on one machine, sharing the run folder as machines
-    // share a filesystem) split each step's micro-batches with their devices: 2 ranks of one
-    // device, 2 ranks of two (four micro-batches of a step at once). The gradients are
-    // summed in the one-device order on their owners and the sums sent to every rank, which
-    // all take the same step: the one-device run's losses and final weights, to the bit.
+    // share a filesystem) split each step's micro-batches among all their devices; each
+    // sums its own in micro-batch order, and the sums are added in rank order. With two
+    // micro-batches a step on two ranks of one device that is the one-device sum itself, so
+    // the same bits; with four on two ranks of two devices, (g0 + g1) + (g2 + g3) instead of
+    // ((g0 + g1) + g2) + g3: the first step's loss exactly, then float-order differences.
     let fx = Fixture::new();
-    let one = fx.config("one", &fx.scratch(), "");
-    ok(&["--stage", "sft-single", one.to_str().unwrap(), "--set", "train.max_steps=4", "--set", "batch.batch_tokens=512"]);
     let losses = |run: &str| -> Vec<f64> { lines(&fx.dir.join(run).join("metrics.jsonl")).iter().filter_map(|r| r["loss"].as_f64()).collect() };
-    let weights = |run: &str| std::fs::read(fx.dir.join(run).join("final/model.safetensors")).unwrap();
-    for (name, model, devices) in [("ranks", fx.scratch(), 1), ("ranks2x2", fx.from_init(&fx.dir.join("one/init")), 2)] {
-        let c = fx.config(name, &model, &format!("[compute]\ndevices = {devices}\n"));
-        let logs = ranks(2, &["--stage", "sft-single", c.to_str().unwrap(), "--set", "train.max_steps=4", "--set", "batch.batch_tokens=512"]);
+    let floats = |run: &str| -> Vec<f32> {
+        let bytes = std::fs::read(fx.dir.join(run).join("final/model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<&str> = st.names();
+        names.sort();
+        names.iter().flat_map(|n| st.tensor(n).unwrap().data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>()).collect()
+    };
+    let run_ranks = |name: &str, model: &str, devices: usize, batch: usize| {
+        let c = fx.config(name, model, &format!("[compute]\ndevices = {devices}\n"));
+        let logs = ranks(2, &["--stage", "sft-single", c.to_str().unwrap(), "--set", "train.max_steps=4", "--set", &format!("batch.batch_tokens={batch}")]);
         for (r, (ok, log)) in logs.iter().enumerate() {
             assert!(ok, "{name}: rank {r} failed:\n{log}");
             assert!(log.contains(&format!("rank {r} of 2 joined")), "{log}");
         }
-        assert_eq!(losses("one"), losses(name), "{name}: losses differ");
-        assert!(weights("one") == weights(name), "{name}: final weights differ from one device's");
         assert!(fx.dir.join(name).join("checkpoints/step-00000004/state.json").exists());
-    }
+    };
+    let one = fx.config("one", &fx.scratch(), "");
+    ok(&["--stage", "sft-single", one.to_str().unwrap(), "--set", "train.max_steps=4"]);
+    run_ranks("ranks", &fx.scratch(), 1, 256); // (each rank builds the same model and tokenizer from scratch)
+    assert_eq!(losses("one"), losses("ranks"));
+    assert!(floats("one") == floats("ranks"), "two ranks, a micro-batch each: final weights differ from one device's");
+
+    let init = fx.from_init(&fx.dir.join("one/init"));
+    let one4 = fx.config("one4", &init, "");
+    ok(&["--stage", "sft-single", one4.to_str().unwrap(), "--set", "train.max_steps=4", "--set", "batch.batch_tokens=512"]);
+    run_ranks("ranks2x2", &init, 2, 512);
+    let (a, b) = (losses("one4"), losses("ranks2x2"));
+    assert_eq!((a.len(), a[0]), (4, b[0]));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs()), "{a:?} vs {b:?}");
+    let (wa, wb) = (floats("one4"), floats("ranks2x2"));
+    let diff = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(wa.len() == wb.len() && diff < 1e-4 && diff > 0.0, "two ranks of two devices: final weights differ by {diff}");
+    // The same ranks and devices again: the same order, the same bits.
+    run_ranks("again2x2", &init, 2, 512);
+    assert!(floats("again2x2") == wb, "a rerun on two ranks of two devices differs");
+
     // A rank whose config differs is named; a rank that dies stops the others with a reason.
     let c = fx.config("differs", &fx.from_init(&fx.dir.join("one/init")), "");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
@@ -560,7 +583,7 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
     assert!(log.contains("resumed at step 1") && log.contains("stepped on 2 device(s) and goes on on 1"), "{log}");
     // Two machines of one device each (processes joined over TCP): the rollouts of two
     // devices (each rank's trajectories sent to the other, scored where their workspace
-    // is), the update's gradients summed in the one-machine order: rl-c, to the bit.
+    // is), so rl-c's to the token; the update's gradient sums added across the ranks.
     let e = rl("rl-e");
     let logs = ranks(2, &["--stage", "rl", e.to_str().unwrap(), "--set", "train.steps=1", "--set", "grpo.micro_batch_tokens=64"]);
     for (r, (ok, log)) in logs.iter().enumerate() {
@@ -570,8 +593,21 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
     assert_eq!(tasks(&step1("rl-e")), tasks(&step1("rl-c")));
     let sampled = |run: &str| -> Vec<(Vec<u32>, f32)> { step1(run).into_iter().map(|r| (r.token_ids, r.reward)).collect() };
     assert!(sampled("rl-e") == sampled("rl-c"), "step 1's rollouts or rewards differ");
-    assert!(read("rl-e", "eval/step-00000001.jsonl") == read("rl-c", "eval/step-00000001.jsonl"), "held-out rollouts differ");
-    assert!(weights("rl-e") == weights("rl-c"), "two machines: final weights differ from two devices'");
+    assert!(read("rl-e", "eval/step-00000000.jsonl") == read("rl-c", "eval/step-00000000.jsonl"), "held-out rollouts differ");
+    let step_row = |run: &str| lines(&fx.dir.join(run).join("metrics.jsonl")).into_iter().find(|r| r["step"] == 1 && r.get("reward").is_some()).unwrap();
+    let (rc, re) = (step_row("rl-c"), step_row("rl-e"));
+    let (gc, ge) = (rc["grad_norm"].as_f64().unwrap(), re["grad_norm"].as_f64().unwrap());
+    assert!((gc - ge).abs() <= 1e-6 * gc, "gradient norm {ge} on two machines vs {gc} on two devices");
+    let floats = |run: &str| -> Vec<f32> {
+        let bytes = read(run, "final/model.safetensors");
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<&str> = st.names();
+        names.sort();
+        names.iter().flat_map(|n| st.tensor(n).unwrap().data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>()).collect()
+    };
+    let (wc, we) = (floats("rl-c"), floats("rl-e"));
+    let diff = wc.iter().zip(&we).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(wc.len() == we.len() && diff < 1e-6, "two machines: final weights differ from two devices' by {diff}");
 }
 
 #[test]
