@@ -16,12 +16,19 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// This process's place in the run (none: a one-machine run).
 pub fn get() -> Option<&'static Cluster> {
     CLUSTER.get().and_then(Option::as_ref)
+}
+
+/// Seconds this rank has spent sending to and waiting on the others so far (a step's
+/// share of it is logged as `cluster_s`); none without a cluster.
+pub fn seconds() -> Option<f64> {
+    get().map(|c| c.busy.load(Ordering::Relaxed) as f64 * 1e-9)
 }
 
 /// Whether this process writes the run folder (rank 0, or no cluster).
@@ -69,6 +76,8 @@ pub struct Cluster {
     pub world: usize,
     /// By rank; none for this one.
     peers: Vec<Option<Peer>>,
+    /// Nanoseconds spent sending and waiting to receive (all threads together).
+    busy: AtomicU64,
 }
 
 impl Cluster {
@@ -116,7 +125,7 @@ impl Cluster {
             }
         }
         let peers = links.into_iter().map(|l| l.map(Peer::start).transpose()).collect::<Result<_>>()?;
-        Ok(Self { rank, world, peers })
+        Ok(Self { rank, world, peers, busy: AtomicU64::new(0) })
     }
 
     fn peer(&self, r: usize) -> &Peer {
@@ -130,17 +139,20 @@ impl Cluster {
 
     /// Sends `bytes` to rank `to` (in order with what was sent before).
     pub fn send_blob(&self, to: usize, bytes: &[u8]) {
-        let p = self.peer(to);
+        let (t0, p) = (Instant::now(), self.peer(to));
         let mut w = p.writer.lock().expect("no sender panicked holding it");
         if let Err(e) = write_frame(&mut *w, BLOB, bytes) {
             panic!("cluster: rank {to} ({}) left the run (sending to it: {e:#}); the run stops (resume with --resume auto)", p.addr);
         }
+        self.busy.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// The next bytes from rank `from`.
     pub fn recv_blob(&self, from: usize) -> Vec<u8> {
-        let p = self.peer(from);
-        p.blobs.lock().expect("one reader").recv().unwrap_or_else(|_| left(from, p))
+        let (t0, p) = (Instant::now(), self.peer(from));
+        let b = p.blobs.lock().expect("one reader").recv().unwrap_or_else(|_| left(from, p));
+        self.busy.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        b
     }
 
     /// Every rank's `mine`, by rank.

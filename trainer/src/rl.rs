@@ -162,7 +162,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     let mut last_success = None;
     while state.step < total_steps {
         let step = state.step + 1;
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), crate::cluster::seconds());
         let picks: Vec<usize> = (0..cfg.rollout.tasks_per_step)
             .map(|_| {
                 let (s, i) = loader.next_index();
@@ -262,6 +262,9 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
         }
         if let Some(gn) = grad_norm {
             row["grad_norm"] = json!(gn);
+        }
+        if let (Some(c0), Some(c1)) = (c0, crate::cluster::seconds()) {
+            row["cluster_s"] = json!(c1 - c0);
         }
         metrics.log(row)?;
         if primary {

@@ -151,7 +151,7 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     bar.set_prefix(kind.name());
     let mut last_eval = None;
     while state.step < total_steps {
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), crate::cluster::seconds());
         let (seqs, picks) = next_batch(&mut loader, cfg, pad);
         let mbs: Vec<&[PackedSeq]> = seqs.chunks(cfg.batch.micro_batch).collect();
         let lr = lr_at(&cfg.optim, state.step, total_steps);
@@ -167,8 +167,12 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
         state.cursor = loader.cursor().clone();
         let secs = t0.elapsed().as_secs_f64();
         let real: usize = seqs.iter().map(PackedSeq::real_tokens).sum();
-        metrics.log(json!({"step": state.step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
-                           "trained_tokens": stats.trained_tokens, "tokens_per_s": real as f64 / secs, "step_s": secs}))?;
+        let mut row = json!({"step": state.step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                             "trained_tokens": stats.trained_tokens, "tokens_per_s": real as f64 / secs, "step_s": secs});
+        if let (Some(c0), Some(c1)) = (c0, crate::cluster::seconds()) {
+            row["cluster_s"] = json!(c1 - c0);
+        }
+        metrics.log(row)?;
         bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", stats.loss, lr, real as f64 / secs));
         bar.set_position(state.step);
         let last = state.step == total_steps;

@@ -264,6 +264,8 @@ fn machines_joined_over_tcp_train_as_one_machine_does() {
     let one4 = fx.config("one4", &init, "");
     ok(&["--stage", "sft-single", one4.to_str().unwrap(), "--set", "train.max_steps=4", "--set", "batch.batch_tokens=512"]);
     run_ranks("ranks2x2", &init, 2, 512);
+    let waits: Vec<f64> = lines(&fx.dir.join("ranks2x2/metrics.jsonl")).iter().filter_map(|r| r["cluster_s"].as_f64()).collect();
+    assert!(waits.len() == 4 && waits.iter().all(|&w| w > 0.0), "cluster_s a step: {waits:?}");
     let (a, b) = (losses("one4"), losses("ranks2x2"));
     assert_eq!((a.len(), a[0]), (4, b[0]));
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs()), "{a:?} vs {b:?}");
