@@ -178,13 +178,7 @@ fn data_parallel_replicas_train_as_one_device_does() {
     let (ea, eb) = (evals("one"), evals("two"));
     assert_eq!((ea.len(), ea[0]), (2, eb[0]));
     assert!((ea[1] - eb[1]).abs() <= 1e-5 * ea[1], "{ea:?} vs {eb:?}");
-    let floats = |run: &str| -> Vec<f32> {
-        let bytes = std::fs::read(fx.dir.join(run).join("final/model.safetensors")).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut names: Vec<&str> = st.names();
-        names.sort();
-        names.iter().flat_map(|n| st.tensor(n).unwrap().data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>()).collect()
-    };
+    let floats = |run: &str| final_f32(&fx.dir.join(run));
     let (wa, wb) = (floats("one"), floats("two"));
     let diff = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(wa.len() == wb.len() && diff == 0.0, "final weights differ by up to {diff}");
@@ -238,13 +232,7 @@ fn machines_joined_over_tcp_train_as_one_machine_does() {
     // ((g0 + g1) + g2) + g3: the first step's loss exactly, then float-order differences.
     let fx = Fixture::new();
     let losses = |run: &str| -> Vec<f64> { lines(&fx.dir.join(run).join("metrics.jsonl")).iter().filter_map(|r| r["loss"].as_f64()).collect() };
-    let floats = |run: &str| -> Vec<f32> {
-        let bytes = std::fs::read(fx.dir.join(run).join("final/model.safetensors")).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut names: Vec<&str> = st.names();
-        names.sort();
-        names.iter().flat_map(|n| st.tensor(n).unwrap().data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>()).collect()
-    };
+    let floats = |run: &str| final_f32(&fx.dir.join(run));
     let run_ranks = |name: &str, model: &str, devices: usize, batch: usize| {
         let c = fx.config(name, model, &format!("[compute]\ndevices = {devices}\n"));
         let logs = ranks(2, &["--stage", "sft-single", c.to_str().unwrap(), "--set", "train.max_steps=4", "--set", &format!("batch.batch_tokens={batch}")]);
@@ -300,6 +288,15 @@ fn machines_joined_over_tcp_train_as_one_machine_does() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("rank 1") && err.contains("left the run"), "{err}");
     assert!(fx.dir.join("differs/checkpoints/step-00000002/state.json").exists(), "the checkpoint written before is kept");
+}
+
+/// The f32 weights of a run's final model (`run/final/model.safetensors`), by tensor name.
+fn final_f32(run: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(run.join("final/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<&str> = st.names();
+    names.sort();
+    names.iter().flat_map(|n| st.tensor(n).unwrap().data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>()).collect()
 }
 
 /// The JSON lines of `p` so far (none when it does not exist yet; a half-written last line is skipped).
@@ -600,13 +597,7 @@ fn rl_stage_updates_the_policy_and_resumes_to_the_same_weights_and_rollouts() {
     let (rc, re) = (step_row("rl-c"), step_row("rl-e"));
     let (gc, ge) = (rc["grad_norm"].as_f64().unwrap(), re["grad_norm"].as_f64().unwrap());
     assert!((gc - ge).abs() <= 1e-6 * gc, "gradient norm {ge} on two machines vs {gc} on two devices");
-    let floats = |run: &str| -> Vec<f32> {
-        let bytes = read(run, "final/model.safetensors");
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut names: Vec<&str> = st.names();
-        names.sort();
-        names.iter().flat_map(|n| st.tensor(n).unwrap().data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>()).collect()
-    };
+    let floats = |run: &str| final_f32(&fx.dir.join(run));
     let (wc, we) = (floats("rl-c"), floats("rl-e"));
     let diff = wc.iter().zip(&we).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(wc.len() == we.len() && diff < 1e-6, "two machines: final weights differ from two devices' by {diff}");
