@@ -15,7 +15,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -40,6 +40,8 @@ static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
 
 /// Joins the run the environment describes (`WORLD_SIZE` > 1), waiting up to
 /// `TRAINER_RENDEZVOUS_S` seconds (600) for every rank; without it, a one-machine run.
+/// Later, a rank that hears nothing from another for `TRAINER_CLUSTER_TIMEOUT_S` seconds
+/// (3600: long enough for rank 0 to write an 8B checkpoint) stops the run.
 pub fn join_from_env() -> Result<()> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let world: usize = match var("WORLD_SIZE") {
@@ -56,8 +58,11 @@ pub fn join_from_env() -> Result<()> {
     }
     let host = var("MASTER_ADDR").ok_or_else(|| anyhow!("WORLD_SIZE={world} but MASTER_ADDR (rank 0's host) is not set"))?;
     let port: u16 = var("MASTER_PORT").unwrap_or_else(|| "29500".into()).parse().map_err(|_| anyhow!("MASTER_PORT: expected a port number"))?;
-    let wait = Duration::from_secs(var("TRAINER_RENDEZVOUS_S").and_then(|s| s.parse().ok()).unwrap_or(600));
-    let c = Cluster::join(rank, world, &host, port, wait)?;
+    let secs = |k: &str, default: u64| -> Result<Duration> {
+        var(k).map_or(Ok(default), |s| s.parse().map_err(|_| anyhow!("{k}={s}: expected seconds"))).map(Duration::from_secs)
+    };
+    let mut c = Cluster::join(rank, world, &host, port, secs("TRAINER_RENDEZVOUS_S", 600)?)?;
+    c.timeout = secs("TRAINER_CLUSTER_TIMEOUT_S", 3600)?;
     eprintln!("cluster: rank {rank} of {world} joined (rank 0 at {host}:{port})");
     CLUSTER.set(Some(c)).map_err(|_| anyhow!("joined a cluster twice"))
 }
@@ -78,6 +83,8 @@ pub struct Cluster {
     peers: Vec<Option<Peer>>,
     /// Nanoseconds spent sending and waiting to receive (all threads together).
     busy: AtomicU64,
+    /// How long to wait for a rank before the run stops.
+    timeout: Duration,
 }
 
 impl Cluster {
@@ -125,7 +132,7 @@ impl Cluster {
             }
         }
         let peers = links.into_iter().map(|l| l.map(Peer::start).transpose()).collect::<Result<_>>()?;
-        Ok(Self { rank, world, peers, busy: AtomicU64::new(0) })
+        Ok(Self { rank, world, peers, busy: AtomicU64::new(0), timeout: Duration::MAX })
     }
 
     fn peer(&self, r: usize) -> &Peer {
@@ -150,7 +157,14 @@ impl Cluster {
     /// The next bytes from rank `from`.
     pub fn recv_blob(&self, from: usize) -> Vec<u8> {
         let (t0, p) = (Instant::now(), self.peer(from));
-        let b = p.blobs.lock().expect("one reader").recv().unwrap_or_else(|_| left(from, p));
+        let b = match p.blobs.lock().expect("one reader").recv_timeout(self.timeout) {
+            Ok(b) => b,
+            Err(RecvTimeoutError::Disconnected) => left(from, p),
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "cluster: no word from rank {from} ({}) in {} s (TRAINER_CLUSTER_TIMEOUT_S); the run stops (resume with --resume auto)",
+                p.addr, self.timeout.as_secs()
+            ),
+        };
         self.busy.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         b
     }

@@ -270,24 +270,50 @@ fn machines_joined_over_tcp_train_as_one_machine_does() {
     let start = |r: usize, extra: &[&str]| {
         let mut args = vec!["--stage", "sft-single", c.to_str().unwrap()];
         args.extend(extra);
-        trainer_cmd(&args).envs([("WORLD_SIZE", "2"), ("RANK", &r.to_string()), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)]).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        trainer_cmd(&args).envs([("WORLD_SIZE", "2"), ("RANK", &r.to_string()), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)])
+            .env("TRAINER_CLUSTER_TIMEOUT_S", "3").stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let at_step = |run: &str, step: u64| {
+        let t0 = std::time::Instant::now();
+        while !fx.dir.join(format!("{run}/checkpoints/step-{step:08}/state.json")).exists() {
+            assert!(t0.elapsed().as_secs() < 120, "no checkpoint at step {step}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     };
     let (a, b) = (start(0, &[]), start(1, &["--set", "seed=4"]));
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     let err = String::from_utf8_lossy(&a.stderr);
     assert!(!a.status.success() && !b.status.success() && err.contains("rank 1's stage config differs from rank 0's"), "{err}");
     let (a, mut b) = (start(0, &[]), start(1, &[]));
-    let t0 = std::time::Instant::now();
-    while !fx.dir.join("differs/checkpoints/step-00000002/state.json").exists() {
-        assert!(t0.elapsed().as_secs() < 120, "no checkpoint at step 2");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    at_step("differs", 2);
     b.kill().unwrap();
     b.wait().unwrap();
     let out = a.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("rank 1") && err.contains("left the run"), "{err}");
     assert!(fx.dir.join("differs/checkpoints/step-00000002/state.json").exists(), "the checkpoint written before is kept");
+    // A rank that hangs (stopped, its connection open) stops the others after the timeout.
+    let hang = format!("out=\"{}\"", fx.dir.join("hangs").display());
+    let (a, mut b) = (start(0, &["--set", &hang, "--set", "checkpoint.every=1"]), start(1, &["--set", &hang, "--set", "checkpoint.every=1"]));
+    at_step("hangs", 1);
+    let stop = |sig: &str| assert!(Command::new("kill").args([sig, &b.id().to_string()]).status().unwrap().success());
+    stop("-STOP");
+    let out = a.wait_with_output().unwrap();
+    stop("-KILL");
+    b.wait().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no word from rank 1") && err.contains("TRAINER_CLUSTER_TIMEOUT_S"), "{err}");
+    // A rank that never comes: rank 0 names it; rank 1 names where it looked for rank 0.
+    let alone = |r: &str| {
+        let o = trainer_cmd(&["--stage", "sft-single", c.to_str().unwrap()])
+            .envs([("WORLD_SIZE", "2"), ("RANK", r), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port), ("TRAINER_RENDEZVOUS_S", "1")]).output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).trim().to_string()
+    };
+    let e = alone("0");
+    assert!(e.contains("waiting for ranks [1]") && e.contains("TRAINER_RENDEZVOUS_S"), "{e}");
+    let e = alone("1");
+    assert!(e.contains(&format!("rank 1: reaching rank 0 at 127.0.0.1:{port}")) && e.contains("MASTER_ADDR"), "{e}");
 }
 
 /// The f32 weights of a run's final model (`run/final/model.safetensors`), by tensor name.
