@@ -153,10 +153,6 @@ fn reduce_across<B: TrainingBackend>(c: &Cluster, model: &Qwen3<B>, devices: &[D
         1 => g.remove::<I<B>, 1>(id).map(host_f32),
         _ => g.remove::<I<B>, 2>(id).map(host_f32),
     };
-    let encode = |x: &Option<(Vec<usize>, Vec<f32>)>| bincode::serde::encode_to_vec(x, bincode::config::standard()).expect("a gradient encodes");
-    let decode = |b: Vec<u8>, from: usize| -> Option<(Vec<usize>, Vec<f32>)> {
-        bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap_or_else(|e| panic!("cluster: rank {from}'s gradient sums: {e}")).0
-    };
     for &(id, dims, owner) in &ranks {
         if owner != c.rank {
             c.send_blob(owner, &encode(&take(&mut mine, id, dims)));
@@ -187,6 +183,38 @@ fn reduce_across<B: TrainingBackend>(c: &Cluster, model: &Qwen3<B>, devices: &[D
 }
 
 type I<B> = <B as AutodiffBackend>::InnerBackend;
+
+/// A gradient (shape and f32 values, or none) as bytes: a flag, the number of dimensions,
+/// each (u64), then the values as they lie in memory (little-endian machines), so the bulk
+/// is copied, not encoded value by value.
+fn encode(g: &Option<(Vec<usize>, Vec<f32>)>) -> Vec<u8> {
+    let Some((shape, data)) = g else { return vec![0] };
+    let mut b = Vec::with_capacity(2 + 8 * shape.len() + 4 * data.len());
+    b.extend([1, shape.len() as u8]);
+    shape.iter().for_each(|&d| b.extend((d as u64).to_le_bytes()));
+    b.extend_from_slice(bytemuck::cast_slice(data));
+    b
+}
+
+fn decode(b: Vec<u8>, from: usize) -> Option<(Vec<usize>, Vec<f32>)> {
+    let bad = || panic!("cluster: rank {from} sent a malformed gradient ({} bytes)", b.len());
+    match b.first() {
+        Some(0) => return None,
+        Some(1) if b.len() >= 2 => {}
+        _ => bad(),
+    }
+    let nd = b[1] as usize;
+    let start = 2 + 8 * nd;
+    if b.len() < start || (b.len() - start) % 4 != 0 {
+        bad();
+    }
+    let shape: Vec<usize> = b[2..start].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as usize).collect();
+    let data: Vec<f32> = bytemuck::pod_collect_to_vec(&b[start..]);
+    if data.len() != shape.iter().product::<usize>() {
+        bad();
+    }
+    Some((shape, data))
+}
 
 /// A tensor's shape and f32 values on the host (bf16 → f32 is exact).
 fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
