@@ -24,6 +24,9 @@ pub struct Args {
     /// Devices to plan for (sets `compute.devices`; default: the config's).
     #[arg(long)]
     gpus: Option<usize>,
+    /// Machines, each with those devices (`trainer submit --nodes`).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// Do not time a step on this machine (memory and FLOPs only).
     #[arg(long)]
     no_measure: bool,
@@ -44,8 +47,11 @@ pub fn run(mut a: Args) -> Result<()> {
     if let Some(g) = a.gpus {
         a.set.push(format!("compute.devices={g}"));
     }
+    if a.nodes == 0 {
+        anyhow::bail!("--nodes 0: at least one machine");
+    }
     let detail = if a.no_measure { Detail::Steps } else { Detail::Timed };
-    let plans = stages(&a.config, &a.set, detail, |i, n, p| {
+    let plans = stages(&a.config, &a.set, detail, a.nodes, |i, n, p| {
         if !a.json {
             print_stage(i, n, p)
         }
@@ -79,8 +85,9 @@ pub fn kinds(config: &Path) -> Result<Vec<(StageKind, PathBuf, bool)>> {
     })
 }
 
-/// The plan of every stage of `config` (as JSON), each passed to `each` as it is made.
-pub fn stages(config: &Path, set: &[String], detail: Detail, mut each: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
+/// The plan of every stage of `config` on `nodes` machines (as JSON), each passed to
+/// `each` as it is made.
+pub fn stages(config: &Path, set: &[String], detail: Detail, nodes: usize, mut each: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
     let stages = kinds(config)?;
     let n = stages.len();
     let mut previous: Option<Resolved> = None;
@@ -92,8 +99,8 @@ pub fn stages(config: &Path, set: &[String], detail: Detail, mut each: impl FnMu
             None
         };
         let (plan, resolved) = match kind {
-            StageKind::Rl => plan_rl(&path, set, detail, prev)?,
-            _ => plan_sft(if n == 1 { "sft" } else { kind.name() }, &path, set, detail, prev)?,
+            StageKind::Rl => plan_rl(&path, set, detail, nodes, prev)?,
+            _ => plan_sft(if n == 1 { "sft" } else { kind.name() }, &path, set, detail, nodes, prev)?,
         };
         each(i, n, &plan);
         out.push(plan);
@@ -102,7 +109,7 @@ pub fn stages(config: &Path, set: &[String], detail: Detail, mut each: impl FnMu
     Ok(out)
 }
 
-fn plan_sft(kind: &str, path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
+fn plan_sft(kind: &str, path: &Path, set: &[String], detail: Detail, nodes: usize, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
     let cfg = StageConfig::load(path, set)?;
     let split = (detail != Detail::Memory).then(|| cfg.data.load());
     let r = match prev {
@@ -130,13 +137,18 @@ fn plan_sft(kind: &str, path: &Path, set: &[String], detail: Detail, prev: Optio
         None => (vec![estimate::random_rows(r.config.vocab_size, b.micro_batch, b.seq_len, b.seq_len); forwards], "random full sequences"),
     };
     let n = cfg.compute.devices;
+    // (Every machine shards its state among its own devices, so a device's memory does not
+    // depend on the machine count.)
     let memory = estimate::training(&r.config, cfg.compute.model(), b.micro_batch, b.seq_len, n);
     let flops = estimate::train_flops_per_token(&r.config, b.seq_len, cfg.compute.gradient_checkpointing) * (b.micro_batch * b.seq_len * forwards) as f64;
+    // The first machine's share of the forwards (global device g takes forwards g, g + G, ...).
+    let batch: Vec<_> = batch.into_iter().enumerate().filter(|(i, _)| i % (n * nodes) < n).map(|(_, mb)| mb).collect();
     let timing = time(detail, &r.config, cfg.compute.model(), &batch, n, &memory);
     let step_s = timing.as_ref().ok().map(|t| t.step_s);
     let plan = json!({
         "kind": kind, "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(), "devices": n,
-        "forward": {"rows": b.micro_batch, "seq_len": b.seq_len}, "forwards_per_step": forwards, "forwards_per_device": forwards.div_ceil(n), "batch_tokens": b.batch_tokens,
+        "nodes": nodes, "exchanged_bytes_per_step": exchanged(&r.config, nodes),
+        "forward": {"rows": b.micro_batch, "seq_len": b.seq_len}, "forwards_per_step": forwards, "forwards_per_device": forwards.div_ceil(n * nodes), "batch_tokens": b.batch_tokens,
         "steps": steps, "steps_from": steps_from, "memory": memory_json(&memory), "flops_per_step": flops,
         "measured": timing_json(&timing, batch_is), "step_s": step_s, "total_s": step_s.zip(steps).map(|(s, n)| s * n as f64),
     });
@@ -165,7 +177,14 @@ fn first_batch(sources: &[Vec<datasets::Tokenized>], cfg: &StageConfig) -> Vec<V
     datasets::pack(&docs, &pack).0.chunks(cfg.batch.micro_batch).map(<[_]>::to_vec).collect()
 }
 
-fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
+/// What a machine sends (and as much it receives) per optimizer step across `nodes`
+/// machines: its partial gradient sums for the parameters other machines own, and its own
+/// parameters' totals to every other machine, f32 (`parallel::reduce_across`); none on one.
+fn exchanged(c: &Qwen3Config, nodes: usize) -> Option<f64> {
+    (nodes > 1).then(|| 2.0 * 4.0 * estimate::params(c).total as f64 * (nodes - 1) as f64 / nodes as f64)
+}
+
+fn plan_rl(path: &Path, set: &[String], detail: Detail, nodes: usize, prev: Option<Resolved>) -> Result<(Value, Resolved)> {
     let cfg = RlConfig::load(path, set)?;
     let r = match prev {
         Some(r) => r,
@@ -202,7 +221,7 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     let n = cfg.compute.devices;
     // Each device decodes its share of the step's tasks (rollout::run_on_devices), in waves
     // of at most max_rows.
-    let rows_per_device = wave_tasks(ro.max_rows, ro.group_size, ro.tasks_per_step.div_ceil(n)) * ro.group_size;
+    let rows_per_device = wave_tasks(ro.max_rows, ro.group_size, ro.tasks_per_step.div_ceil(n * nodes)) * ro.group_size;
     let memory = estimate::rl(&r.config, cfg.compute.model(), g.micro_batch_tokens, rows_per_device, max_prompt + ro.max_response_tokens, g.kl_coef != 0.0, n);
     // At most: every rollout at max_response_tokens after a mean prompt (context for the
     // update's forward), update_epochs times, packed into micro-batches of micro_batch_tokens.
@@ -212,13 +231,14 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
     let micro = vec![estimate::random_rows(r.config.vocab_size, 1, g.micro_batch_tokens.max(row), row)];
     let timing = time(detail, &r.config, cfg.compute.model(), &micro, 1, &memory);
     let forwards = tokens.div_ceil(g.micro_batch_tokens.max(row));
-    let rollout = rollout_estimate(&cfg, &r.config, r.tokenizer.as_ref().map(|(t, _)| t), mean_prompt, timing.as_ref().err());
+    let rollout = rollout_estimate(&cfg, &r.config, r.tokenizer.as_ref().map(|(t, _)| t), mean_prompt, nodes, timing.as_ref().err());
     let plan = json!({
         "kind": "rl", "config": path, "out": cfg.out, "model": model_json(&r), "compute": cfg.compute.to_string(), "devices": n,
+        "nodes": nodes, "exchanged_bytes_per_update": exchanged(&r.config, nodes),
         "rollouts_per_step": rows, "max_response_tokens": ro.max_response_tokens, "prompt_tokens": prompts, "steps": cfg.train.steps,
         "memory": memory_json(&memory), "update_flops_per_step_at_most": flops, "update_forwards_at_most": forwards,
         "measured": timing_json(&timing, "one micro-batch of random trajectories"),
-        "update_s_at_most": timing.as_ref().ok().map(|t| t.step_s * forwards.div_ceil(n) as f64),
+        "update_s_at_most": timing.as_ref().ok().map(|t| t.step_s * forwards.div_ceil(n * nodes) as f64),
         "rollout": rollout,
     });
     Ok((plan, r))
@@ -230,11 +250,11 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, prev: Option<Resolved>) 
 /// turns, so a turn encodes only its observations: the bound is loose there), at the rates measured here on a random model of
 /// the shape at the longest context (a mean prompt and a full response; decoding slows as
 /// the cache grows), sampling as the config says; cells not included. A device decodes its
-/// share of the tasks' rows (a CPU build times the whole batch: its replicas share the cores).
-/// `not_timed`: why the update was not timed (then neither is this).
-fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, mean_prompt: usize, not_timed: Option<&String>) -> Value {
+/// share of the tasks' rows (a CPU build times its machine's share: its replicas share the
+/// cores). `not_timed`: why the update was not timed (then neither is this).
+fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, mean_prompt: usize, nodes: usize, not_timed: Option<&String>) -> Value {
     let ro = &cfg.rollout;
-    let share = if cfg!(feature = "cuda") { ro.tasks_per_step.div_ceil(cfg.compute.devices) } else { ro.tasks_per_step };
+    let share = ro.tasks_per_step.div_ceil(if cfg!(feature = "cuda") { cfg.compute.devices * nodes } else { nodes });
     let per = wave_tasks(ro.max_rows, ro.group_size, share);
     let (rows, waves) = (per * ro.group_size, share.div_ceil(per));
     let decode_steps = (ro.max_turns * ro.max_new_tokens).min(ro.max_response_tokens);
@@ -414,6 +434,10 @@ fn print_stage(i: usize, n: usize, p: &Value) {
              m["layers"], m["hidden"], m["heads"], m["kv_heads"], m["head_dim"], m["intermediate"], m["vocab"],
              if m["tied"].as_bool() == Some(true) { ", tied" } else { "" }, count(f(&m["params"]["total"])), count(f(&m["params"]["embedding"])));
     println!("  compute  {}", p["compute"].as_str().unwrap_or(""));
+    if let Some(b) = p["exchanged_bytes_per_step"].as_f64().or(p["exchanged_bytes_per_update"].as_f64()) {
+        println!("  machines {}, each with those devices; a machine sends and receives {} of f32 gradient sums per {}",
+                 p["nodes"], gib(b), if p["kind"] == "rl" { "update" } else { "step" });
+    }
     if p["kind"] == "rl" {
         let pr = &p["prompt_tokens"];
         let prompts = match pr["unknown"].as_str() {
@@ -433,7 +457,8 @@ fn print_stage(i: usize, n: usize, p: &Value) {
                              duration(f(&ro["s_at_most"])), ro["decode_steps_at_most"], ro["rows"], waves(ro), duration(f(&ro["token_s"])), duration(f(&ro["prefill_s"])), ro["context"]),
         }
     } else {
-        let per_device = if p["devices"].as_u64() > Some(1) { format!(", ≤ {} on each of {} devices", p["forwards_per_device"], p["devices"]) } else { String::new() };
+        let all = p["devices"].as_u64().unwrap_or(1) * p["nodes"].as_u64().unwrap_or(1);
+        let per_device = if all > 1 { format!(", ≤ {} on each of {all} devices", p["forwards_per_device"]) } else { String::new() };
         println!("  batch    {} x {} tokens per forward, {} forwards per step{per_device} ({} tokens)", p["forward"]["rows"], p["forward"]["seq_len"], p["forwards_per_step"], p["batch_tokens"]);
         match p["steps"].as_u64() {
             Some(s) => println!("  steps    {s} ({})", p["steps_from"].as_str().unwrap_or("")),

@@ -57,7 +57,7 @@ pub fn run(mut a: Args) -> Result<()> {
         (None, _) => "all".into(),
     };
 
-    let plans = plan::stages(&a.slurm, &a.set, plan::Detail::Memory, |_, _, _| {})?;
+    let plans = plan::stages(&a.slurm, &a.set, plan::Detail::Memory, a.nodes, |_, _, _| {})?;
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     let params = plans.iter().map(|p| f(&p["model"]["params"]["total"])).fold(0.0, f64::max);
     let device_mem = plans.iter().map(|p| f(&p["memory"]["total_bytes"])).fold(0.0, f64::max);

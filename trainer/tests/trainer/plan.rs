@@ -98,4 +98,19 @@ fn the_published_8b_recipe_plans_on_eight_gpus() {
     let rest = p["total"].as_f64().unwrap() - 36.0 * layer_matrices as f64;
     let in_flight = 2.0 * 2.0 * layer_matrices as f64 + 4.0 * rest;
     assert_eq!(part(&stages[1], "gradients in flight (two layers' bf16 layer matrices, the rest f32)"), Some(in_flight));
+    // On 4 machines of 8 GPUs: 8 forwards a GPU, the same memory a GPU (each machine shards
+    // among its own), and a machine sends its partial sums of the 3/4 of the parameters
+    // others own plus its quarter's totals to 3 machines: 2 x 3/4 of the f32 gradients.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["plan", "configs/deepanalyze-8b/curriculum.toml", "--set", "model.init=configs/deepanalyze-8b/shape", "--no-measure", "--json", "--nodes", "4"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let four: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s0 = &four["stages"][0];
+    assert_eq!((s0["nodes"].as_u64(), s0["forwards_per_device"].as_u64()), (Some(4), Some(8)));
+    assert_eq!(s0["memory"]["peak_bytes"], stages[0]["memory"]["peak_bytes"]);
+    assert_eq!(s0["exchanged_bytes_per_step"].as_f64(), Some(2.0 * 4.0 * p["total"].as_f64().unwrap() * 3.0 / 4.0));
+    assert!(four["stages"][2]["exchanged_bytes_per_update"].as_f64().is_some() && stages[0]["exchanged_bytes_per_step"].is_null());
 }
