@@ -67,9 +67,6 @@ pub fn join_from_env() -> Result<()> {
     CLUSTER.set(Some(c)).map_err(|_| anyhow!("joined a cluster twice"))
 }
 
-/// What the connections carry: frames of a tag (this one) and bytes.
-const BLOB: u8 = 3;
-
 struct Peer {
     addr: SocketAddr,
     writer: Mutex<BufWriter<TcpStream>>,
@@ -98,7 +95,7 @@ impl Cluster {
             let mut table = vec![String::new(); world];
             for _ in 1..world {
                 let (mut s, from) = accept(&listener, deadline, &links)?;
-                let hello = read_frame(&mut s).with_context(|| format!("rank 0: greeting from {from}"))?.1;
+                let hello = read_small(&mut s).with_context(|| format!("rank 0: greeting from {from}"))?;
                 let (r, their_port) = parse_hello(&hello)?;
                 if r == 0 || r >= world || links[r].is_some() {
                     bail!("rank 0: {from} says it is rank {r}; expected one of 1..{world}, each once (RANK)");
@@ -108,23 +105,23 @@ impl Cluster {
             }
             let text = table.join("\n");
             for s in links.iter_mut().flatten() {
-                write_frame(s, BLOB, text.as_bytes())?;
+                write_frame(s, text.as_bytes())?;
             }
         } else {
             let listener = TcpListener::bind(("0.0.0.0", 0)).context("listening for the other ranks")?;
             let mut s = connect(&format!("{host}:{port}"), deadline).with_context(|| format!("rank {rank}: reaching rank 0 at {host}:{port} (MASTER_ADDR, MASTER_PORT)"))?;
-            write_frame(&mut s, BLOB, format!("{rank} {}", listener.local_addr()?.port()).as_bytes())?;
-            let table = String::from_utf8(read_frame(&mut s).context("rank 0's table of ranks")?.1)?;
+            write_frame(&mut s, format!("{rank} {}", listener.local_addr()?.port()).as_bytes())?;
+            let table = String::from_utf8(read_small(&mut s).context("rank 0's table of ranks")?)?;
             let table: Vec<&str> = table.split('\n').collect();
             links[0] = Some(s);
             for (r, addr) in table.iter().enumerate().take(rank).skip(1) {
                 let mut s = connect(addr, deadline).with_context(|| format!("rank {rank}: reaching rank {r} at {addr}"))?;
-                write_frame(&mut s, BLOB, format!("{rank} 0").as_bytes())?;
+                write_frame(&mut s, format!("{rank} 0").as_bytes())?;
                 links[r] = Some(s);
             }
             for _ in rank + 1..world {
                 let (mut s, from) = accept(&listener, deadline, &links)?;
-                let (r, _) = parse_hello(&read_frame(&mut s)?.1)?;
+                let (r, _) = parse_hello(&read_small(&mut s)?)?;
                 if r <= rank || r >= world || links[r].is_some() {
                     bail!("rank {rank}: {from} says it is rank {r}; expected one of {}..{world}, each once", rank + 1);
                 }
@@ -148,7 +145,7 @@ impl Cluster {
     pub fn send_blob(&self, to: usize, bytes: &[u8]) {
         let (t0, p) = (Instant::now(), self.peer(to));
         let mut w = p.writer.lock().expect("no sender panicked holding it");
-        if let Err(e) = write_frame(&mut *w, BLOB, bytes) {
+        if let Err(e) = write_frame(&mut *w, bytes) {
             panic!("cluster: rank {to} ({}) left the run (sending to it: {e:#}); the run stops (resume with --resume auto)", p.addr);
         }
         self.busy.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -198,27 +195,41 @@ impl Peer {
 /// Until the connection closes (which disconnects the channel, so a waiting receiver
 /// learns the peer left).
 fn read_loop(r: &mut impl Read, blobs: &Sender<Vec<u8>>) {
-    while let Ok((_, b)) = read_frame(r) {
+    while let Ok(b) = read_frame(r) {
         if blobs.send(b).is_err() {
             return;
         }
     }
 }
 
-fn write_frame(w: &mut impl Write, tag: u8, bytes: &[u8]) -> Result<()> {
-    w.write_all(&[tag])?;
+/// A frame on a connection: its length (u64), then its bytes.
+fn write_frame(w: &mut impl Write, bytes: &[u8]) -> Result<()> {
     w.write_all(&(bytes.len() as u64).to_le_bytes())?;
     w.write_all(bytes)?;
     w.flush()?;
     Ok(())
 }
 
-fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 9];
+/// A rendezvous frame (a greeting, the table of ranks): at most 1 MB, so that a stray
+/// connection to the port cannot make a rank allocate what its first bytes claim.
+fn read_small(r: &mut impl Read) -> Result<Vec<u8>> {
+    let mut head = [0u8; 8];
     r.read_exact(&mut head)?;
-    let mut b = vec![0u8; u64::from_le_bytes(head[1..].try_into().unwrap()) as usize];
+    let n = u64::from_le_bytes(head);
+    if n > 1 << 20 {
+        bail!("not a trainer rank (a {n}-byte greeting)");
+    }
+    let mut b = vec![0u8; n as usize];
     r.read_exact(&mut b)?;
-    Ok((head[0], b))
+    Ok(b)
+}
+
+fn read_frame(r: &mut impl Read) -> Result<Vec<u8>> {
+    let mut head = [0u8; 8];
+    r.read_exact(&mut head)?;
+    let mut b = vec![0u8; u64::from_le_bytes(head) as usize];
+    r.read_exact(&mut b)?;
+    Ok(b)
 }
 
 fn parse_hello(b: &[u8]) -> Result<(usize, u16)> {
@@ -284,7 +295,7 @@ pub fn barrier() {
 }
 
 /// `f` on rank 0 first, then (once it is done, whatever it gave) on the other ranks: for
-/// what rank 0 writes and the others then read (a fresh model's init folder, the final one).
+/// what rank 0 writes and the others then read (a fresh model's init folder).
 pub fn primary_first<T>(f: impl FnOnce() -> T) -> T {
     if !primary() {
         barrier();
@@ -293,6 +304,14 @@ pub fn primary_first<T>(f: impl FnOnce() -> T) -> T {
     if primary() {
         barrier();
     }
+    out
+}
+
+/// `f` on rank 0 only (what only it writes: the final model), the others waiting until it is
+/// done; their result is Ok.
+pub fn primary_only(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let out = if primary() { f() } else { Ok(()) };
+    barrier();
     out
 }
 

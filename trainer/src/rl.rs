@@ -286,13 +286,10 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     let final_dir = out.join("final");
     let outcome = StageOutcome { kind: StageKind::Rl, final_dir, first_eval_loss: None, last_eval_loss: None, steps: state.step,
                                  first_success, last_success };
-    crate::cluster::primary_first(|| -> Result<()> {
-        if primary {
-            run_ckpt::write_atomic(&outcome.final_dir, &model, &config, &tok, &source_dtype, |_| Ok(()))?;
-            crate::plots::write_rl(out, &metrics)?;
-            std::fs::write(&outcome_path, serde_json::to_string_pretty(&outcome)?)?;
-        }
-        Ok(())
+    crate::cluster::primary_only(|| -> Result<()> {
+        run_ckpt::write_atomic(&outcome.final_dir, &model, &config, &tok, &source_dtype, |_| Ok(()))?;
+        crate::plots::write_rl(out, &metrics)?;
+        Ok(std::fs::write(&outcome_path, serde_json::to_string_pretty(&outcome)?)?)
     })?;
     eprintln!("rl: done: {} steps, held-out success {:?} → {:?}; model in {}", outcome.steps, first_success, last_success, outcome.final_dir.display());
     Ok(outcome)

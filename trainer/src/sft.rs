@@ -69,11 +69,11 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     let split = cfg.data.load()?;
 
     let resume_dir = resume.checkpoint(out);
+    crate::cluster::check_same("checkpoint to resume from", &format!("{resume_dir:?}"))?;
     let (ck, state) = match &resume_dir {
         Some(dir) => (Checkpoint::<TrainBackend>::load(dir, &device)?, Some(run_ckpt::read_state(dir)?)),
         None => (crate::cluster::primary_first(|| source_model(cfg, cfg_path, init, &split, &device))?, None),
     };
-    crate::cluster::check_same("checkpoint to resume from", &format!("{resume_dir:?}"))?;
     let source_dtype = if state.is_some() { original_dtype(out).unwrap_or(ck.config.dtype.clone()) } else { ck.config.dtype.clone() };
     if primary {
         std::fs::write(out.join("source_dtype"), &source_dtype)?;
@@ -194,13 +194,10 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     }
     let final_dir = out.join("final");
     let outcome = StageOutcome { kind, final_dir, first_eval_loss: state.first_eval_loss, last_eval_loss: last_eval, steps: state.step, first_success: None, last_success: None };
-    crate::cluster::primary_first(|| -> Result<()> {
-        if primary {
-            run_ckpt::write_atomic(&outcome.final_dir, &model, &config, &tok, &source_dtype, |_| Ok(()))?;
-            crate::plots::write(out, &metrics)?;
-            std::fs::write(&outcome_path, serde_json::to_string_pretty(&outcome)?)?;
-        }
-        Ok(())
+    crate::cluster::primary_only(|| -> Result<()> {
+        run_ckpt::write_atomic(&outcome.final_dir, &model, &config, &tok, &source_dtype, |_| Ok(()))?;
+        crate::plots::write(out, &metrics)?;
+        Ok(std::fs::write(&outcome_path, serde_json::to_string_pretty(&outcome)?)?)
     })?;
     eprintln!("{}: done: {} steps, held-out loss {:?} → {:?}; model in {}", kind.name(), outcome.steps,
               outcome.first_eval_loss, outcome.last_eval_loss, outcome.final_dir.display());
