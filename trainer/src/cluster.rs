@@ -184,6 +184,7 @@ impl Peer {
     /// receiver that is busy sending.
     fn start(s: TcpStream) -> Result<Self> {
         s.set_nodelay(true)?;
+        s.set_read_timeout(None)?;
         let addr = s.peer_addr()?;
         let (tx, blobs) = channel();
         let mut r = BufReader::with_capacity(1 << 20, s.try_clone()?);
@@ -257,6 +258,8 @@ fn accept(l: &TcpListener, deadline: Instant, links: &[Option<TcpStream>]) -> Re
         match l.accept() {
             Ok((s, from)) => {
                 s.set_nonblocking(false)?;
+                // (A connection that never greets must not hold the rendezvous.)
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
                 return Ok((s, from));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
