@@ -1,7 +1,9 @@
 //! `trainer eval --model DIR --tasks SHARDS|DABENCH_DIR`: multi-turn rollouts of a
 //! checkpoint, code run in the sandbox, on RL task shards (the synthesizer's or imported
 //! ones) or a DABench folder; the share of tasks whose trajectory is well formed, whose
-//! code runs, and whose answer (the `<Answer>` block's) is right.
+//! code runs, and whose answer (the `<Answer>` block's) is right. Launched as ranks
+//! (`WORLD_SIZE`, ..., see `trainer::cluster`), the machines share the tasks out and rank 0
+//! writes and prints the result.
 use anyhow::{Context, Result};
 use crate::rollout_args::RolloutArgs;
 use model::{Checkpoint, DefaultBackend as B};
@@ -49,6 +51,8 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     anyhow::ensure!(a.samples == 1 || a.temperature > 0.0, "--samples {} needs --temperature above 0 (greedy rollouts of a task are all the same)", a.samples);
     let devices = model::devices(a.devices).map_err(|e| anyhow::anyhow!("--devices {}: {e}", a.devices))?;
+    trainer::cluster::join_from_env()?;
+    let primary = trainer::cluster::primary();
     let mut ck = Checkpoint::<B>::load(&a.model, &devices[0])?;
     ck.model = ck.model.for_generation(a.rollout.precision);
     let tok = ck.tokenizer()?;
@@ -71,13 +75,17 @@ pub fn run(a: Args) -> Result<()> {
     anyhow::ensure!(!tasks.is_empty(), "{}: no tasks to evaluate (after --heldout/--limit)", a.tasks.display());
     let sandbox = Sandbox::new(SandboxConfig { workers: 2, ..SandboxConfig::default() })?;
     let cfg = a.rollout.config(a.temperature, a.seed, Some(a.max_rows as usize));
-    let bar = indicatif::ProgressBar::new(tasks.len() as u64 * a.samples).with_message("rollouts");
+    let len = tasks.len() as u64 * a.samples;
+    let bar = if primary { indicatif::ProgressBar::new(len) } else { indicatif::ProgressBar::hidden() }.with_message("rollouts");
     bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} ETA {eta}").unwrap());
     let with_dirs: Vec<_> = tasks.iter().map(|t| (t, rollout::workspace_dir(t, &shard_dir))).collect();
     let eos = ck.eos_token_ids();
     let env = rollout::Env { model: &ck.model, tok, template: &template, eos: &eos, sandbox: &sandbox };
     let (records, summary) = evaluate::run(&env, &devices, &with_dirs, a.samples as usize, &cfg, trainer::reward::RewardSpec::default().numeric_tol, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
+    if !primary {
+        return Ok(());
+    }
     let mut shown = serde_json::to_value(&summary)?;
     shown["model"] = json!(a.model);
     if let Some(out) = &a.out {

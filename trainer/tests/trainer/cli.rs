@@ -321,6 +321,19 @@ fn eval_runs_on_a_dabench_folder_and_summarizes_its_rollouts() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_to_string(waves.join("rollouts.jsonl")).unwrap(), std::fs::read_to_string(out.join("rollouts.jsonl")).unwrap());
+    // Two ranks joined over TCP share the tasks out: rank 0 writes and prints the same.
+    let ranks = d.path().join("eval-ranks");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let children: Vec<_> = (0..2).map(|r| Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["eval", "--model", d.path().join("ck").to_str().unwrap(), "--tasks", root().join("../shared/data/dabench-dev").to_str().unwrap(),
+               "--limit", "3", "--max-turns", "1", "--max-new-tokens", "12", "--out", ranks.to_str().unwrap()])
+        .envs([("WORLD_SIZE", "2".to_string()), ("RANK", r.to_string()), ("MASTER_ADDR", "127.0.0.1".into()), ("MASTER_PORT", port.clone())])
+        .env(sandbox::PYTHON_ENV, sandbox_python()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()).collect();
+    let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    assert!(outs.iter().all(|o| o.status.success()), "{}", String::from_utf8_lossy(&outs[1].stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&outs[0].stdout).unwrap(), summary);
+    assert!(outs[1].stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(ranks.join("rollouts.jsonl")).unwrap(), std::fs::read_to_string(out.join("rollouts.jsonl")).unwrap());
     // Two sampled rollouts a task: both written, the summary over tasks with pass@1 and @2.
     let eval = |extra: &[&str]| {
         let mut args = vec!["eval", "--model", d.path().join("ck").to_str().unwrap(), "--tasks", root().join("../shared/data/dabench-dev").to_str().unwrap(),
