@@ -70,6 +70,11 @@ pub struct Report {
     /// accepted / posed
     pub accept_rate: f64,
     pub rejected: BTreeMap<String, usize>,
+    /// Attempts the Inspector looked at (a local checkpoint makes several a task), and the
+    /// reasons it turned attempts down, each counted (`rejected` counts tasks, by their
+    /// first attempt's reason).
+    pub attempts: usize,
+    pub attempts_rejected: BTreeMap<String, usize>,
     /// family → [posed, accepted]
     pub families: BTreeMap<String, [usize; 2]>,
     /// difficulty → [posed, accepted]
@@ -96,6 +101,8 @@ struct Outcome {
     truth: Option<Vec<(String, String)>>,
     solved: Option<solver::Solved>,
     rejection: Option<&'static str>,
+    /// Why each attempt inspected before the kept one (or all, when none was) was rejected.
+    turned_down: Vec<&'static str>,
     /// Every cell of this task: reference, solver and re-execution.
     sandbox_secs: f64,
 }
@@ -156,9 +163,9 @@ fn solve_in_batch(cfg: &SynthConfig, sandbox: &Sandbox, tasks: Vec<Task>, batch:
         .map(|(task, truth, secs, tries)| {
             let Some(truth) = truth else {
                 inspected();
-                return Ok(Outcome { task, truth: None, solved: None, rejection: None, sandbox_secs: secs });
+                return Ok(Outcome { task, truth: None, solved: None, rejection: None, turned_down: vec![], sandbox_secs: secs });
             };
-            let (mut first, mut sandbox_secs) = (None, secs);
+            let (mut turned_down, mut sandbox_secs) = (vec![], secs);
             let paths = files(&task);
             for (solved, ws) in tries {
                 let fresh = sandbox.workspace_with_files(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
@@ -167,13 +174,14 @@ fn solve_in_batch(cfg: &SynthConfig, sandbox: &Sandbox, tasks: Vec<Task>, batch:
                 match rejection {
                     None => {
                         inspected();
-                        return Ok(Outcome { task, truth: Some(truth), solved: Some(solved), rejection: None, sandbox_secs });
+                        return Ok(Outcome { task, truth: Some(truth), solved: Some(solved), rejection: None, turned_down, sandbox_secs });
                     }
-                    Some(reason) => first = first.or(Some(reason)),
+                    Some(reason) => turned_down.push(reason),
                 }
             }
             inspected();
-            Ok(Outcome { task, truth: Some(truth), solved: None, rejection: Some(first.unwrap_or("solver: no attempt")), sandbox_secs })
+            let first = turned_down.first().copied().unwrap_or("solver: no attempt");
+            Ok(Outcome { task, truth: Some(truth), solved: None, rejection: Some(first), turned_down, sandbox_secs })
         })
         .collect()
 }
@@ -391,7 +399,7 @@ pub fn synthesize_with(cfg: &SynthConfig, sandbox: &Sandbox, batch: Option<&dyn 
                 let ws = sandbox.workspace_with_files(&files)?;
                 let (truth, truth_secs) = ground_truth(&task, sandbox, &ws);
                 let Some(truth) = truth else {
-                    return Ok(Outcome { task, truth: None, solved: None, rejection: None, sandbox_secs: truth_secs });
+                    return Ok(Outcome { task, truth: None, solved: None, rejection: None, turned_down: vec![], sandbox_secs: truth_secs });
                 };
                 let mut rng = StdRng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let solved = match &cfg.teacher {
@@ -400,14 +408,14 @@ pub fn synthesize_with(cfg: &SynthConfig, sandbox: &Sandbox, batch: Option<&dyn 
                         Ok(s) => s,
                         Err(reason) => {
                             eprintln!("synth: {}: {reason}", task.id);
-                            return Ok(Outcome { task, truth: Some(truth), solved: None, rejection: Some("teacher: the endpoint failed"), sandbox_secs: truth_secs });
+                            return Ok(Outcome { task, truth: Some(truth), solved: None, rejection: Some("teacher: the endpoint failed"), turned_down: vec![], sandbox_secs: truth_secs });
                         }
                     },
                 };
                 let fresh = sandbox.workspace_with_files(&files)?;
                 let (rejection, check_secs) = inspector::inspect(&task, &solved, &truth, sandbox, &ws, &fresh);
                 let sandbox_secs = truth_secs + solved.sandbox_secs + check_secs;
-                Ok(Outcome { task, truth: Some(truth), solved: Some(solved), rejection, sandbox_secs })
+                Ok(Outcome { task, truth: Some(truth), solved: Some(solved), rejection, turned_down: rejection.into_iter().collect(), sandbox_secs })
             };
             let out = run();
             progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
@@ -424,6 +432,10 @@ pub fn synthesize_with(cfg: &SynthConfig, sandbox: &Sandbox, batch: Option<&dyn 
     let mut chars = 0usize;
     for o in &outcomes {
         report.sandbox_seconds += o.sandbox_secs;
+        report.attempts += o.turned_down.len() + usize::from(o.rejection.is_none() && o.solved.is_some());
+        for reason in &o.turned_down {
+            *report.attempts_rejected.entry(reason.to_string()).or_default() += 1;
+        }
         let fam = report.families.entry(o.task.family.into()).or_default();
         fam[0] += 1;
         report.difficulties.entry(o.task.difficulty.into()).or_default()[0] += 1;

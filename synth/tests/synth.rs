@@ -409,6 +409,9 @@ fn a_batch_solver_keeps_the_first_accepted_attempt_and_guesses_are_rejected() {
     };
     let (report, trajs, seen) = run(vec![guess.clone(), wrong, right.clone()]);
     assert_eq!((report.accepted, report.rejected.len()), (1, 0), "{report:?}");
+    // Three attempts inspected, the first two turned down (each reason counted).
+    assert_eq!((report.attempts, report.attempts_rejected.values().sum::<usize>()), (3, 2), "{report:?}");
+    assert_eq!(report.attempts_rejected.get("an answer no cell printed"), Some(&1), "{report:?}");
     assert_eq!(trajs[0].source, "synth-local:scripted");
     assert!(trajs[0].response.contains("df['x'].mean()") && trajs[0].response.contains("<Execute>\n@mean_x[2.00]\n"), "{}", trajs[0].response);
     // It was given the task as the model sees it: the DeepAnalyze prompt and the file.

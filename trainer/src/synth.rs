@@ -128,6 +128,12 @@ pub fn run(a: Args) -> Result<()> {
     for (reason, n) in &report.rejected {
         println!("  rejected {n}: {reason}");
     }
+    if report.attempts > report.posed - report.ground_truth_failed {
+        println!("{} attempts inspected (several a task), turned down:", report.attempts);
+        for (reason, n) in &report.attempts_rejected {
+            println!("  {n}: {reason}");
+        }
+    }
     println!("{:.1} s ({:.0}% in the sandbox); report: {}", report.seconds,
              100.0 * report.sandbox_seconds / (report.seconds * report.parallel_tasks as f64).max(1e-9),
              a.out.join("report.json").display());
