@@ -245,11 +245,12 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, nodes: usize, prev: Opti
 }
 
 /// An upper bound on a step's rollout time: every row decodes until its response is full
-/// (`max_turns` turns of `max_new_tokens`, at most `max_response_tokens`), each turn's
-/// prefill counted as a full-length context's (rollouts keep each row's cache between
-/// turns, so a turn encodes only its observations: the bound is loose there), at the rates measured here on a random model of
-/// the shape at the longest context (a mean prompt and a full response; decoding slows as
-/// the cache grows), sampling as the config says; cells not included. A device decodes its
+/// (`max_turns` turns of `max_new_tokens`, at most `max_response_tokens`), and encodes one
+/// full-length context (rollouts keep each row's cache between turns: the first turn
+/// encodes the prompt, each later one only its observations, which together are at most
+/// one full context's work), at the rates measured here on a random model of the shape at
+/// the longest context (a mean prompt and a full response; decoding slows as the cache
+/// grows), sampling as the config says; cells not included. A device decodes its
 /// share of the tasks' rows (a CPU build times its machine's share: its replicas share the
 /// cores). `not_timed`: why the update was not timed (then neither is this).
 fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, mean_prompt: usize, nodes: usize, not_timed: Option<&String>) -> Value {
@@ -280,7 +281,7 @@ fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, me
     bar.finish_and_clear();
     match t {
         Ok(t) => json!({"rows": rows, "waves": waves, "decode_steps_at_most": decode_steps, "context": context, "prefill_s": t.prefill_s, "token_s": t.token_s,
-                        "s_at_most": waves as f64 * (ro.max_turns as f64 * t.prefill_s + decode_steps as f64 * t.token_s)}),
+                        "s_at_most": waves as f64 * (t.prefill_s + decode_steps as f64 * t.token_s)}),
         Err(e) => json!({"rows": rows, "waves": waves, "decode_steps_at_most": decode_steps, "skipped": e.to_string()}),
     }
 }
@@ -452,7 +453,7 @@ fn print_stage(i: usize, n: usize, p: &Value) {
         let ro = &p["rollout"];
         match ro["skipped"].as_str() {
             Some(why) => println!("  rollouts ≤ {} decoding steps of {} rows{} per step; time not measured ({why})", ro["decode_steps_at_most"], ro["rows"], waves(ro)),
-            None => println!("  rollouts ≤ {} per step: ≤ {} decoding steps of {} rows{} at {} each, and a prefill of {} per turn \
+            None => println!("  rollouts ≤ {} per step: ≤ {} decoding steps of {} rows{} at {} each, and encoding their contexts, {} \
                               (random weights, {}-token contexts, on this machine); cells not included",
                              duration(f(&ro["s_at_most"])), ro["decode_steps_at_most"], ro["rows"], waves(ro), duration(f(&ro["token_s"])), duration(f(&ro["prefill_s"])), ro["context"]),
         }
