@@ -64,7 +64,12 @@ pub fn join_from_env() -> Result<()> {
     let mut c = Cluster::join(rank, world, &host, port, secs("TRAINER_RENDEZVOUS_S", 600)?)?;
     c.timeout = secs("TRAINER_CLUSTER_TIMEOUT_S", 3600)?;
     eprintln!("cluster: rank {rank} of {world} joined (rank 0 at {host}:{port})");
-    CLUSTER.set(Some(c)).map_err(|_| anyhow!("joined a cluster twice"))
+    CLUSTER.set(Some(c)).map_err(|_| anyhow!("joined a cluster twice"))?;
+    // Every rank must run the same build (a machine with an older one would compute
+    // other numbers, or speak another protocol).
+    let exe = std::env::current_exe()?;
+    let bytes = std::fs::read(&exe).with_context(|| exe.display().to_string())?;
+    check_same("trainer binary (CRC-32C of its file)", &format!("{:08x}", crc32c::crc32c(&bytes)))
 }
 
 struct Peer {

@@ -309,6 +309,18 @@ fn machines_joined_over_tcp_train_as_one_machine_does() {
     b.wait().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no word from rank 1") && err.contains("TRAINER_CLUSTER_TIMEOUT_S"), "{err}");
+    // A rank running another build (here the same binary with a byte appended) is named.
+    let other = fx.dir.join("trainer-other");
+    let mut exe = std::fs::read(env!("CARGO_BIN_EXE_trainer")).unwrap();
+    exe.push(0);
+    std::fs::write(&other, exe).unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let b = Command::new(&other).args(["--stage", "sft-single", c.to_str().unwrap()]).current_dir(root())
+        .envs([("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let a = start(0, &[]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let err = String::from_utf8_lossy(&a.stderr);
+    assert!(!a.status.success() && !b.status.success() && err.contains("rank 1's trainer binary"), "{err}");
     // A rank that never comes: rank 0 names it; rank 1 names where it looked for rank 0.
     let alone = |r: &str| {
         let o = trainer_cmd(&["--stage", "sft-single", c.to_str().unwrap()])
