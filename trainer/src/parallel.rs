@@ -161,7 +161,7 @@ fn reduce_across<B: TrainingBackend>(c: &Cluster, model: &Qwen3<B>, devices: &[D
     let mut all = GradientsParams::new();
     for &(id, dims, _) in ranks.iter().filter(|p| p.2 == c.rank) {
         let device = &devices[local[&id]];
-        let mut sum: Option<(Vec<usize>, Vec<f32>)> = None;
+        let mut sum: HostGrad = None;
         for r in 0..c.world {
             let part = if r == c.rank { take(&mut mine, id, dims) } else { decode(c.recv_blob(r), r) };
             sum = match (sum, part) {
@@ -184,10 +184,13 @@ fn reduce_across<B: TrainingBackend>(c: &Cluster, model: &Qwen3<B>, devices: &[D
 
 type I<B> = <B as AutodiffBackend>::InnerBackend;
 
+/// A parameter's gradient on the host: its shape and f32 values (none: no gradient).
+type HostGrad = Option<(Vec<usize>, Vec<f32>)>;
+
 /// A gradient (shape and f32 values, or none) as bytes: a flag, the number of dimensions,
 /// each (u64), then the values as they lie in memory (little-endian machines), so the bulk
 /// is copied, not encoded value by value.
-fn encode(g: &Option<(Vec<usize>, Vec<f32>)>) -> Vec<u8> {
+fn encode(g: &HostGrad) -> Vec<u8> {
     let Some((shape, data)) = g else { return vec![0] };
     let mut b = Vec::with_capacity(2 + 8 * shape.len() + 4 * data.len());
     b.extend([1, shape.len() as u8]);
@@ -196,7 +199,7 @@ fn encode(g: &Option<(Vec<usize>, Vec<f32>)>) -> Vec<u8> {
     b
 }
 
-fn decode(b: Vec<u8>, from: usize) -> Option<(Vec<usize>, Vec<f32>)> {
+fn decode(b: Vec<u8>, from: usize) -> HostGrad {
     let bad = || panic!("cluster: rank {from} sent a malformed gradient ({} bytes)", b.len());
     match b.first() {
         Some(0) => return None,
@@ -205,7 +208,7 @@ fn decode(b: Vec<u8>, from: usize) -> Option<(Vec<usize>, Vec<f32>)> {
     }
     let nd = b[1] as usize;
     let start = 2 + 8 * nd;
-    if b.len() < start || (b.len() - start) % 4 != 0 {
+    if b.len() < start || !(b.len() - start).is_multiple_of(4) {
         bad();
     }
     let shape: Vec<usize> = b[2..start].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as usize).collect();
@@ -222,7 +225,7 @@ fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32
     (shape, t.cast(FloatDType::F32).into_data().convert::<f32>().to_vec().expect("f32 values"))
 }
 
-fn register<B: TrainingBackend>(all: &mut GradientsParams, id: ParamId, t: Option<(Vec<usize>, Vec<f32>)>, device: &Device<B>) {
+fn register<B: TrainingBackend>(all: &mut GradientsParams, id: ParamId, t: HostGrad, device: &Device<B>) {
     let Some((shape, data)) = t else { return };
     let t = TensorData::new(data, shape.clone());
     match shape.len() {
