@@ -323,12 +323,19 @@ pub fn primary_only(f: impl FnOnce() -> Result<()>) -> Result<()> {
     out
 }
 
+/// `mine` sent to every other rank, and what each of them sent (by rank, this one left
+/// out), as values of type `T` (what `mine` is, owned).
+pub fn exchange<S: serde::Serialize + ?Sized, T: serde::de::DeserializeOwned>(c: &Cluster, mine: &S, what: &str) -> Vec<(usize, T)> {
+    let bytes = bincode::serde::encode_to_vec(mine, bincode::config::standard()).expect("values encode");
+    let all = c.all_gather(bytes).into_iter().enumerate().filter(|&(r, _)| r != c.rank);
+    all.map(|(r, b)| (r, bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap_or_else(|e| panic!("cluster: rank {r}'s {what}: {e}")).0))
+        .collect()
+}
+
 /// The items `here` (index, value) of every rank, by index (0..len, each from one rank).
 pub fn gather_indexed<R: serde::Serialize + serde::de::DeserializeOwned>(mut here: Vec<(usize, R)>, len: usize) -> Vec<R> {
     if let Some(c) = get() {
-        let bytes = bincode::serde::encode_to_vec(&here, bincode::config::standard()).expect("values encode");
-        for (r, b) in c.all_gather(bytes).into_iter().enumerate().filter(|&(r, _)| r != c.rank) {
-            let (theirs, _): (Vec<(usize, R)>, usize) = bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap_or_else(|e| panic!("cluster: rank {r}'s values: {e}"));
+        for (_, theirs) in exchange::<_, Vec<(usize, R)>>(c, &here, "values") {
             here.extend(theirs);
         }
     }

@@ -358,14 +358,5 @@ where
     let (rank, world) = cluster.map_or((0, 1), |c| (c.rank, c.world));
     let n = devices.len().max(1);
     let shares = on_devices(model, devices, |k, replica| (rank * n + k..parts.len()).step_by(world * n).map(|i| (i, f(replica, &parts[i]))).collect::<Vec<_>>());
-    let mut out: Vec<(usize, R)> = shares.into_iter().flatten().collect();
-    if let Some(c) = cluster {
-        let bytes = bincode::serde::encode_to_vec(&out, bincode::config::standard()).expect("results encode");
-        for (r, b) in c.all_gather(bytes).into_iter().enumerate().filter(|&(r, _)| r != c.rank) {
-            let (theirs, _): (Vec<(usize, R)>, usize) = bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap_or_else(|e| panic!("cluster: rank {r}'s results: {e}"));
-            out.extend(theirs);
-        }
-    }
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
+    crate::cluster::gather_indexed(shares.into_iter().flatten().collect(), parts.len())
 }

@@ -166,21 +166,16 @@ pub fn run_on_devices<B: model::ModelBackend>(
     }
     if let Some(c) = cluster {
         // Shares are in rank order, so the ranks' trajectories concatenate in task order.
-        let bytes = bincode::serde::encode_to_vec((&out, timing), bincode::config::standard())?;
-        let mut all = vec![];
-        for (r, b) in c.all_gather(bytes).into_iter().enumerate() {
-            if r == c.rank {
-                all.append(&mut out);
-                continue;
-            }
-            let ((trajs, t), _): ((Vec<Trajectory>, Timing), usize) =
-                bincode::serde::decode_from_slice(&b, bincode::config::standard()).with_context(|| format!("rank {r}'s trajectories"))?;
+        let theirs: Vec<(usize, (Vec<Trajectory>, Timing))> = crate::cluster::exchange(c, &(&out, timing), "trajectories");
+        let mut by_rank: Vec<Vec<Trajectory>> = (0..c.world).map(|_| vec![]).collect();
+        by_rank[c.rank] = std::mem::take(&mut out);
+        for (r, (trajs, t)) in theirs {
             progress(trajs.len());
-            all.extend(trajs);
+            by_rank[r] = trajs;
             timing.generate = timing.generate.max(t.generate);
             timing.sandbox = timing.sandbox.max(t.sandbox);
         }
-        out = all;
+        out = by_rank.into_iter().flatten().collect();
     }
     Ok((out, timing))
 }
