@@ -61,6 +61,17 @@ pub fn join_from_env() -> Result<()> {
     let secs = |k: &str, default: u64| -> Result<Duration> {
         var(k).map_or(Ok(default), |s| s.parse().map_err(|_| anyhow!("{k}={s}: expected seconds"))).map(Duration::from_secs)
     };
+    eprintln!("cluster: rank {rank} of {world} waiting for the others (rank 0 at {host}:{port})");
+    // A lost or silent rank surfaces on whichever thread waits on it: the run stops with
+    // the reason on one line, not a panic report.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| match info.payload().downcast_ref::<String>() {
+        Some(m) if m.starts_with("cluster: ") => {
+            eprintln!("error: {m}");
+            std::process::exit(1);
+        }
+        _ => report(info),
+    }));
     let mut c = Cluster::join(rank, world, &host, port, secs("TRAINER_RENDEZVOUS_S", 600)?)?;
     c.timeout = secs("TRAINER_CLUSTER_TIMEOUT_S", 3600)?;
     eprintln!("cluster: rank {rank} of {world} joined (rank 0 at {host}:{port})");
