@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# The GPU checks, ours and PyTorch's side by side in one run, on one card:
-#   1. parity: this build's log-probs on the parity fixtures (f32 vs transformers, bf16 vs
-#      torch.autocast), the same bounds as the CPU tests;
-#   2. the card's measured bf16 matmul peak (for MFU);
-#   3. batched greedy generation, ours and transformers' generate (bf16 weights);
-#   4. SFT step on a Qwen3-0.6B-shaped random model at seq 4096: PyTorch eager (autocast
-#      bf16, sdpa) at the largest batch of $BATCHES that fits; ours with gradient
-#      checkpointing at the largest that fits from twice that down, and PyTorch with
-#      checkpointing at that batch (else its eager batch); ours without checkpointing at
-#      PyTorch's batch (the like-for-like eager comparison), else batch 1.
-# Each step's peak GPU memory is polled with nvidia-smi (the same way for both). The
-# JSON lines go to $OUT/trainer-bench.jsonl and the tables to $OUT/report.md.
+# The GPU checks, ours and PyTorch's side by side in one run, on one card. PHASES (default
+# "peak sft gen parity") picks them and their order:
+#   peak    the card's measured bf16 matmul peak (for MFU);
+#   sft     SFT step on a Qwen3-0.6B-shaped random model at seq 4096: ours with gradient
+#           checkpointing at the largest of $BATCHES_CKPT that fits, PyTorch eager (autocast
+#           bf16, sdpa) at the largest of $BATCHES, PyTorch with checkpointing at our batch,
+#           ours without checkpointing at PyTorch's eager batch (like for like);
+#   gen     batched greedy generation, ours and transformers' generate (bf16 weights);
+#   parity  this build's log-probs on the parity fixtures, f32 and bf16, against
+#           transformers' f32 within bf16's tolerance (torch.autocast's own distance).
+# Each attempt's peak GPU memory is polled with nvidia-smi (the same way for both); ours
+# print progress lines (per step, per generation) that are kept when a limit cuts them
+# short; cubecl's kernel compiles and autotune choices are logged to $OUT/cubecl-*.log.
+# The JSON lines go to $OUT/trainer-bench.jsonl and the tables to $OUT/report.md.
 #
 # Build here (no GPU or CUDA toolkit needed), then run on the GPU machine:
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p benches --bin trainer-bench \
 #       --no-default-features --features cuda --target-dir target-cuda
 #   benches/run_gpu_bench.sh            # GPU_BENCH=path/to/trainer-bench PYTHON=python3
-# On a CPU build (GPU_BENCH=target/release/trainer-bench) with small SHAPE/SEQ it dry-runs.
+# Limits: STEP_TIMEOUT (150 s) per attempt, OURS_TIMEOUT (the same) for ours, BUDGET (540 s)
+# after which no attempt starts. On a CPU build (GPU_BENCH=target/release/trainer-bench)
+# with small SHAPE/SEQ it dry-runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${GPU_BENCH:-target-cuda/release/trainer-bench}
@@ -26,7 +30,25 @@ seq=${SEQ:-4096}
 out=${OUT:-/tmp/trainer-bench}
 limit=${STEP_TIMEOUT:-150}     # seconds per attempt
 deadline=$((SECONDS + ${BUDGET:-540}))  # no attempt starts past this; the report is always written
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+# cubecl reads ./cubecl.toml: compiled kernels (PTX) cached under target/ as autotune
+# results already are, so an attempt after the first skips NVRTC; compiles and autotune
+# choices logged, to tell kernel-compile time from step time.
+if [ ! -e cubecl.toml ]; then
+  trap 'rm -f cubecl.toml' EXIT
+  cat > cubecl.toml <<EOF
+[compilation]
+cache = "target"
+
+[compilation.logger]
+level = "basic"
+file = "$out/cubecl-compile.log"
+
+[autotune.logger]
+level = "minimal"
+file = "$out/cubecl-autotune.log"
+EOF
+fi
 # cubecl compiles its kernels with NVRTC at run time. Without a CUDA toolkit the machine
 # still has the one PyTorch's wheels ship (nvidia/cu13/lib/libnvrtc.so.13 and the like).
 nvrtc=$("$py" - <<'PY' 2>/dev/null
@@ -46,7 +68,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 run() {
   local name=$1; shift
   local mem=$out/$name.mem
-  local left=$((deadline - SECONDS)); [ $left -lt $limit ] && limit_now=$left || limit_now=$limit
+  local want=$limit; [[ $name == ours-* ]] && want=${OURS_TIMEOUT:-$limit}
+  local left=$((deadline - SECONDS)); [ $left -lt $want ] && limit_now=$left || limit_now=$want
   if [ "$limit_now" -lt 15 ]; then echo "  $name: skipped (time budget spent)" >&2; return 1; fi
   local idle
   idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
@@ -55,7 +78,8 @@ run() {
   timeout "$limit_now" "$@" > "$out/$name.json" 2> "$out/$name.err"
   local rc=$?
   kill "$poll" 2>/dev/null; wait "$poll" 2>/dev/null
-  if [ $rc -ne 0 ]; then echo "  $name: failed (rc $rc): $(tail -c 300 "$out/$name.err" | tr "\n" " ")" >&2; return 1; fi
+  sed "s/^/  $name: /" "$out/$name.err" | grep -v "^  $name: *$" | tail -n 12 >&2  # its progress lines, kept even when cut short
+  if [ $rc -ne 0 ]; then echo "  $name: failed (rc $rc$([ $rc = 124 ] && echo ": over its ${limit_now} s limit"))" >&2; return 1; fi
   "$py" - "$out/$name.json" "$mem" "${idle:-0}" "$shape" >> "$log" <<'PY'
 import json, sys
 path, mem, idle, shape = sys.argv[1:]
@@ -79,18 +103,30 @@ largest() {
   return 1
 }
 
-# Cheapest and surest first: a run cut short by a time limit still leaves its JSON lines.
-echo "== parity"; "$bin" parity | tee -a "$log"
-echo "== matmul peak"; "$py" benches/scripts/gpu_torch.py peak | tee -a "$log"
-echo "== generation"
+# PHASES, in the order given, picks what runs: ours first, since a time limit is likelier
+# to cut a phase short than anything else, and PyTorch's baselines take seconds.
+steps=${SFT_STEPS:-2}
 gen="--shape $shape --batch ${GEN_BATCH:-16} --prompt ${GEN_PROMPT:-128} --new-tokens ${GEN_NEW:-256}"
-run ours-gen "$bin" generate $gen
-run torch-gen "$py" benches/scripts/gpu_torch.py generate $gen
-echo "== SFT step, seq $seq"
-b=$(largest torch-sft "${BATCHES:-8 4 2 1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps 2)
-# Ours keeps no [tokens, vocab] logits (`trainer plan`: 0.6B bf16 seq 4096 with
-# checkpointing ~18 GiB at batch 8), so it starts at twice PyTorch's batch.
-bc=$(largest ours-sft-ckpt "${BATCHES_CKPT:-$((2 * ${b:-4})) ${b:-4} 2 1}" "$bin" sft --shape "$shape" --seq "$seq" --steps 2 --checkpointing)
-[ -n "$bc" ] && largest torch-sft-ckpt "$bc ${b:-1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps 2 --checkpointing > /dev/null
-largest ours-sft "${BATCHES_OURS:-$( [ "${b:-1}" = 1 ] && echo 1 || echo "$b 1")}" "$bin" sft --shape "$shape" --seq "$seq" --steps 2 > /dev/null
+sft_phase() {
+  echo "== SFT step, seq $seq"
+  # Ours keeps no [tokens, vocab] logits (`trainer plan`: 0.6B bf16 seq 4096 with
+  # checkpointing ~18 GiB at batch 8), so with checkpointing it tries batch 8 first.
+  local bc b
+  bc=$(largest ours-sft-ckpt "${BATCHES_CKPT:-8 4 2 1}" "$bin" sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing)
+  b=$(largest torch-sft "${BATCHES:-8 4 2 1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps $steps)
+  [ -n "$bc" ] && largest torch-sft-ckpt "$bc ${b:-1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing > /dev/null
+  # The like-for-like eager comparison: ours without checkpointing at PyTorch's batch.
+  largest ours-sft "${BATCHES_OURS:-$( [ "${b:-1}" = 1 ] && echo 1 || echo "$b 1")}" "$bin" sft --shape "$shape" --seq "$seq" --steps $steps > /dev/null
+}
+for phase in ${PHASES:-peak sft gen parity}; do
+  case $phase in
+    peak) echo "== matmul peak"; "$py" benches/scripts/gpu_torch.py peak | tee -a "$log" ;;
+    sft) sft_phase ;;
+    gen) echo "== generation"
+         run ours-gen "$bin" generate $gen
+         run torch-gen "$py" benches/scripts/gpu_torch.py generate $gen ;;
+    parity) echo "== parity"; "$bin" parity 2> "$out/parity.err" | tee -a "$log"; cat "$out/parity.err" >&2 ;;
+    *) echo "unknown phase '$phase' in PHASES (peak, sft, gen, parity)" >&2; exit 2 ;;
+  esac
+done
 "$py" benches/scripts/gpu_torch.py report "$log" | tee "$out/report.md"

@@ -78,45 +78,55 @@ fn read(p: &std::path::Path) -> Result<Value> {
 }
 
 /// Mean and largest |Δ| between per-token log-probs and a `[batch][seq-1]` reference.
-fn deviation(ours: &[f32], t: usize, want: &Value) -> (f32, f32) {
-    let (mut sum, mut n, mut max) = (0f32, 0, 0f32);
-    for (b, row) in want.as_array().into_iter().flatten().enumerate() {
-        for (i, v) in row.as_array().into_iter().flatten().enumerate() {
-            let d = (ours[b * (t - 1) + i] - v.as_f64().unwrap_or(f64::NAN) as f32).abs();
-            (sum, n, max) = (sum + d, n + 1, max.max(d));
-        }
-    }
-    (sum / n.max(1) as f32, max)
+/// A fixture's next-token log-probs ([rows][t - 1]) in row-major order.
+fn flat(v: &Value) -> Vec<f32> {
+    v.as_array().into_iter().flatten().flat_map(|r| r.as_array().into_iter().flatten().map(|x| x.as_f64().unwrap_or(f64::NAN) as f32)).collect()
 }
 
+/// Mean and max |a - b|.
+fn gap(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let d: Vec<f32> = a.iter().zip(b).map(|(x, y)| (x - y).abs()).collect();
+    (d.iter().sum::<f32>() / d.len().max(1) as f32, d.iter().fold(0f32, |m, &x| m.max(x)))
+}
+
+/// Each case's log-probs, f32 and bf16, against transformers' f32. The tolerance is bf16's
+/// own: torch.autocast's distance from f32 on the same case (mean and max). f32 must stay
+/// inside it: on a GPU, f32 matmuls run on TF32 tensor cores (cubek picks TF32 for f32
+/// inputs, as torch does with allow_tf32), so the CPU tests' 1e-4 does not apply. bf16
+/// may be 1.5x as far on average and 2x at the worst token (two bf16 implementations round
+/// differently; the CPU build's bf16, which passes the model tests, reaches 1.6x the max).
 fn parity(fixtures: &std::path::Path) -> Result<()> {
     let mut cases: Vec<PathBuf> = std::fs::read_dir(fixtures)?.flatten().map(|e| e.path()).filter(|p| p.join("expected.json").exists()).collect();
     cases.sort();
     let mut failed = 0;
     for dir in cases {
+        let case = dir.file_name().unwrap().to_string_lossy().to_string();
+        let clock = Instant::now();
         let ck = Checkpoint::<B>::load(&dir, &Default::default())?;
         let exp = read(&dir.join("expected.json"))?;
-        let autocast = read(&dir.join("bf16.json"))?["next_token_logprobs"].clone();
+        let f32_ref = flat(&exp["next_token_logprobs"]);
+        let autocast = flat(&read(&dir.join("bf16.json"))?["next_token_logprobs"]);
         let rows: Vec<Vec<i64>> = exp["input_ids"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).collect();
         let t = rows[0].len();
         let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(rows.concat(), [rows.len(), t]), &Default::default());
         let logprobs = |m: &Qwen3<B>| m.next_token_logprobs(tokens.clone()).0.into_data().convert::<f32>().to_vec::<f32>().unwrap();
         let f32_lp = logprobs(&ck.model);
-        let bf16 = ck.model.clone().for_generation(Precision::Bf16);
-        let bf16_lp = logprobs(&bf16);
-        let (_, f32_max) = deviation(&f32_lp, t, &exp["next_token_logprobs"]);
-        let (spread, _) = deviation(&f32_lp, t, &autocast);
-        let (bf_mean, bf_max) = deviation(&bf16_lp, t, &autocast);
-        // The CPU tests' bounds: f32 within 1e-4 of transformers; bf16 within the spread
-        // of bf16 implementations (1.5x autocast's own distance from f32) of autocast.
-        let ok = f32_max < 1e-4 && bf_mean < 1.5 * spread && bf_max < 0.25;
+        let f32_s = clock.elapsed().as_secs_f64();
+        let bf16_lp = logprobs(&ck.model.clone().for_generation(Precision::Bf16));
+        eprintln!("parity {case}: load + f32 forward {f32_s:.1} s, bf16 forward {:.1} s", clock.elapsed().as_secs_f64() - f32_s);
+        let (tol_mean, tol_max) = gap(&autocast, &f32_ref);
+        let (f_mean, f_max) = gap(&f32_lp, &f32_ref);
+        let (b_mean, b_max) = gap(&bf16_lp, &f32_ref);
+        let (ba_mean, ba_max) = gap(&bf16_lp, &autocast);
+        let ok = f_mean < tol_mean && f_max < tol_max && b_mean < 1.5 * tol_mean && b_max < 2.0 * tol_max;
         failed += usize::from(!ok);
-        println!("{}", json!({"check": "parity", "impl": IMPL, "case": dir.file_name().unwrap().to_string_lossy(), "ok": ok,
-                               "f32_max_abs_vs_transformers": f32_max, "bf16_mean_abs_vs_autocast": bf_mean,
-                               "bf16_max_abs_vs_autocast": bf_max, "autocast_mean_abs_vs_f32": spread}));
+        println!("{}", json!({"check": "parity", "impl": IMPL, "case": case, "ok": ok,
+                               "f32_mean_abs_vs_f32": f_mean, "f32_max_abs_vs_f32": f_max, "bf16_mean_abs_vs_f32": b_mean, "bf16_max_abs_vs_f32": b_max,
+                               "autocast_mean_abs_vs_f32": tol_mean, "autocast_max_abs_vs_f32": tol_max,
+                               "bf16_mean_abs_vs_autocast": ba_mean, "bf16_max_abs_vs_autocast": ba_max}));
     }
     if failed > 0 {
-        bail!("{failed} parity case(s) outside tolerance");
+        bail!("{failed} parity case(s) outside bf16 tolerance");
     }
     Ok(())
 }
@@ -128,7 +138,11 @@ fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precisio
     let seqs = trainer::estimate::random_rows(cfg.vocab_size, batch, seq, seq);
     let micro: Vec<Vec<_>> = seqs.chunks(micro_batch.unwrap_or(batch).max(1)).map(<[_]>::to_vec).collect();
     let devices = model::devices(devices).map_err(anyhow::Error::msg)?;
-    let t = trainer::estimate::time_step(&cfg, compute, &micro, steps, &devices)?;
+    // On stderr as each step ends: a run cut short by a time limit still says how far it got.
+    let clock = Instant::now();
+    let t = trainer::estimate::time_step(&cfg, compute, &micro, steps, &devices, |i, secs| {
+        eprintln!("sft step {i}{}: {secs:.1} s ({:.0} s in all)", if i == 0 { " (warm-up: kernel compiles, autotune)" } else { "" }, clock.elapsed().as_secs_f64())
+    })?;
     println!("{}", json!({"check": "sft", "impl": IMPL, "compute": compute.to_string(), "shape": shape.file_stem().unwrap().to_string_lossy(),
                            "seq": seq, "batch": batch, "micro_batches": micro.len(), "devices": devices.len(), "step_s": t.step_s, "tokens_per_s": (seq * batch) as f64 / t.step_s,
                            "warmup_s": t.warmup_s, "loss": t.loss, "peak_rss_mb": trainer::estimate::peak_rss() / (1u64 << 20) as f64}));
@@ -146,9 +160,12 @@ fn gen(shape: &std::path::Path, batch: usize, prompt: usize, new_tokens: usize, 
         let s = SamplingConfig { max_new_tokens: n, ..sampling.clone() };
         let t = Instant::now();
         let out = generate(&model, None, &prompts, &s);
-        (t.elapsed().as_secs_f64(), out.iter().map(|g| g.tokens.len()).sum::<usize>())
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("generate {n} new token(s): {secs:.1} s");
+        (secs, out.iter().map(|g| g.tokens.len()).sum::<usize>())
     };
-    let (warmup, _) = run(8); // warm-up (and autotune)
+    // Warm-up (kernel compiles, autotune): the prefill alone, then a few decode steps.
+    let warmup = run(1).0 + run(8).0;
     let (secs, generated) = run(new_tokens);
     println!("{}", json!({"check": "generate", "impl": IMPL, "precision": format!("{precision:?}").to_lowercase(),
                            "shape": shape.file_stem().unwrap().to_string_lossy(), "batch": batch, "prompt": prompt,

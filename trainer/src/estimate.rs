@@ -207,8 +207,8 @@ pub struct StepTiming {
 
 /// Times `steps` optimizer steps (after a warm-up step) over `micro_batches`, as the SFT
 /// loop takes them on `devices` (data parallel when several), on randomly initialized
-/// weights of `c`'s shape.
-pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedSeq>], steps: usize, devices: &[burn::tensor::Device<model::DefaultBackend>]) -> anyhow::Result<StepTiming> {
+/// weights of `c`'s shape. `on_step(i, secs)` hears of each step as it ends (0: the warm-up).
+pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedSeq>], steps: usize, devices: &[burn::tensor::Device<model::DefaultBackend>], mut on_step: impl FnMut(usize, f64)) -> anyhow::Result<StepTiming> {
     use burn::tensor::backend::Backend;
     type B = crate::sft::TrainBackend;
     <B as Backend>::seed(&Default::default(), 0);
@@ -222,6 +222,7 @@ pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedS
         model = m;
         loss = s.map_err(|e| anyhow::anyhow!("the timed step: {} is {}", e.what, e.value))?.loss;
         let secs = t.elapsed().as_secs_f64();
+        on_step(i, secs);
         if i == 0 {
             warmup_s = secs;
         } else {

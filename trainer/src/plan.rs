@@ -357,7 +357,7 @@ fn time(detail: Detail, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets
     };
     let tokens: usize = batch.iter().flatten().map(|s| s.ids.len()).sum();
     let bar = trainer::sft::spinner(&format!("plan: timing a step ({} forward(s), {tokens} tokens) on this machine", batch.len()));
-    let timing = model::devices(replicas).map_err(|e| e.to_string()).and_then(|d| estimate::time_step(c, compute, &batch, 1, &d).map_err(|e| e.to_string()));
+    let timing = model::devices(replicas).map_err(|e| e.to_string()).and_then(|d| estimate::time_step(c, compute, &batch, 1, &d, |_, _| ()).map_err(|e| e.to_string()));
     bar.finish_and_clear();
     timing
 }
