@@ -31,15 +31,12 @@ out=${OUT:-/tmp/trainer-bench}
 limit=${STEP_TIMEOUT:-150}     # seconds per attempt
 deadline=$((SECONDS + ${BUDGET:-540}))  # no attempt starts past this; the report is always written
 mkdir -p "$out" && out=$(cd "$out" && pwd)
-# cubecl reads ./cubecl.toml: compiled kernels (PTX) cached under target/ as autotune
-# results already are, so an attempt after the first skips NVRTC; compiles and autotune
-# choices logged, to tell kernel-compile time from step time.
+# cubecl reads ./cubecl.toml: here it logs each kernel compile and autotune choice, to tell
+# compile time from step time. (model::init_runtime adds the on-disk PTX cache, under
+# target/ beside the autotune results, so an attempt after the first skips NVRTC.)
 if [ ! -e cubecl.toml ]; then
   trap 'rm -f cubecl.toml' EXIT
   cat > cubecl.toml <<EOF
-[compilation]
-cache = "target"
-
 [compilation.logger]
 level = "basic"
 file = "$out/cubecl-compile.log"
@@ -75,8 +72,10 @@ run() {
   idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
   (while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1; sleep 0.2; done) > "$mem" &
   local poll=$!
+  local compiles=$(cat "$out/cubecl-compile.log" 2>/dev/null | wc -l)
   timeout "$limit_now" "$@" > "$out/$name.json" 2> "$out/$name.err"
   local rc=$?
+  [[ $name == ours-* ]] && echo "kernel compiles: $(( $(cat "$out/cubecl-compile.log" 2>/dev/null | wc -l) - compiles ))" >> "$out/$name.err"
   kill "$poll" 2>/dev/null; wait "$poll" 2>/dev/null
   sed "s/^/  $name: /" "$out/$name.err" | grep -v "^  $name: *$" | tail -n 12 >&2  # its progress lines, kept even when cut short
   if [ $rc -ne 0 ]; then echo "  $name: failed (rc $rc$([ $rc = 124 ] && echo ": over its ${limit_now} s limit"))" >&2; return 1; fi

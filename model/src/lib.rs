@@ -32,6 +32,26 @@ pub type DefaultBackend = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type DefaultBackend = burn::backend::Cuda<f32>;
 
+/// Call first thing in a binary that computes on the default backend. On CUDA, burn's
+/// kernels are compiled at run time (NVRTC) and their launch configurations autotuned:
+/// autotune results are kept on disk by default, compiled kernels (PTX) are not, so every
+/// process paid every compile again. This keeps them too, beside the autotune results
+/// (`target/` when run inside a Cargo workspace, else `~/.cache/cubecl`). A `cubecl.toml`
+/// (cwd or a parent) that names `[compilation] cache` wins. No-op on CPU.
+pub fn init_runtime() {
+    #[cfg(feature = "cuda")]
+    {
+        use burn::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+        let mut state = CubeClRuntimeConfig::storage().lock();
+        if state.is_none() {
+            // What cubecl's own first read would load, plus the PTX cache.
+            let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+            config.compilation.cache.get_or_insert(CacheConfig::Target);
+            *state = Some(std::sync::Arc::new(config));
+        }
+    }
+}
+
 /// `n` devices for data-parallel training: CUDA devices 0..n (an error naming how many
 /// there are when fewer), or on CPU `n` replicas of the one device (threads sharing its
 /// cores: on small models, where per-op overhead leaves cores idle, that is faster).
