@@ -66,7 +66,7 @@ enum Cmd {
 const IMPL: &str = if cfg!(feature = "cuda") { "burn-cuda" } else { "burn-flex" };
 
 fn main() -> Result<()> {
-    model::init_runtime();
+    model::init_runtime().map_err(anyhow::Error::msg)?;
     match Args::parse().cmd {
         Cmd::Parity { fixtures } => parity(&fixtures),
         Cmd::Sft { shape, seq, batch, steps, precision, checkpointing, micro_batch, devices } => sft(&shape, seq, batch, steps, precision, checkpointing, micro_batch, devices),

@@ -32,16 +32,34 @@ pub type DefaultBackend = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type DefaultBackend = burn::backend::Cuda<f32>;
 
-/// Call first thing in a binary that computes on the default backend. On CUDA, burn's
-/// kernels are compiled at run time (NVRTC) and their launch configurations autotuned:
-/// autotune results are kept on disk by default, compiled kernels (PTX) are not, so every
-/// process paid every compile again. This keeps them too, beside the autotune results
-/// (`target/` when run inside a Cargo workspace, else `~/.cache/cubecl`). A `cubecl.toml`
-/// (cwd or a parent) that names `[compilation] cache` wins. No-op on CPU.
-pub fn init_runtime() {
+/// Call first thing in a binary that computes on the default backend. On CUDA it checks
+/// that the driver and NVRTC load (a machine without them gets one line, not cudarc's
+/// panic from inside the first tensor op), and keeps compiled kernels on disk: burn's
+/// kernels are compiled at run time (NVRTC) and their launch configurations autotuned;
+/// cubecl keeps autotune results on disk by default but not the compiled PTX, so every
+/// process paid every compile again. They now sit beside the autotune results (`target/`
+/// when run inside a Cargo workspace, else `~/.cache/cubecl`); a `cubecl.toml` (cwd or a
+/// parent) that names `[compilation] cache` wins. Nothing to do on CPU.
+pub fn init_runtime() -> std::result::Result<(), String> {
     #[cfg(feature = "cuda")]
     {
         use burn::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+        let loads = |names: &[&str]| {
+            names.iter().any(|n| {
+                let name = std::ffi::CString::new(*n).expect("no NUL");
+                !unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY) }.is_null()
+            })
+        };
+        if !loads(&["libcuda.so.1", "libcuda.so"]) {
+            return Err("this is the CUDA build (--features cuda) and the NVIDIA driver's libcuda.so.1 is not found \
+                        (not installed, or not on LD_LIBRARY_PATH): run it on a machine with an NVIDIA GPU, or use the default (CPU) build"
+                .into());
+        }
+        if !loads(&["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"]) {
+            return Err("the CUDA build compiles its kernels at run time with NVRTC, and libnvrtc.so is not found: install the \
+                        CUDA toolkit, or `pip install nvidia-cuda-nvrtc` and put the folder holding its libnvrtc.so.* on LD_LIBRARY_PATH"
+                .into());
+        }
         let mut state = CubeClRuntimeConfig::storage().lock();
         if state.is_none() {
             // What cubecl's own first read would load, plus the PTX cache.
@@ -50,6 +68,7 @@ pub fn init_runtime() {
             *state = Some(std::sync::Arc::new(config));
         }
     }
+    Ok(())
 }
 
 /// `n` devices for data-parallel training: CUDA devices 0..n (an error naming how many

@@ -74,7 +74,10 @@ fn main() {
     // A full disk or a file-size limit must surface as a write error naming the file
     // (and leave earlier checkpoints alone), not as a signal that kills the run.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    model::init_runtime();
+    if let Err(e) = model::init_runtime() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
