@@ -27,6 +27,9 @@ pub struct SamplingConfig {
     pub stop_strings: Vec<String>,
     /// Reuse keys/values of earlier positions (false recomputes everything each step).
     pub use_cache: bool,
+    /// Positions the KV cache grows by ([`KvCache`]): [`crate::DEFAULT_KV_BLOCK`], 256 on
+    /// CUDA (steady shapes for its autotune) and 1 on a CPU.
+    pub kv_block: usize,
 }
 
 impl Default for SamplingConfig {
@@ -40,6 +43,7 @@ impl Default for SamplingConfig {
             stop_token_ids: vec![],
             stop_strings: vec![],
             use_cache: true,
+            kv_block: crate::DEFAULT_KV_BLOCK,
         }
     }
 }
@@ -103,13 +107,13 @@ pub fn generate_with<B: crate::ModelBackend>(
     let mut out: Vec<Generation> =
         (0..n).map(|_| Generation { tokens: vec![], logprobs: vec![], finish: Finish::Length }).collect();
     let mut done = vec![false; n];
-    let mut cache = cfg.use_cache.then(|| KvCache::new(model.num_layers()));
+    let mut cache = cfg.use_cache.then(|| KvCache::new(model.num_layers(), cfg.kv_block));
     if !cfg.use_cache {
         caches = None;
     }
     if let (Some(cache), Some(rows)) = (cache.as_mut(), caches.as_deref_mut()) {
         assert_eq!(rows.len(), n, "one cache entry per prompt");
-        *cache = reused(rows, prompts, &pads).unwrap_or_else(|| KvCache::new(model.num_layers()));
+        *cache = reused(rows, prompts, &pads, cfg.kv_block).unwrap_or_else(|| KvCache::new(model.num_layers(), cfg.kv_block));
     }
     let policy_t = policy_temperature(cfg.temperature);
     let max_stop_chars = cfg.stop_strings.iter().map(|s| s.chars().count()).max().unwrap_or(0);
@@ -190,7 +194,7 @@ pub fn generate_with<B: crate::ModelBackend>(
 /// but the prompt's last token at most: its logits are needed). The batch starts at the
 /// first position some row has not cached; rows that cached more recompute the rest. None
 /// when that is position 0.
-fn reused<B: Backend>(rows: &mut [Option<RowCache<B>>], prompts: &[Vec<u32>], pads: &[usize]) -> Option<KvCache<B>> {
+fn reused<B: Backend>(rows: &mut [Option<RowCache<B>>], prompts: &[Vec<u32>], pads: &[usize], block: usize) -> Option<KvCache<B>> {
     let cached: Vec<usize> = rows
         .iter()
         .zip(prompts)
@@ -203,7 +207,7 @@ fn reused<B: Backend>(rows: &mut [Option<RowCache<B>>], prompts: &[Vec<u32>], pa
             (zeros, rows[i].as_ref().map(|c| &c.kv), start - zeros)
         })
         .collect();
-    let batch = (start > 0).then(|| KvCache::from_rows(&parts));
+    let batch = (start > 0).then(|| KvCache::from_rows(&parts, block));
     rows.iter_mut().for_each(|c| *c = None);
     batch
 }

@@ -17,7 +17,7 @@ pub use chat::ChatTemplate;
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
 pub use generate::{generate, generate_with, policy_temperature, Finish, Generation, RowCache, SamplingConfig};
-pub use qwen3::{AttnMask, Compute, KvCache, Precision, Qwen3};
+pub use qwen3::{AttnMask, Compute, KvCache, Precision, Qwen3, DEFAULT_KV_BLOCK};
 pub use tokenizer::{Tokenizer, DEEPANALYZE_TAGS};
 
 use burn::module::Param;

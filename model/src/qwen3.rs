@@ -135,25 +135,49 @@ pub struct Qwen3<B: Backend> {
 
 /// Keys and values of every layer for the tokens seen so far (after QK-norm and RoPE,
 /// with the checkpoint's KV heads, before they are repeated for GQA), in the compute dtype.
+///
+/// Stored with room to spare: capacity grows `block` positions at a time and attention
+/// reads the whole capacity, the spare keys masked as future positions. With blocks the
+/// shapes a decoding step sees change once a block rather than every token: on CUDA each
+/// new shape is a new autotune (burn keys its matmul and attention kernels by size, down to
+/// each dimension's power-of-two factor) and maybe new compiles, and a step writes its keys
+/// in place rather than copying the cache to append. On a CPU attention over spare keys is
+/// pure cost (28% slower decoding on the tiny default), so there the block is 1.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    /// Per layer: keys and values `[batch, kv_heads, capacity, head_dim]` and the number of
+    /// positions filled.
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>, usize)>>,
+    block: usize,
 }
 
+/// Positions a [`KvCache`] grows by unless told otherwise ([`crate::SamplingConfig`]).
+pub const DEFAULT_KV_BLOCK: usize = if cfg!(feature = "cuda") { 256 } else { 1 };
+
 impl<B: Backend> KvCache<B> {
-    pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers] }
+    pub fn new(num_layers: usize, block: usize) -> Self {
+        assert!(block > 0, "a KV cache grows by at least one position");
+        Self { layers: vec![None; num_layers], block }
     }
     /// Number of positions cached.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |l| l.2)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Keys attention reads once `t` more positions are appended: the capacity then (the
+    /// same for every layer between forwards; layer 0's is asked before the forward).
+    fn keys_after(&self, t: usize) -> usize {
+        self.layer_keys_after(0, t)
+    }
+    fn layer_keys_after(&self, layer: usize, t: usize) -> usize {
+        let (capacity, len) = self.layers[layer].as_ref().map_or((0, 0), |l| (l.0.dims()[2], l.2));
+        capacity.max((len + t).div_ceil(self.block) * self.block)
+    }
     /// Keeps only these batch rows (in this order), e.g. once the others have finished.
     pub fn keep_rows(&mut self, rows: &[usize]) {
-        for (k, v) in self.layers.iter_mut().flatten() {
+        for (k, v, _) in self.layers.iter_mut().flatten() {
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]), &k.device());
             *k = k.clone().select(0, idx.clone());
             *v = v.clone().select(0, idx);
@@ -168,16 +192,17 @@ impl<B: Backend> KvCache<B> {
             let [_, h, _, d] = x.dims();
             x.clone().select(0, idx).slice([0..1, 0..h, from..len, 0..d])
         };
-        Self { layers: self.layers.iter().map(|l| l.as_ref().map(|(k, v)| (take(k), take(v)))).collect() }
+        Self { layers: self.layers.iter().map(|l| l.as_ref().map(|(k, v, _)| (take(k), take(v), len - from))).collect(), block: self.block }
     }
 
     /// A batch cache from one-row caches: row r is `zeros` masked (left padding) positions,
     /// then the first `cached` positions of its own cache; every row's two sum to the same
-    /// length, and some row has a cache.
-    pub fn from_rows(rows: &[(usize, Option<&KvCache<B>>, usize)]) -> Self {
+    /// length, and some row has a cache. It grows `block` positions at a time.
+    pub fn from_rows(rows: &[(usize, Option<&KvCache<B>>, usize)], block: usize) -> Self {
         let template = rows.iter().find_map(|r| r.1).expect("a row with a cache");
+        let len = rows[0].0 + rows[0].2;
         let layers = (0..template.layers.len()).map(|l| {
-            let (tk, _) = template.layers[l].as_ref().expect("a filled cache");
+            let (tk, _, _) = template.layers[l].as_ref().expect("a filled cache");
             let [_, h, _, d] = tk.dims();
             let (device, dtype) = (tk.device(), tk.dtype());
             // Keys (0) or values (1) of every row, padding first.
@@ -188,24 +213,42 @@ impl<B: Backend> KvCache<B> {
                         parts.push(Tensor::<B, 4>::zeros([1, h, zeros, d], (&device, dtype)));
                     }
                     if cached > 0 {
-                        let (k, v) = cache.and_then(|c| c.layers[l].as_ref()).expect("cached positions need a filled cache");
+                        let (k, v, _) = cache.and_then(|c| c.layers[l].as_ref()).expect("cached positions need a filled cache");
                         parts.push([k, v][which].clone().slice([0..1, 0..h, 0..cached, 0..d]));
                     }
                     Tensor::cat(parts, 2)
                 });
                 Tensor::cat(rows.collect(), 0)
             };
-            Some((side(0), side(1)))
+            Some((side(0), side(1), len))
         });
-        Self { layers: layers.collect() }
+        Self { layers: layers.collect(), block }
     }
 
+    /// Writes `t` new positions after the filled ones (growing by whole blocks when they do
+    /// not fit) and returns the layer's keys and values over the whole capacity.
     fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let (k, v) = match self.layers[layer].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        let [b, h, t, d] = k.dims();
+        let keys = self.layer_keys_after(layer, t);
+        let grow = |x: Tensor<B, 4>| {
+            let have = x.dims()[2];
+            if have == keys {
+                return x;
+            }
+            let spare = Tensor::<B, 4>::zeros([b, h, keys - have, d], (&x.device(), x.dtype()));
+            Tensor::cat(vec![x, spare], 2)
         };
-        self.layers[layer] = Some((k.clone(), v.clone()));
+        let (k, v, len) = match self.layers[layer].take() {
+            None => (grow(k), grow(v), t),
+            // Filled to capacity and growing by exactly the new positions (always, with
+            // blocks of 1): append them.
+            Some((pk, pv, n)) if pk.dims()[2] == n && keys == n + t => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2), n + t),
+            Some((pk, pv, n)) => {
+                let at = [0..b, 0..h, n..n + t, 0..d];
+                (grow(pk).slice_assign(at.clone(), k), grow(pv).slice_assign(at, v), n + t)
+            }
+        };
+        self.layers[layer] = Some((k.clone(), v.clone(), len));
         (k, v)
     }
 }
@@ -423,8 +466,10 @@ impl<B: ModelBackend> Qwen3<B> {
         mask: &AttnMask<B>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let (rope, mask) = self.prepare(positions, mask, past, &tokens.device());
+        let keys = cache.as_ref().map_or(past + t, |c| c.keys_after(t));
+        let (rope, mask) = self.prepare(positions, &with_spare_keys(mask, b, t, past, keys, &tokens.device()), past, &tokens.device());
         let mut x = self.embed(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, &rope, &mask, cache.as_deref_mut().map(|c| (c, i)), self.compute.precision.dtype());
@@ -564,6 +609,22 @@ impl<B: TrainingBackend> Qwen3<B> {
         rest.accumulate(self, GradientsParams::from_grads(grads, self));
         emit(rest.grads());
         loss.inner()
+    }
+}
+
+/// `mask` over `keys` keys where the sequence has `past + t`: a cache's spare capacity
+/// past the sequence is masked (as future positions, which causality hides already).
+fn with_spare_keys<B: Backend>(mask: &AttnMask<B>, b: usize, t: usize, past: usize, keys: usize, device: &B::Device) -> AttnMask<B> {
+    let spare = keys - (past + t);
+    if spare == 0 {
+        return mask.clone();
+    }
+    let trues = |shape: [usize; 4]| Tensor::<B, 4, Bool>::from_data(TensorData::new(vec![true; shape.iter().product()], shape), device);
+    match mask {
+        AttnMask::Causal => AttnMask::KeyPadding(Tensor::from_data(TensorData::new(vec![true; b * keys], [b, keys]), device)),
+        AttnMask::KeyPadding(valid) => AttnMask::KeyPadding(Tensor::cat(vec![valid.clone(), trues([b, spare, 1, 1]).reshape([b, spare])], 1)),
+        AttnMask::Explicit(m) => AttnMask::Explicit(Tensor::cat(vec![m.clone(), trues([b, 1, t, spare])], 3)),
+        AttnMask::Documents(_) => unreachable!("packed documents are never cached"),
     }
 }
 

@@ -246,6 +246,39 @@ fn continuing_rows_from_their_caches_equals_encoding_them_whole() {
 }
 
 #[test]
+fn a_cache_that_grows_past_its_blocks_equals_encoding_whole() {
+    // The cache grows in blocks (CUDA's default, 256) and attention reads its spare
+    // capacity masked. Rows that cross block boundaries, one left-padded by nearly a
+    // block, then a second turn from their row caches crossing the next boundary, must
+    // give what encoding every sequence whole gives.
+    let ck = load(&fixtures().join("parity/gqa4_yarn_f16"));
+    let block = 256u32;
+    let long: Vec<u32> = (0..block - 6).map(|i| (i * 7 + 3) % 96).collect();
+    let prompts = vec![long, vec![17, 18, 19]];
+    let cfg = SamplingConfig { max_new_tokens: 12, temperature: 0.9, seed: 5, kv_block: block as usize, ..Default::default() };
+    let check = |cached: &[model::Generation], whole: &[model::Generation]| {
+        for (i, (a, b)) in cached.iter().zip(whole).enumerate() {
+            assert_eq!(a.tokens, b.tokens, "row {i}");
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x - y).abs() < 1e-4, "row {i}: {x} vs {y}");
+            }
+        }
+    };
+    let mut caches: Vec<Option<model::RowCache<B>>> = vec![None, None];
+    let first = model::generate_with(&ck.model, None, &prompts, &cfg, Some(&mut caches), |_| {}, |_, _| {});
+    check(&first, &generate(&ck.model, None, &prompts, &SamplingConfig { use_cache: false, ..cfg.clone() }));
+    // Row 0's observation takes it past two blocks; row 1's stays short.
+    let next: Vec<Vec<u32>> = prompts.iter().zip(&first).enumerate().map(|(i, (p, g))| {
+        let observation: Vec<u32> = (0..if i == 0 { block + 20 } else { 4 }).map(|j| (j * 5 + 1) % 96).collect();
+        [p.as_slice(), &g.tokens, &observation].concat()
+    }).collect();
+    assert!(next[0].len() > 2 * block as usize);
+    let cfg = SamplingConfig { seed: 6, ..cfg };
+    let continued = model::generate_with(&ck.model, None, &next, &cfg, Some(&mut caches), |_| {}, |_, _| {});
+    check(&continued, &generate(&ck.model, None, &next, &SamplingConfig { use_cache: false, ..cfg.clone() }));
+}
+
+#[test]
 fn stop_token_ends_a_row_and_is_kept() {
     let ck = load(&fixtures().join("parity/tied_gqa1_f32"));
     let exp = read_json(&fixtures().join("parity/tied_gqa1_f32/expected.json"));

@@ -95,7 +95,7 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         stop_token_ids: ck.eos_token_ids(),
         stop_strings: args.stop.clone(),
-        use_cache: true,
+        ..Default::default()
     };
     let bar = ProgressBar::new(args.max_new_tokens as u64).with_style(
         ProgressStyle::with_template("{spinner} generating {pos}/{len} tokens {per_sec}").unwrap(),
