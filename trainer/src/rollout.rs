@@ -33,6 +33,9 @@ pub struct Trajectory {
     pub observations: Vec<String>,
     /// Cells whose observation is an error (`[Error]`).
     pub failed_cells: usize,
+    /// Wall time of its cells in the sandbox (each cell's own run, seconds).
+    #[serde(default)]
+    pub sandbox_secs: f64,
     /// Ended with the end token (not by running out of turns or tokens).
     pub finished: bool,
     /// Its private copy of the task's files (output files are checked there); None for
@@ -241,6 +244,7 @@ fn run_wave<B: model::ModelBackend>(
                 text: String::new(),
                 observations: vec![],
                 failed_cells: 0,
+                sandbox_secs: 0.0,
                 finished: false,
                 workspace: Some(workspace),
             });
@@ -284,7 +288,7 @@ fn run_wave<B: model::ModelBackend>(
                 }
             });
             let t_wait = Instant::now();
-            let observations: Vec<(usize, String)> =
+            let observations: Vec<(usize, (String, f64))> =
                 running.into_iter().map(|(row, h)| (row, h.join().expect("a cell's thread panicked"))).collect();
             match failed {
                 Some(e) => Err(e.into()),
@@ -316,7 +320,8 @@ fn run_wave<B: model::ModelBackend>(
                 progress(1);
             }
         }
-        for (row, obs) in observations {
+        for (row, (obs, secs)) in observations {
+            out[active[row]].sandbox_secs += secs;
             append_observation(&mut out[active[row]], tok, &obs, cfg.max_response_tokens)?;
         }
         // The rows that ran a cell go on, in the same order (each row keeps its seed and cache).
@@ -332,21 +337,26 @@ fn run_wave<B: model::ModelBackend>(
 /// Runs the last cell of each trajectory in `which` in parallel, each in its own
 /// workspace, and appends its observation as masked tokens (cut at `max_response_tokens`).
 pub fn run_cells(sandbox: &Sandbox, tok: &Tokenizer, trajs: &mut [Trajectory], which: &[usize], max_response_tokens: usize) -> Result<()> {
-    let obs: Vec<String> = which.par_iter().map(|&i| observe(sandbox, &trajs[i], "")).collect();
-    for (&i, obs) in which.iter().zip(obs) {
+    let obs: Vec<(String, f64)> = which.par_iter().map(|&i| observe(sandbox, &trajs[i], "")).collect();
+    for (&i, (obs, secs)) in which.iter().zip(obs) {
+        trajs[i].sandbox_secs += secs;
         append_observation(&mut trajs[i], tok, &obs, max_response_tokens)?;
     }
     Ok(())
 }
 
 /// The observation of the cell that ends `traj.text + new_text`, run in the trajectory's
-/// workspace. A cell without a fenced block gets the published "no code" error; a hostile
-/// cell gets the sandbox's error text, and only its own trajectory sees it.
-fn observe(sandbox: &Sandbox, traj: &Trajectory, new_text: &str) -> String {
+/// workspace, and the cell's wall time (0 when nothing ran). A cell without a fenced block
+/// gets the published "no code" error; a hostile cell gets the sandbox's error text, and
+/// only its own trajectory sees it.
+fn observe(sandbox: &Sandbox, traj: &Trajectory, new_text: &str) -> (String, f64) {
     match (extract_code(&own_tail(&format!("{}{new_text}", traj.text))), &traj.workspace) {
-        (Some(code), Some(ws)) => sandbox.run(ws, &code, Mode::Stateless).observation,
-        (Some(_), None) => "[Error]\nUnknown execution error.".to_string(),
-        (None, _) => sandbox::NO_CODE_OBSERVATION.to_string(),
+        (Some(code), Some(ws)) => {
+            let ran = sandbox.run(ws, &code, Mode::Stateless);
+            (ran.observation, ran.wall_ms / 1000.0)
+        }
+        (Some(_), None) => ("[Error]\nUnknown execution error.".to_string(), 0.0),
+        (None, _) => (sandbox::NO_CODE_OBSERVATION.to_string(), 0.0),
     }
 }
 

@@ -178,7 +178,7 @@ impl BatchSolver for Local {
         for mut t in trajs {
             let Some(ws) = t.workspace.take() else { continue };
             let cells = t.code_cells();
-            let solved = Solved { recovered_error: cells.iter().any(|(_, o)| o.starts_with("[Error]")), response: t.text, cells, sandbox_secs: 0.0 };
+            let solved = Solved { recovered_error: cells.iter().any(|(_, o)| o.starts_with("[Error]")), response: t.text, cells, sandbox_secs: t.sandbox_secs };
             out[t.task].push((solved, ws));
         }
         Ok(out)

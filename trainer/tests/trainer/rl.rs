@@ -119,6 +119,7 @@ fn trajectory(text: &str, observations: &[&str], workspace: Option<sandbox::Work
         text: text.into(),
         observations: observations.iter().map(|s| s.to_string()).collect(),
         failed_cells: observations.iter().filter(|o| o.starts_with("[Error]")).count(),
+        sandbox_secs: 0.0,
         finished: true,
         workspace,
     }
@@ -380,6 +381,9 @@ fn a_hostile_cell_costs_its_own_trajectory_only() {
     run_cells(&sb, &tok, &mut trajs, &which, 1 << 20).unwrap();
     assert_eq!(trajs[0].observations, vec!["45\n".to_string()]);
     assert_eq!(trajs[0].failed_cells, 0);
+    // Each trajectory carries its own cells' sandbox time: the endless loop ran to the 2 s
+    // limit, the sum well under it.
+    assert!(trajs[3].sandbox_secs >= 2.0 && trajs[0].sandbox_secs > 0.0 && trajs[0].sandbox_secs < 1.0, "{:?}", trajs.iter().map(|t| t.sandbox_secs).collect::<Vec<_>>());
     for t in &trajs[1..] {
         assert_eq!(t.failed_cells, 1, "a hostile cell is an error observation: {:?}", t.observations);
         assert!(t.mask.iter().all(|&m| m == 0), "observations are masked");
