@@ -159,6 +159,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
     }
 
     let bar = bar(total_steps, "rl").with_position(state.step);
+    let first_step = state.step + 1;
     let mut last_success = None;
     while state.step < total_steps {
         let step = state.step + 1;
@@ -184,7 +185,8 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             },
             max_rows: cfg.rollout.max_rows,
         };
-        bar.set_message("rollouts");
+        // On CUDA the first rollouts and update compile and autotune their kernels.
+        bar.set_message(if cfg!(feature = "cuda") && step == first_step { "rollouts (first use: compiling GPU kernels)" } else { "rollouts" });
         let policy = model.for_inference();
         let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
         let (trajs, timing) = rollout::run_on_devices(&env, &devices, &tasks, &dirs, cfg.rollout.group_size, &rcfg, |_| {})?;

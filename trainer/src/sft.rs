@@ -139,16 +139,20 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     let scratch = tempfile::tempdir()?; // (the metrics of a rank other than 0)
     let mut metrics = Metrics::open(if primary { out } else { scratch.path() }, state.step)?;
     let evaluate = |model: &Qwen3<TrainBackend>| eval_loss(model, &eval_seqs, cfg.batch.micro_batch, &devices);
+    let bar = if primary { ProgressBar::new(total_steps) } else { ProgressBar::hidden() }.with_position(state.step);
+    bar.set_style(ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} ETA {eta}").unwrap());
+    bar.set_prefix(kind.name());
+    // On CUDA a process's first forward and step compile and autotune their kernels
+    // (minutes on a fresh machine; kept on disk for later runs): say so, not a still bar.
+    let gpu_note = if cfg!(feature = "cuda") { " (first use: compiling GPU kernels)" } else { "" };
     if state.step == 0 {
+        bar.set_message(format!("held-out loss{gpu_note}"));
         state.first_eval_loss = evaluate(&model);
         if let Some(l) = state.first_eval_loss {
             metrics.log(json!({"step": 0, "eval_loss": l}))?;
         }
     }
-
-    let bar = if primary { ProgressBar::new(total_steps) } else { ProgressBar::hidden() }.with_position(state.step);
-    bar.set_style(ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} ETA {eta}").unwrap());
-    bar.set_prefix(kind.name());
+    bar.set_message(format!("first step{gpu_note}"));
     let mut last_eval = None;
     while state.step < total_steps {
         let (t0, c0) = (Instant::now(), crate::cluster::seconds());
