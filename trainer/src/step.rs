@@ -255,8 +255,8 @@ pub fn clip_global_norm<B: AutodiffBackend>(model: &Qwen3<B>, grads: &mut Gradie
     }
     let mut ids = Ids(vec![]);
     model.visit(&mut ids);
-    fn sq<B: Backend, const D: usize>(g: &GradientsParams, id: ParamId) -> f64 {
-        g.get::<B, D>(id).map_or(0.0, |t| t.square().sum().into_scalar().elem::<f64>())
+    fn sq<B: Backend, const D: usize>(g: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
+        g.get::<B, D>(id).map(|t| t.square().sum())
     }
     fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, c: f64) {
         if let Some(t) = g.remove::<B, D>(id) {
@@ -264,7 +264,10 @@ pub fn clip_global_norm<B: AutodiffBackend>(model: &Qwen3<B>, grads: &mut Gradie
         }
     }
     type I<B> = <B as AutodiffBackend>::InnerBackend;
-    let total: f64 = ids
+    // Each parameter's sum of squares stays on its gradient's device; one read per device
+    // (not one per parameter: each read waits for the device), then added in parameter
+    // order in f64.
+    let sums: Vec<Option<Tensor<I<B>, 1>>> = ids
         .0
         .iter()
         .map(|&(id, d)| match d {
@@ -272,8 +275,23 @@ pub fn clip_global_norm<B: AutodiffBackend>(model: &Qwen3<B>, grads: &mut Gradie
             2 => sq::<I<B>, 2>(grads, id),
             _ => unreachable!("Qwen3 has 1-D and 2-D parameters only"),
         })
-        .sum::<f64>()
-        .sqrt();
+        .collect();
+    let mut values = vec![0.0f64; sums.len()];
+    let mut by_device: Vec<(Device<I<B>>, Vec<(usize, Tensor<I<B>, 1>)>)> = vec![];
+    for (i, t) in sums.into_iter().enumerate().filter_map(|(i, t)| Some((i, t?))) {
+        match by_device.iter_mut().find(|(d, _)| *d == t.device()) {
+            Some((_, group)) => group.push((i, t)),
+            None => by_device.push((t.device(), vec![(i, t)])),
+        }
+    }
+    for (_, group) in by_device {
+        let (idx, parts): (Vec<usize>, Vec<_>) = group.into_iter().unzip();
+        let read = Tensor::cat(parts, 0).into_data().convert::<f64>().to_vec::<f64>().expect("f64 sums");
+        for (i, v) in idx.into_iter().zip(read) {
+            values[i] = v;
+        }
+    }
+    let total = values.iter().sum::<f64>().sqrt();
     if let Some(max) = max {
         let c = max / (total + 1e-6);
         if c < 1.0 {
