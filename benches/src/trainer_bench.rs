@@ -165,8 +165,10 @@ fn gen(shape: &std::path::Path, batch: usize, prompt: usize, new_tokens: usize, 
         eprintln!("generate {n} new token(s): {secs:.1} s");
         (secs, out.iter().map(|g| g.tokens.len()).sum::<usize>())
     };
-    // Warm-up (kernel compiles, autotune): the prefill alone, then a few decode steps.
-    let warmup = run(1).0 + run(8).0;
+    // Warm-up (kernel compiles, autotune): the prefill alone, then the whole run once, so
+    // the timed run meets no new shape (the KV cache's blocks: on CUDA a new capacity is a
+    // new autotune).
+    let warmup = run(1).0 + run(new_tokens).0;
     let (secs, generated) = run(new_tokens);
     println!("{}", json!({"check": "generate", "impl": IMPL, "precision": format!("{precision:?}").to_lowercase(),
                            "shape": shape.file_stem().unwrap().to_string_lossy(), "batch": batch, "prompt": prompt,
