@@ -47,6 +47,9 @@ level = "minimal"
 file = "$out/cubecl-autotune.log"
 EOF
 fi
+# With its compile log on, cubecl pipes every kernel's source through clang-format first:
+# a stand-in that fails at once keeps that out of the timings.
+stub=$(mktemp -d) && printf '#!/bin/sh\nexit 1\n' > "$stub/clang-format" && chmod +x "$stub/clang-format" && export PATH="$stub:$PATH"
 # cubecl compiles its kernels with NVRTC at run time. Without a CUDA toolkit the machine
 # still has the one PyTorch's wheels ship (nvidia/cu13/lib/libnvrtc.so.13 and the like).
 nvrtc=$("$py" - <<'PY' 2>/dev/null
