@@ -38,8 +38,9 @@ pub type DefaultBackend = burn::backend::Cuda<f32>;
 /// kernels are compiled at run time (NVRTC) and their launch configurations autotuned;
 /// cubecl keeps autotune results on disk by default but not the compiled PTX, so every
 /// process paid every compile again. They now sit beside the autotune results (`target/`
-/// when run inside a Cargo workspace, else `~/.cache/cubecl`); a `cubecl.toml` (cwd or a
-/// parent) that names `[compilation] cache` wins. Nothing to do on CPU.
+/// when run inside a Cargo workspace, else `~/.cache/cubecl`; a cluster rank's both in
+/// `cubecl-rank-N` there); a `cubecl.toml` (cwd or a parent) that names a cache wins.
+/// Nothing to do on CPU.
 pub fn init_runtime() -> std::result::Result<(), String> {
     #[cfg(feature = "cuda")]
     {
@@ -64,7 +65,21 @@ pub fn init_runtime() -> std::result::Result<(), String> {
         if state.is_none() {
             // What cubecl's own first read would load, plus the PTX cache.
             let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-            config.compilation.cache.get_or_insert(CacheConfig::Target);
+            // The ranks of a cluster run (`trainer submit --nodes`) usually share a filesystem,
+            // and so `target/`: each keeps its caches in its own folder rather than all
+            // writing the same files at once.
+            let rank = std::env::var("WORLD_SIZE").ok().filter(|w| w.trim() != "1").and_then(|_| std::env::var("RANK").ok());
+            let ours = match rank {
+                Some(rank) => {
+                    let own = CacheConfig::File(CacheConfig::Target.root().join(format!("cubecl-rank-{}", rank.trim())));
+                    if matches!(config.autotune.cache, CacheConfig::Target) {
+                        config.autotune.cache = own.clone();
+                    }
+                    own
+                }
+                None => CacheConfig::Target,
+            };
+            config.compilation.cache.get_or_insert(ours);
             *state = Some(std::sync::Arc::new(config));
         }
     }
