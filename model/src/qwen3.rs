@@ -136,9 +136,10 @@ pub struct Qwen3<B: Backend> {
 /// Keys and values of every layer for the tokens seen so far (after QK-norm and RoPE,
 /// with the checkpoint's KV heads, before they are repeated for GQA), in the compute dtype.
 ///
-/// Stored with room to spare: capacity grows `block` positions at a time and attention
-/// reads the whole capacity, the spare keys masked as future positions. With blocks the
-/// shapes a decoding step sees change once a block rather than every token: on CUDA each
+/// Stored with room to spare: capacity grows `block` positions at a time and a decoding
+/// step's attention reads the whole capacity, the spare keys masked as future positions (a
+/// prefill reads the filled keys, as plain causal attention). With blocks the shapes a
+/// decoding step sees change once a block rather than every token: on CUDA each
 /// new shape is a new autotune (burn keys its matmul and attention kernels by size, down to
 /// each dimension's power-of-two factor) and maybe new compiles, and a step writes its keys
 /// in place rather than copying the cache to append. On a CPU attention over spare keys is
@@ -226,8 +227,9 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Writes `t` new positions after the filled ones (growing by whole blocks when they do
-    /// not fit) and returns the layer's keys and values over the whole capacity.
-    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// not fit) and returns the layer's keys and values: over the filled positions when
+    /// `filled_only`, else over the whole capacity.
+    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>, filled_only: bool) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [b, h, t, d] = k.dims();
         let keys = self.layer_keys_after(layer, t);
         let grow = |x: Tensor<B, 4>| {
@@ -249,6 +251,10 @@ impl<B: Backend> KvCache<B> {
             }
         };
         self.layers[layer] = Some((k.clone(), v.clone(), len));
+        if filled_only && len < keys {
+            let filled = |x: Tensor<B, 4>| x.slice([0..b, 0..h, 0..len, 0..d]);
+            return (filled(k), filled(v));
+        }
         (k, v)
     }
 }
@@ -296,7 +302,9 @@ impl<B: ModelBackend> Attention<B> {
         let q = to(apply_rotary(q, cos.clone(), sin.clone()), dt);
         let k = to(apply_rotary(k, cos, sin), dt);
         let (k, v) = match cache {
-            Some((cache, layer)) => cache.append(layer, k, v),
+            // Several new positions (a prefill, shapes new anyway): the filled keys only, so
+            // plain causal attention needs no mask; one (decoding): the whole capacity.
+            Some((cache, layer)) => cache.append(layer, k, v, t > 1),
             None => (k, v),
         };
         let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
@@ -468,7 +476,8 @@ impl<B: ModelBackend> Qwen3<B> {
     ) -> Tensor<B, 3> {
         let [b, t] = tokens.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let keys = cache.as_ref().map_or(past + t, |c| c.keys_after(t));
+        // Decoding reads the cache's whole capacity (see `KvCache`), a prefill the filled keys.
+        let keys = cache.as_ref().filter(|_| t == 1).map_or(past + t, |c| c.keys_after(t));
         let (rope, mask) = self.prepare(positions, &with_spare_keys(mask, b, t, past, keys, &tokens.device()), past, &tokens.device());
         let mut x = self.embed(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
