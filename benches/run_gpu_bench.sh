@@ -64,6 +64,9 @@ log=$out/trainer-bench.jsonl
 : > "$log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: dry run"
 
+# Kernels cubecl has compiled so far in this run (its compile log, one line a kernel).
+compiles() { cat "$out/cubecl-compile.log" 2>/dev/null | wc -l; }
+
 # run NAME CMD...: runs CMD with nvidia-smi polling; appends its JSON line with the peak
 # GPU memory (MiB above the idle level) and the shape path; fails when CMD fails.
 run() {
@@ -76,10 +79,10 @@ run() {
   idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
   (while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1; sleep 0.2; done) > "$mem" &
   local poll=$!
-  local compiles=$(cat "$out/cubecl-compile.log" 2>/dev/null | wc -l)
+  local before=; [[ $name == ours-* ]] && before=$(compiles)
   timeout "$limit_now" "$@" > "$out/$name.json" 2> "$out/$name.err"
   local rc=$?
-  [[ $name == ours-* ]] && echo "kernel compiles: $(( $(cat "$out/cubecl-compile.log" 2>/dev/null | wc -l) - compiles ))" >> "$out/$name.err"
+  [ -n "$before" ] && echo "kernel compiles: $(( $(compiles) - before ))" >> "$out/$name.err"
   kill "$poll" 2>/dev/null; wait "$poll" 2>/dev/null
   sed "s/^/  $name: /" "$out/$name.err" | grep -v "^  $name: *$" | tail -n 12 >&2  # its progress lines, kept even when cut short
   if [ $rc -ne 0 ]; then echo "  $name: failed (rc $rc$([ $rc = 124 ] && echo ": over its ${limit_now} s limit"))" >&2; return 1; fi

@@ -167,12 +167,14 @@ impl<B: Backend> KvCache<B> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Keys attention reads once `t` more positions are appended: the capacity then (the
-    /// same for every layer between forwards; layer 0's is asked before the forward).
-    fn keys_after(&self, t: usize) -> usize {
-        self.layer_keys_after(0, t)
+    /// Keys attention reads once `t` more positions are appended (asked before the forward;
+    /// every layer is alike then): a decoding step (one position) the whole capacity, a
+    /// prefill the filled keys, as plain causal attention (its shapes are new anyway).
+    fn keys_read(&self, t: usize) -> usize {
+        if t == 1 { self.capacity_after(0, 1) } else { self.len() + t }
     }
-    fn layer_keys_after(&self, layer: usize, t: usize) -> usize {
+    /// Layer `layer`'s capacity once `t` more positions are appended.
+    fn capacity_after(&self, layer: usize, t: usize) -> usize {
         let (capacity, len) = self.layers[layer].as_ref().map_or((0, 0), |l| (l.0.dims()[2], l.2));
         capacity.max((len + t).div_ceil(self.block) * self.block)
     }
@@ -227,11 +229,11 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Writes `t` new positions after the filled ones (growing by whole blocks when they do
-    /// not fit) and returns the layer's keys and values: over the filled positions when
-    /// `filled_only`, else over the whole capacity.
-    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>, filled_only: bool) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// not fit) and returns the layer's keys and values over the keys attention reads
+    /// ([`Self::keys_read`]).
+    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [b, h, t, d] = k.dims();
-        let keys = self.layer_keys_after(layer, t);
+        let keys = self.capacity_after(layer, t);
         let grow = |x: Tensor<B, 4>| {
             let have = x.dims()[2];
             if have == keys {
@@ -251,7 +253,7 @@ impl<B: Backend> KvCache<B> {
             }
         };
         self.layers[layer] = Some((k.clone(), v.clone(), len));
-        if filled_only && len < keys {
+        if t > 1 && len < keys {
             let filled = |x: Tensor<B, 4>| x.slice([0..b, 0..h, 0..len, 0..d]);
             return (filled(k), filled(v));
         }
@@ -302,9 +304,7 @@ impl<B: ModelBackend> Attention<B> {
         let q = to(apply_rotary(q, cos.clone(), sin.clone()), dt);
         let k = to(apply_rotary(k, cos, sin), dt);
         let (k, v) = match cache {
-            // Several new positions (a prefill, shapes new anyway): the filled keys only, so
-            // plain causal attention needs no mask; one (decoding): the whole capacity.
-            Some((cache, layer)) => cache.append(layer, k, v, t > 1),
+            Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
         let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
@@ -476,8 +476,7 @@ impl<B: ModelBackend> Qwen3<B> {
     ) -> Tensor<B, 3> {
         let [b, t] = tokens.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        // Decoding reads the cache's whole capacity (see `KvCache`), a prefill the filled keys.
-        let keys = cache.as_ref().filter(|_| t == 1).map_or(past + t, |c| c.keys_after(t));
+        let keys = cache.as_ref().map_or(past + t, |c| c.keys_read(t));
         let (rope, mask) = self.prepare(positions, &with_spare_keys(mask, b, t, past, keys, &tokens.device()), past, &tokens.device());
         let mut x = self.embed(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -628,11 +627,13 @@ fn with_spare_keys<B: Backend>(mask: &AttnMask<B>, b: usize, t: usize, past: usi
     if spare == 0 {
         return mask.clone();
     }
-    let trues = |shape: [usize; 4]| Tensor::<B, 4, Bool>::from_data(TensorData::new(vec![true; shape.iter().product()], shape), device);
+    fn trues<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Tensor<B, D, Bool> {
+        Tensor::from_data(TensorData::new(vec![true; shape.iter().product()], shape), device)
+    }
     match mask {
-        AttnMask::Causal => AttnMask::KeyPadding(Tensor::from_data(TensorData::new(vec![true; b * keys], [b, keys]), device)),
-        AttnMask::KeyPadding(valid) => AttnMask::KeyPadding(Tensor::cat(vec![valid.clone(), trues([b, spare, 1, 1]).reshape([b, spare])], 1)),
-        AttnMask::Explicit(m) => AttnMask::Explicit(Tensor::cat(vec![m.clone(), trues([b, 1, t, spare])], 3)),
+        AttnMask::Causal => AttnMask::KeyPadding(trues([b, keys], device)),
+        AttnMask::KeyPadding(valid) => AttnMask::KeyPadding(Tensor::cat(vec![valid.clone(), trues([b, spare], device)], 1)),
+        AttnMask::Explicit(m) => AttnMask::Explicit(Tensor::cat(vec![m.clone(), trues([b, 1, t, spare], device)], 3)),
         AttnMask::Documents(_) => unreachable!("packed documents are never cached"),
     }
 }
