@@ -18,14 +18,29 @@
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p benches --bin trainer-bench \
 #       --no-default-features --features cuda --target-dir target-cuda
 #   benches/run_gpu_bench.sh            # GPU_BENCH=path/to/trainer-bench PYTHON=python3
+# GPU_BENCH_UNTUNED= a second build (`--features cuda-untuned`: burn's autotune off, one
+# default kernel per op) runs each of our attempts first as "burn-cuda-untuned": the A/B
+# of warm-up (autotune compiles and times every candidate kernel for each new shape)
+# against steady-state speed. Either binary may be xz-compressed (name.xz): a stripped
+# build is 57 MB, so two fit the device tool's 64 MiB carry only compressed.
 # Limits: STEP_TIMEOUT (150 s) per attempt, OURS_TIMEOUT (300 s) for ours, whose first
 # step on a fresh machine compiles and autotunes its kernels (over 120 s on an H100 in the
 # first run), BUDGET (540 s) after which no attempt starts. On a CPU build (GPU_BENCH=target/release/trainer-bench)
 # with small SHAPE/SEQ it dry-runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bin=${GPU_BENCH:-target-cuda/release/trainer-bench}
 py=${PYTHON:-python3}
+# unpack PATH: PATH itself, or where its xz-decompressed copy went.
+unpack() {
+  case $1 in
+    *.xz) local to; to=$(mktemp -d)/$(basename "${1%.xz}")
+          "$py" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$to" \
+            && chmod +x "$to" && echo "$to" ;;
+    *) echo "$1" ;;
+  esac
+}
+bin=$(unpack "${GPU_BENCH:-target-cuda/release/trainer-bench}")
+untuned=; [ -n "${GPU_BENCH_UNTUNED:-}" ] && untuned=$(unpack "$GPU_BENCH_UNTUNED")
 shape=${SHAPE:-benches/shapes/qwen3-0.6b.json}
 seq=${SEQ:-4096}
 out=${OUT:-/tmp/trainer-bench}
@@ -118,6 +133,7 @@ sft_phase() {
   # Ours keeps no [tokens, vocab] logits (`trainer plan`: 0.6B bf16 seq 4096 with
   # checkpointing ~18 GiB at batch 8), so with checkpointing it tries batch 8 first.
   local bc b
+  [ -n "$untuned" ] && largest ours-untuned-sft-ckpt "${BATCHES_CKPT:-8 4 2 1}" "$untuned" sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing > /dev/null
   bc=$(largest ours-sft-ckpt "${BATCHES_CKPT:-8 4 2 1}" "$bin" sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing)
   b=$(largest torch-sft "${BATCHES:-8 4 2 1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps $steps)
   [ -n "$bc" ] && largest torch-sft-ckpt "$bc ${b:-1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing > /dev/null
@@ -129,9 +145,11 @@ for phase in ${PHASES:-peak sft gen parity}; do
     peak) echo "== matmul peak"; "$py" benches/scripts/gpu_torch.py peak | tee -a "$log" ;;
     sft) sft_phase ;;
     gen) echo "== generation"
+         [ -n "$untuned" ] && run ours-untuned-gen "$untuned" generate $gen
          run ours-gen "$bin" generate $gen
          run torch-gen "$py" benches/scripts/gpu_torch.py generate $gen ;;
-    parity) echo "== parity"; "$bin" parity 2> "$out/parity.err" | tee -a "$log"; cat "$out/parity.err" >&2 ;;
+    parity) echo "== parity"
+            for b in $untuned "$bin"; do "$b" parity 2> "$out/parity.err" | tee -a "$log"; cat "$out/parity.err" >&2; done ;;
     *) echo "unknown phase '$phase' in PHASES (peak, sft, gen, parity)" >&2; exit 2 ;;
   esac
 done

@@ -117,25 +117,30 @@ def report(a):
     if par:
         print("| parity case (log-probs, mean / max abs vs transformers f32) | ours f32 | ours bf16 | torch.autocast bf16 | ok |\n|---|---:|---:|---:|---|")
         for r in par:
-            print(f"| {r['case']} | {r['f32_mean_abs_vs_f32']:.1e} / {r['f32_max_abs_vs_f32']:.1e} | {r['bf16_mean_abs_vs_f32']:.4f} / {r['bf16_max_abs_vs_f32']:.3f}"
+            print(f"| {r['case']} ({r['impl']}) | {r['f32_mean_abs_vs_f32']:.1e} / {r['f32_max_abs_vs_f32']:.1e} | {r['bf16_mean_abs_vs_f32']:.4f} / {r['bf16_max_abs_vs_f32']:.3f}"
                   f" | {r['autocast_mean_abs_vs_f32']:.4f} / {r['autocast_max_abs_vs_f32']:.3f} | {r['ok']} |")
         print()
     sft_rows = [r for r in rows if r["check"] == "sft"]
     if sft_rows:
-        print("| SFT step | compute | seq x batch | tokens/s | MFU | peak memory |\n|---|---|---|---:|---:|---:|")
+        print("| SFT step | compute | seq x batch | tokens/s | MFU | peak memory | first step |\n|---|---|---|---:|---:|---:|---:|")
         for r in sft_rows:
             flops = train_flops_per_token(shape_cfg(r["shape_path"]), r["seq"]) * r["tokens_per_s"] / 1e12 if "shape_path" in r else None
             mfu = f"{100 * flops / peak:.1f}%" if flops and peak else "-"
             mem = f"{r['peak_mem_mb'] / 1024:.1f} GiB" if r.get("peak_mem_mb") else "-"
-            print(f"| {r['impl']} | {r['compute']} | {r['seq']} x {r['batch']} | {r['tokens_per_s']:.0f} | {mfu} | {mem} |")
+            print(f"| {r['impl']} | {r['compute']} | {r['seq']} x {r['batch']} | {r['tokens_per_s']:.0f} | {mfu} | {mem} | {warm(r)} |")
         ratio(sft_rows, "SFT")
     gen_rows = [r for r in rows if r["check"] == "generate"]
     if gen_rows:
-        print("| generation | batch x (prompt + new) | tokens/s | peak memory |\n|---|---|---:|---:|")
+        print("| generation | batch x (prompt + new) | tokens/s | peak memory | warm-up |\n|---|---|---:|---:|---:|")
         for r in gen_rows:
             mem = f"{r['peak_mem_mb'] / 1024:.1f} GiB" if r.get("peak_mem_mb") else "-"
-            print(f"| {r['impl']} {r['precision']} | {r['batch']} x ({r['prompt']} + {r['new_tokens']}) | {r['tokens_per_s']:.0f} | {mem} |")
+            print(f"| {r['impl']} {r['precision']} | {r['batch']} x ({r['prompt']} + {r['new_tokens']}) | {r['tokens_per_s']:.0f} | {mem} | {warm(r)} |")
         ratio(gen_rows, "generation")
+
+
+def warm(r):
+    """The untimed first run (ours: kernel compiles and autotune on a fresh machine)."""
+    return f"{r['warmup_s']:.1f} s" if r.get("warmup_s") is not None else "-"
 
 
 def ratio(rows, what):
@@ -144,7 +149,7 @@ def ratio(rows, what):
     for o in ours:
         for r in ref:
             if o.get("compute", "").endswith("checkpointing") == r.get("compute", "").endswith("checkpointing"):
-                print(f"\n{what}: ours/PyTorch tokens/s = {o['tokens_per_s'] / r['tokens_per_s']:.2f}x ({o.get('compute', o.get('precision'))}; batch {o['batch']} vs {r['batch']})")
+                print(f"\n{what}: {o['impl']}/PyTorch tokens/s = {o['tokens_per_s'] / r['tokens_per_s']:.2f}x ({o.get('compute', o.get('precision'))}; batch {o['batch']} vs {r['batch']})")
     print()
 
 

@@ -48,7 +48,7 @@ fn main() -> Result<()> {
     };
     let (with_cache, without_cache) = (gen(true), gen(false));
     let out = serde_json::json!({
-        "impl": if cfg!(feature = "cuda") { "burn-cuda" } else { "burn-flex" },
+        "impl": model::BACKEND_NAME,
         "shape": args.shape.file_stem().unwrap().to_string_lossy(),
         "prompt_tokens": args.tokens, "new_tokens": args.new_tokens,
         "forward_tok_s": args.tokens as f64 / forward,

@@ -63,7 +63,7 @@ enum Cmd {
     },
 }
 
-const IMPL: &str = if cfg!(feature = "cuda") { "burn-cuda" } else { "burn-flex" };
+const IMPL: &str = model::BACKEND_NAME;
 
 fn main() -> Result<()> {
     model::init_runtime().map_err(anyhow::Error::msg)?;

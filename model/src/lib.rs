@@ -32,6 +32,16 @@ pub type DefaultBackend = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type DefaultBackend = burn::backend::Cuda<f32>;
 
+/// Whether [`DefaultBackend`] is CUDA (what code outside this crate asks instead of its
+/// own features: a benchmark builds the model for CUDA without the trainer's `cuda`).
+pub const ON_GPU: bool = cfg!(feature = "cuda");
+/// [`DefaultBackend`] in words, for benchmark records.
+pub const BACKEND_NAME: &str = match (ON_GPU, cfg!(feature = "autotune")) {
+    (true, true) => "burn-cuda",
+    (true, false) => "burn-cuda-untuned",
+    (false, _) => "burn-flex",
+};
+
 /// Call first thing in a binary that computes on the default backend. On CUDA it checks
 /// that the driver and NVRTC load (a machine without them gets one line, not cudarc's
 /// panic from inside the first tensor op), and keeps compiled kernels on disk: burn's

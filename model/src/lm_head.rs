@@ -57,9 +57,17 @@ impl Head {
         }
     }
 
+    /// The rows in as few chunks of at most `self.rows` as hold them, of sizes that differ
+    /// by at most one (16384 rows at 441: 6 of 432 and 32 of 431, not 37 of 441 and one
+    /// of 67): on CUDA a chunk of another size class would be a matmul autotune of its own
+    /// (burn keys them by size rounded up to a power of two).
     fn chunks(&self, n: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-        let rows = self.rows;
-        (0..n).step_by(rows).map(move |s| s..(s + rows).min(n))
+        let count = n.div_ceil(self.rows);
+        let (base, extra) = (n.checked_div(count).unwrap_or(0), n.checked_rem(count).unwrap_or(0));
+        (0..count).map(move |i| {
+            let start = i * base + i.min(extra);
+            start..start + base + usize::from(i < extra)
+        })
     }
 }
 

@@ -187,7 +187,7 @@ pub fn time_decode(c: &Qwen3Config, compute: Compute, rows: usize, prompt: usize
         model::generate_with(&model, tokenizer, &prompts, &cfg, None, |_| _ = *first.get_or_insert_with(|| t0.elapsed().as_secs_f64()), |_, _| {});
         (first.unwrap_or(0.0), t0.elapsed().as_secs_f64())
     };
-    if cfg!(feature = "cuda") {
+    if model::ON_GPU {
         run(2);
     }
     let (prefill_s, total) = run(steps);

@@ -255,7 +255,7 @@ fn plan_rl(path: &Path, set: &[String], detail: Detail, nodes: usize, prev: Opti
 /// cores). `not_timed`: why the update was not timed (then neither is this).
 fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, mean_prompt: usize, nodes: usize, not_timed: Option<&String>) -> Value {
     let ro = &cfg.rollout;
-    let share = ro.tasks_per_step.div_ceil(if cfg!(feature = "cuda") { cfg.compute.devices * nodes } else { nodes });
+    let share = ro.tasks_per_step.div_ceil(if model::ON_GPU { cfg.compute.devices * nodes } else { nodes });
     let per = wave_tasks(ro.max_rows, ro.group_size, share);
     let (rows, waves) = (per * ro.group_size, share.div_ceil(per));
     let decode_steps = (ro.max_turns * ro.max_new_tokens).min(ro.max_response_tokens);
@@ -266,7 +266,7 @@ fn rollout_estimate(cfg: &RlConfig, c: &Qwen3Config, tok: Option<&Tokenizer>, me
     let context = (mean_prompt + ro.max_response_tokens).saturating_sub(STEPS).max(1);
     // Encoding the contexts is most of it: on a CPU, only when that is seconds, not hours.
     let prefill_flops = 2.0 * estimate::params(c).matmul as f64 * (rows * context) as f64;
-    if !cfg!(feature = "cuda") && prefill_flops > 2e12 {
+    if !model::ON_GPU && prefill_flops > 2e12 {
         return json!({"rows": rows, "decode_steps_at_most": decode_steps, "skipped": format!("encoding {rows} contexts of {context} tokens is {:.0} TFLOP, too much for this CPU", prefill_flops / 1e12)});
     }
     let sampling = model::SamplingConfig {
@@ -343,14 +343,14 @@ fn time(detail: Detail, c: &Qwen3Config, compute: Compute, batch: &[Vec<datasets
     if detail != Detail::Timed {
         return Err("--no-measure".into());
     }
-    if !cfg!(feature = "cuda") {
+    if !model::ON_GPU {
         // On a CPU build every replica lives in this machine's memory.
         let (needed, available) = (memory.peak() * devices as f64, mem_available());
         if needed > 0.9 * available {
             return Err(format!("needs about {} and this machine has {} available", gib(needed), gib(available)));
         }
     }
-    let (batch, replicas): (Vec<_>, _) = if cfg!(feature = "cuda") {
+    let (batch, replicas): (Vec<_>, _) = if model::ON_GPU {
         (batch.iter().step_by(devices).cloned().collect(), 1)
     } else {
         (batch.to_vec(), devices)
@@ -392,7 +392,7 @@ fn memory_json(m: &Memory) -> Value {
 fn timing_json(t: &std::result::Result<estimate::StepTiming, String>, batch: &str) -> Value {
     match t {
         Ok(t) => json!({"step_s": t.step_s, "warmup_s": t.warmup_s, "batch": batch,
-                        "device": if cfg!(feature = "cuda") { "cuda" } else { "cpu" }, "peak_rss_bytes": estimate::peak_rss()}),
+                        "device": if model::ON_GPU { "cuda" } else { "cpu" }, "peak_rss_bytes": estimate::peak_rss()}),
         Err(why) => json!({"skipped": why}),
     }
 }

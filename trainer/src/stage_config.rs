@@ -59,7 +59,7 @@ impl ComputeSpec {
 
     /// The devices, or an error naming `[compute] devices` in `path`.
     pub fn devices(&self, path: &Path) -> anyhow::Result<Vec<burn::tensor::Device<model::DefaultBackend>>> {
-        if self.devices > 1 && !cfg!(feature = "cuda") {
+        if self.devices > 1 && !model::ON_GPU {
             eprintln!("compute.devices = {}: on a CPU build the replicas share the machine's cores", self.devices);
         }
         model::devices(self.devices).map_err(|e| anyhow::anyhow!("{}: compute.devices = {}: {e}", path.display(), self.devices))

@@ -62,12 +62,12 @@ pub fn run(mut a: Args) -> Result<()> {
     let params = plans.iter().map(|p| f(&p["model"]["params"]["total"])).fold(0.0, f64::max);
     let device_mem = plans.iter().map(|p| f(&p["memory"]["total_bytes"])).fold(0.0, f64::max);
     let gpus = plans.iter().map(|p| p["devices"].as_u64().unwrap_or(1)).max().unwrap_or(1);
-    if gpus > 1 && !cfg!(feature = "cuda") {
+    if gpus > 1 && !model::ON_GPU {
         bail!("compute.devices = {gpus}: this is a CPU build, which trains on the machine's one CPU; build with --features cuda for GPUs");
     }
     // Host memory: on a CPU build the training itself; on a GPU the checkpoint is read and
     // converted to f32 on the host first (4 bytes a parameter, twice while converting).
-    let host = if cfg!(feature = "cuda") { 8.0 * params } else { 1.25 * device_mem } + (4u64 << 30) as f64;
+    let host = if model::ON_GPU { 8.0 * params } else { 1.25 * device_mem } + (4u64 << 30) as f64;
     let mem_gb = (host / (1u64 << 30) as f64).ceil() as u64;
 
     let cwd = std::env::current_dir()?;
@@ -90,7 +90,7 @@ pub fn run(mut a: Args) -> Result<()> {
     sb("nodes", a.nodes.to_string());
     sb("ntasks-per-node", "1".into());
     sb("cpus-per-task", a.cpus.to_string());
-    if cfg!(feature = "cuda") {
+    if model::ON_GPU {
         sb("gpus-per-node", gpus.to_string());
     }
     sb("mem", format!("{mem_gb}G"));

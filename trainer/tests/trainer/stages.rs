@@ -804,7 +804,7 @@ fn submit_writes_an_sbatch_script_that_runs_and_resumes_the_stage() {
     assert_eq!(outcome["steps"], 3);
     let e = err_line(&["submit", "--slurm", cfg.to_str().unwrap(), "--nodes", "0"]);
     assert!(e.contains("--nodes 0"), "{e}");
-    if !cfg!(feature = "cuda") {
+    if !model::ON_GPU {
         let e = err_line(&["submit", "--slurm", cfg.to_str().unwrap(), "--gpus-per-node", "2", "--dry-run"]);
         assert!(e.contains("compute.devices = 2") && e.contains("CPU build"), "{e}");
     }
