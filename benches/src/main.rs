@@ -29,6 +29,7 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() -> Result<()> {
+    model::init_runtime().map_err(anyhow::Error::msg)?;
     let args = Args::parse();
     let cfg = Qwen3Config::from_file(&args.shape)?;
     let device = Default::default();

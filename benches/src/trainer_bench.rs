@@ -142,7 +142,7 @@ fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precisio
     // On stderr as each step ends: a run cut short by a time limit still says how far it got.
     let clock = Instant::now();
     let t = trainer::estimate::time_step(&cfg, compute, &micro, steps, &devices, |i, secs| {
-        eprintln!("sft step {i}{}: {secs:.1} s ({:.0} s in all)", if i == 0 { " (warm-up: kernel compiles, autotune)" } else { "" }, clock.elapsed().as_secs_f64())
+        eprintln!("sft step {i}{}: {secs:.1} s ({:.0} s in all)", match (i, model::ON_GPU) { (0, true) => " (warm-up: kernel compiles, autotune)", (0, false) => " (warm-up)", _ => "" }, clock.elapsed().as_secs_f64())
     })?;
     println!("{}", json!({"check": "sft", "impl": IMPL, "compute": compute.to_string(), "shape": shape.file_stem().unwrap().to_string_lossy(),
                            "seq": seq, "batch": batch, "micro_batches": micro.len(), "devices": devices.len(), "step_s": t.step_s, "tokens_per_s": (seq * batch) as f64 / t.step_s,

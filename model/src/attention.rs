@@ -32,17 +32,15 @@ pub fn causal_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Te
 pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Autodiff<B, C>>, k: FloatTensor<Autodiff<B, C>>, v: FloatTensor<Autodiff<B, C>>) -> FloatTensor<Autodiff<B, C>> {
     #[derive(Debug)]
     struct Lean;
-    impl<B: Backend> Backward<B, 3> for Lean {
+    impl<B: ModelBackend> Backward<B, 3> for Lean {
         type State = [FloatTensor<B>; 4]; // q, k, v, output
 
         fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let t = |x: FloatTensor<B>| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
             let [q, k, v, out] = ops.state;
             let d_out = grads.consume::<B>(&ops.node);
-            let (dq, dk, dv) = backward(t(q), t(k), t(v), t(out), t(d_out));
-            for (parent, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            for (parent, g) in ops.parents.into_iter().zip(B::causal_attention_backward(q, k, v, out, d_out)) {
                 if let Some(node) = parent {
-                    grads.register::<B>(node.id, g.into_primitive().tensor());
+                    grads.register::<B>(node.id, g);
                 }
             }
         }
@@ -59,7 +57,7 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Au
 /// Gradients of causal attention (FlashAttention-2's backward, by blocks of queries, in
 /// f32): with P = softmax(S), S = q kᵀ·s and Δ = rowsum(dO ∘ O),
 /// dV = Pᵀ dO, dS = P ∘ (dO vᵀ − Δ), dQ = dS k·s, dK = dSᵀ q·s.
-fn backward<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+pub(crate) fn backward<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
     let dtype = q.dtype();
     let f = |x: Tensor<B, 4>| x.cast(FloatDType::F32);
     let (q, k, v, d_out) = (f(q), f(k), f(v), f(d_out));
@@ -87,5 +85,5 @@ fn backward<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: 
         dq.push(ds.clone().matmul(kb).mul_scalar(scale));
         dk = dk.clone().slice_assign(keys.clone(), dk.slice(keys) + ds.swap_dims(2, 3).matmul(qb).mul_scalar(scale));
     }
-    (Tensor::cat(dq, 2).cast(dtype), dk.cast(dtype), dv.cast(dtype))
+    [Tensor::cat(dq, 2).cast(dtype), dk.cast(dtype), dv.cast(dtype)]
 }

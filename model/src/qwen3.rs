@@ -298,11 +298,11 @@ impl<B: ModelBackend> Attention<B> {
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]);
-        let q = norm(&self.q_norm, heads(proj(&self.q_proj, x.clone(), dt), h)).swap_dims(1, 2);
-        let k = norm(&self.k_norm, heads(proj(&self.k_proj, x.clone(), dt), kvh)).swap_dims(1, 2);
+        // QK-norm and RoPE on [b, t, heads, d], as the projections lay it out (elementwise
+        // work on a contiguous tensor; after the swap it would be a strided walk on CPU).
+        let q = to(apply_rotary(norm(&self.q_norm, heads(proj(&self.q_proj, x.clone(), dt), h)), cos.clone(), sin.clone()), dt).swap_dims(1, 2);
+        let k = to(apply_rotary(norm(&self.k_norm, heads(proj(&self.k_proj, x.clone(), dt), kvh)), cos, sin), dt).swap_dims(1, 2);
         let v = heads(proj(&self.v_proj, x, dt), kvh).swap_dims(1, 2);
-        let q = to(apply_rotary(q, cos.clone(), sin.clone()), dt);
-        let k = to(apply_rotary(k, cos, sin), dt);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),

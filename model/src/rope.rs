@@ -68,8 +68,9 @@ impl Rope {
         }
     }
 
-    /// cos and sin for the given positions (`[batch][seq]`), shaped `[batch, 1, seq, head_dim]`
-    /// to broadcast over heads.
+    /// cos and sin for the given positions (`[batch][seq]`), shaped `[batch, seq, 1, head_dim]`
+    /// to broadcast over the heads of `[batch, seq, heads, head_dim]` (the projections' own
+    /// layout, before heads move ahead of positions for attention).
     pub fn cos_sin<B: Backend>(&self, positions: &[Vec<usize>], device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let (b, t) = (positions.len(), positions[0].len());
         let half = self.inv_freq.len();
@@ -87,7 +88,7 @@ impl Rope {
                 }
             }
         }
-        let shape = [b, 1, t, half * 2];
+        let shape = [b, t, 1, half * 2];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
@@ -95,11 +96,12 @@ impl Rope {
     }
 }
 
-/// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = cat(-x2, x1)`.
+/// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = cat(-x2, x1)`, over the last
+/// dimension.
 pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, t, d] = x.dims();
-    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
+    let [b, t, h, d] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..t, 0..h, 0..d / 2]);
+    let x2 = x.clone().slice([0..b, 0..t, 0..h, d / 2..d]);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
     x * cos + rotated * sin
 }
