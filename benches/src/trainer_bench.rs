@@ -47,6 +47,9 @@ enum Cmd {
         /// Data-parallel replicas (`[compute] devices`): GPUs 0..N, or threads on the CPU.
         #[arg(long, default_value_t = 1)]
         devices: usize,
+        /// Tokens per packed document (attention within each; default one per row).
+        #[arg(long)]
+        doc: Option<usize>,
     },
     /// Batched greedy generation of exactly `new_tokens` per row from random prompts.
     Generate {
@@ -69,7 +72,7 @@ fn main() -> Result<()> {
     model::init_runtime().map_err(anyhow::Error::msg)?;
     match Args::parse().cmd {
         Cmd::Parity { fixtures } => parity(&fixtures),
-        Cmd::Sft { shape, seq, batch, steps, precision, checkpointing, micro_batch, devices } => sft(&shape, seq, batch, steps, precision, checkpointing, micro_batch, devices),
+        Cmd::Sft { shape, seq, batch, steps, precision, checkpointing, micro_batch, devices, doc } => sft(&shape, seq, batch, steps, precision, checkpointing, micro_batch, devices, doc.unwrap_or(seq)),
         Cmd::Generate { shape, batch, prompt, new_tokens, precision } => gen(&shape, batch, prompt, new_tokens, precision),
     }
 }
@@ -133,10 +136,10 @@ fn parity(fixtures: &std::path::Path) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precision: Precision, checkpointing: bool, micro_batch: Option<usize>, devices: usize) -> Result<()> {
+fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precision: Precision, checkpointing: bool, micro_batch: Option<usize>, devices: usize, doc: usize) -> Result<()> {
     let cfg = Qwen3Config::from_file(shape)?;
     let compute = Compute { precision, gradient_checkpointing: checkpointing };
-    let seqs = trainer::estimate::random_rows(cfg.vocab_size, batch, seq, seq);
+    let seqs = trainer::estimate::random_rows(cfg.vocab_size, batch, seq, doc);
     let micro: Vec<Vec<_>> = seqs.chunks(micro_batch.unwrap_or(batch).max(1)).map(<[_]>::to_vec).collect();
     let devices = model::devices(devices).map_err(anyhow::Error::msg)?;
     // On stderr as each step ends: a run cut short by a time limit still says how far it got.
@@ -145,7 +148,7 @@ fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precisio
         eprintln!("sft step {i}{}: {secs:.1} s ({:.0} s in all)", match (i, model::ON_GPU) { (0, true) => " (warm-up: kernel compiles, autotune)", (0, false) => " (warm-up)", _ => "" }, clock.elapsed().as_secs_f64())
     })?;
     println!("{}", json!({"check": "sft", "impl": IMPL, "compute": compute.to_string(), "shape": shape.file_stem().unwrap().to_string_lossy(),
-                           "seq": seq, "batch": batch, "micro_batches": micro.len(), "devices": devices.len(), "step_s": t.step_s, "tokens_per_s": (seq * batch) as f64 / t.step_s,
+                           "seq": seq, "doc": doc, "batch": batch, "micro_batches": micro.len(), "devices": devices.len(), "step_s": t.step_s, "tokens_per_s": (seq * batch) as f64 / t.step_s,
                            "warmup_s": t.warmup_s, "loss": t.loss, "peak_rss_mb": trainer::estimate::peak_rss() / (1u64 << 20) as f64}));
     Ok(())
 }
