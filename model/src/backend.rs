@@ -71,7 +71,7 @@ impl ModelBackend for burn::backend::Flex {
     }
 }
 
-/// Flex runs each op on one thread but its large matmuls: work that splits by attention
+/// Flex runs every op but its large matmuls on one thread: work that splits by attention
 /// head runs a group of heads a core (each head's numbers are the same either way).
 #[cfg(feature = "flex")]
 mod flex {
