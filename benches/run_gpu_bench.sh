@@ -41,6 +41,10 @@ unpack() {
 }
 bin=$(unpack "${GPU_BENCH:-target-cuda/release/trainer-bench}")
 untuned=; [ -n "${GPU_BENCH_UNTUNED:-}" ] && untuned=$(unpack "$GPU_BENCH_UNTUNED")
+for b in "$bin" $untuned; do
+  [ -x "$b" ] || { echo "run_gpu_bench: no runnable trainer-bench at '$b' (GPU_BENCH=${GPU_BENCH:-}, GPU_BENCH_UNTUNED=${GPU_BENCH_UNTUNED:-})" >&2; exit 2; }
+done
+[ -n "${GPU_BENCH_UNTUNED:-}" ] && [ -z "$untuned" ] && { echo "run_gpu_bench: could not unpack GPU_BENCH_UNTUNED=$GPU_BENCH_UNTUNED" >&2; exit 2; }
 shape=${SHAPE:-benches/shapes/qwen3-0.6b.json}
 seq=${SEQ:-4096}
 out=${OUT:-/tmp/trainer-bench}
