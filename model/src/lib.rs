@@ -117,7 +117,7 @@ pub fn devices(n: usize) -> std::result::Result<Vec<Device<DefaultBackend>>, Str
         return Err("at least one device is needed".into());
     }
     let first = Device::<DefaultBackend>::default();
-    if cfg!(feature = "cuda") {
+    if ON_GPU {
         let id = first.to_id();
         let available = <DefaultBackend as Backend>::device_count(id.type_id);
         if n > available {

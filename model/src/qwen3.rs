@@ -153,7 +153,7 @@ pub struct KvCache<B: Backend> {
 }
 
 /// Positions a [`KvCache`] grows by unless told otherwise ([`crate::SamplingConfig`]).
-pub const DEFAULT_KV_BLOCK: usize = if cfg!(feature = "cuda") { 256 } else { 1 };
+pub const DEFAULT_KV_BLOCK: usize = if crate::ON_GPU { 256 } else { 1 };
 
 impl<B: Backend> KvCache<B> {
     pub fn new(num_layers: usize, block: usize) -> Self {
