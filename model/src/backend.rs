@@ -7,7 +7,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{AttentionModuleOptions, FloatTensor, IntTensor, ModuleOps};
+use burn::tensor::ops::{AttentionModuleOptions, BoolTensor, FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::TensorPrimitive;
 
 pub trait ModelBackend: Backend {
@@ -18,11 +18,43 @@ pub trait ModelBackend: Backend {
         <Self as ModuleOps<Self>>::attention(q, k, v, None, None, causal)
     }
 
+    /// Causal attention of the last `t` positions (`q` `[batch, heads, t, head_dim]`) over
+    /// `k`, `v` (`[batch, heads, keys, head_dim]`, the queries' own positions last): a
+    /// prefill, a KV cache's earlier positions in front. `mask` (`[batch, 1, t, keys]`, true
+    /// = masked) hides padding keys as well as future ones.
+    fn prefill_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>) -> FloatTensor<Self> {
+        let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
+        let (q, k, v) = (f(q), f(k), f(v));
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: mask.is_none() };
+        let mask = mask.map(|m| {
+            let [b, h, t, _] = q.dims();
+            Tensor::<Self, 4, Bool>::from_primitive(m).expand([b, h, t, k.dims()[2]])
+        });
+        burn::tensor::module::attention(q, k, v, mask, None, options).into_primitive().tensor()
+    }
+
     /// Gradients of [`Self::causal_attention`] for `q`, `k`, `v` from its output `out` and
     /// the output's gradient ([`crate::attention`]'s blockwise recomputing backward).
     fn causal_attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
         let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
         crate::attention::backward(f(q), f(k), f(v), f(out), f(d_out)).map(|g| g.into_primitive().tensor())
+    }
+
+    /// `cache` (`[batch, heads, capacity, head_dim]`) with `new` (`[batch, heads, t,
+    /// head_dim]`) written over positions `at..at + t`: a KV cache's append.
+    fn kv_write(cache: FloatTensor<Self>, new: FloatTensor<Self>, at: usize) -> FloatTensor<Self> {
+        kv_write_by_slice_assign::<Self>(cache, new, at)
+    }
+
+    /// Attention of one new position (decoding) over a KV cache: `q` `[batch, kv_heads,
+    /// n_rep, head_dim]` (the query heads of each KV head as its rows), `k`, `v` `[batch,
+    /// kv_heads, capacity, head_dim]` of which the first `filled` positions are written,
+    /// `mask` `[batch, 1, 1, capacity]` (true = masked) hiding padding and the spare
+    /// capacity. Here over the whole capacity, so that the shapes stay fixed for a block of
+    /// steps (on CUDA each new shape is a new autotune).
+    fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>, filled: usize) -> FloatTensor<Self> {
+        let _ = filled;
+        decode_attention_over_capacity::<Self>(q, k, v, mask)
     }
 
     /// log p(target) and the entropy of p for each row of `hidden` (`[n, hidden]`), p =
@@ -37,31 +69,28 @@ pub trait ModelBackend: Backend {
 #[cfg(feature = "flex")]
 impl ModelBackend for burn::backend::Flex {
     /// Flex's attention multiplies every query by every key tile and only then masks the
-    /// future (causal rows pay for the whole square): here by blocks of queries, each
-    /// against the keys up to its last query (Flex's causal offset aligns the block's
-    /// queries to the end of those keys), about half the work on long rows. Flex runs an
-    /// attention call on one thread: the heads go in groups, one a core.
+    /// future (causal rows pay for the whole square), and runs on one thread: here by
+    /// blocks of queries and groups of heads ([`flex::causal_by_blocks`]).
     fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
-        const BLOCK: usize = 256;
-        let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
-        let [out] = flex::by_head_groups([f(q), f(k), f(v)], |[q, k, v]| {
-            let [b, h, len, d] = q.dims();
-            let dv = v.dims()[3];
-            let attend = |q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>| {
-                f(<Self as ModuleOps<Self>>::attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor(), None, None, causal))
-            };
-            if len <= BLOCK {
-                return [attend(q, k, v)];
-            }
-            let blocks = (0..len).step_by(BLOCK).map(|start| {
-                let end = (start + BLOCK).min(len);
-                let part = |x: &Tensor<Self, 4>, rows: std::ops::Range<usize>, w: usize| x.clone().slice([0..b, 0..h, rows, 0..w]);
-                attend(part(&q, start..end, d), part(&k, 0..end, d), part(&v, 0..end, dv))
-            });
-            [Tensor::cat(blocks.collect(), 2)]
-        });
-        out.into_primitive().tensor()
+        flex::causal_by_blocks(q, k, v, None)
+    }
+
+    /// As the training attention, the mask (padding) sliced with each block.
+    fn prefill_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>) -> FloatTensor<Self> {
+        flex::causal_by_blocks(q, k, v, mask)
+    }
+
+    /// In place when the cache is the only reference to its buffer (Flex's own
+    /// slice_assign copies the whole cache first, every step).
+    fn kv_write(cache: FloatTensor<Self>, new: FloatTensor<Self>, at: usize) -> FloatTensor<Self> {
+        flex::kv_write_in_place(cache, new, at)
+    }
+
+    /// Only the filled keys (no spare capacity), read where they lie in the cache (Flex's
+    /// attention would first copy the strided slice), a group of (row, KV head) pairs a
+    /// core.
+    fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>, filled: usize) -> FloatTensor<Self> {
+        flex::decode_attention(q, k, v, mask, filled)
     }
 
     fn causal_attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
@@ -71,12 +100,35 @@ impl ModelBackend for burn::backend::Flex {
     }
 }
 
+/// [`ModelBackend::kv_write`] with burn's slice_assign.
+fn kv_write_by_slice_assign<B: Backend>(cache: FloatTensor<B>, new: FloatTensor<B>, at: usize) -> FloatTensor<B> {
+    let f = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+    let (cache, new) = (f(cache), f(new));
+    let [b, h, t, d] = new.dims();
+    cache.slice_assign([0..b, 0..h, at..at + t, 0..d], new).into_primitive().tensor()
+}
+
+/// [`ModelBackend::decode_attention`] with burn's attention over every key, the mask
+/// hiding the spare ones.
+fn decode_attention_over_capacity<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, mask: Option<BoolTensor<B>>) -> FloatTensor<B> {
+    let f = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+    let (q, k, v) = (f(q), f(k), f(v));
+    let [b, g, r, _] = q.dims();
+    let mask = mask.map(|m| Tensor::<B, 4, Bool>::from_primitive(m).expand([b, g, r, k.dims()[2]]));
+    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+    burn::tensor::module::attention(q, k, v, mask, None, options).into_primitive().tensor()
+}
+
 /// Flex runs every op but its large matmuls on one thread: work that splits by attention
 /// head runs a group of heads a core (each head's numbers are the same either way).
 #[cfg(feature = "flex")]
 mod flex {
     use burn::backend::Flex;
     use burn::prelude::*;
+    use burn::tensor::ops::{AttentionModuleOptions, ModuleOps};
+    use burn::tensor::{DType, Element, TensorPrimitive};
+    use burn_flex::FlexTensor;
+    use bytemuck::Pod;
     use rayon::prelude::*;
 
     /// `f` on every input's heads (dim 1) in as many groups as rayon has threads (the
@@ -97,6 +149,133 @@ mod flex {
         };
         let parts: Vec<[Tensor<Flex, 4>; O]> = (0..groups).into_par_iter().map(|i| f(group(i))).collect();
         std::array::from_fn(|o| Tensor::cat(parts.iter().map(|p| p[o].clone()).collect(), 1))
+    }
+
+    /// Causal attention by blocks of queries, each against the keys up to its last query
+    /// (Flex's causal offset aligns the block's queries to the end of those keys), about
+    /// half the work on long rows; a group of heads a core. The queries are the last
+    /// positions of the keys; `mask` (`[batch, 1, queries, keys]`, true = masked) hides more.
+    pub(super) fn causal_by_blocks(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Option<FlexTensor>) -> FlexTensor {
+        const BLOCK: usize = 256;
+        let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let f = |x| Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x));
+        let mask = mask.map(Tensor::<Flex, 4, Bool>::from_primitive);
+        let [out] = by_head_groups([f(q), f(k), f(v)], |[q, k, v]| {
+            let [b, h, t, d] = q.dims();
+            let [keys, dv] = [k.dims()[2], v.dims()[3]];
+            let past = keys - t;
+            let attend = |q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, mask: Option<Tensor<Flex, 4, Bool>>| {
+                let mask = mask.map(Tensor::into_primitive);
+                f(Flex::attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor(), mask, None, causal))
+            };
+            if t <= BLOCK {
+                return [attend(q, k, v, mask.clone())];
+            }
+            let blocks = (0..t).step_by(BLOCK).map(|start| {
+                let (end, seen) = ((start + BLOCK).min(t), past + (start + BLOCK).min(t));
+                let part = |x: &Tensor<Flex, 4>, rows: std::ops::Range<usize>, w: usize| x.clone().slice([0..b, 0..h, rows, 0..w]);
+                let mask = mask.as_ref().map(|m| m.clone().slice([0..b, 0..1, start..end, 0..seen]));
+                attend(part(&q, start..end, d), part(&k, 0..seen, d), part(&v, 0..seen, dv), mask)
+            });
+            [Tensor::cat(blocks.collect(), 2)]
+        });
+        out.into_primitive().tensor()
+    }
+
+    /// [`super::ModelBackend::kv_write`]: in place when `cache` holds its buffer alone
+    /// and whole (contiguous, as a cache grown by `cat` is), else by slice_assign.
+    pub(super) fn kv_write_in_place(mut cache: FlexTensor, new: FlexTensor, at: usize) -> FlexTensor {
+        let whole = cache.is_contiguous() && cache.layout().start_offset() == 0 && cache.bytes().len() == cache.layout().num_elements() * cache.dtype().size();
+        if !whole || !cache.is_unique() || cache.dtype() != new.dtype() {
+            return super::kv_write_by_slice_assign::<Flex>(cache, new, at);
+        }
+        let [_, _, capacity, d] = cache.layout().shape().dims();
+        let span = new.layout().shape()[2] * d;
+        let new = new.to_contiguous();
+        // Row i (a batch row's KV head) of `new` goes to positions at.. of cache row i.
+        fn write<E: Element + Pod>(cache: &mut FlexTensor, new: &FlexTensor, capacity: usize, at: usize, d: usize, span: usize) {
+            let dst = cache.try_storage_mut::<E>().expect("a unique buffer");
+            for (i, src) in new.storage::<E>().chunks_exact(span).enumerate() {
+                dst[(i * capacity + at) * d..][..span].copy_from_slice(src);
+            }
+        }
+        match cache.dtype() {
+            DType::F32 => write::<f32>(&mut cache, &new, capacity, at, d, span),
+            DType::BF16 => write::<half::bf16>(&mut cache, &new, capacity, at, d, span),
+            DType::F16 => write::<half::f16>(&mut cache, &new, capacity, at, d, span),
+            _ => return super::kv_write_by_slice_assign::<Flex>(cache, new, at),
+        }
+        cache
+    }
+
+    /// [`super::ModelBackend::decode_attention`] over the first `filled` keys, read in
+    /// place (each (row, KV head)'s keys lie contiguous in the cache), the pairs spread
+    /// over rayon's threads. f32 only; anything else goes over the whole capacity.
+    pub(super) fn decode_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Option<FlexTensor>, filled: usize) -> FlexTensor {
+        let [b, g, r, d] = q.layout().shape().dims();
+        let keys = k.layout().shape()[2];
+        let rows_contiguous = |x: &FlexTensor| {
+            let s = x.layout().strides();
+            s[3] == 1 && s[2] == d as isize && s[0] >= 0 && s[1] >= 0
+        };
+        let mask_fits = mask.as_ref().is_none_or(|m| m.layout().shape().dims::<4>() == [b, 1, 1, keys]);
+        if [&q, &k, &v].iter().any(|x| x.dtype() != DType::F32) || !rows_contiguous(&k) || !rows_contiguous(&v) || !mask_fits {
+            return super::decode_attention_over_capacity::<Flex>(q, k, v, mask);
+        }
+        let q = q.to_contiguous();
+        let mask = mask.map(|m| m.to_contiguous());
+        let (qs, ks, vs) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>());
+        let masked = mask.as_ref().map(|m| m.storage::<u8>());
+        // Offset of pair i's first position in x.
+        let start = |x: &FlexTensor, i: usize| {
+            let s = x.layout().strides();
+            x.layout().start_offset() + (i / g) * s[0] as usize + (i % g) * s[1] as usize
+        };
+        let scale = (d as f32).sqrt().recip();
+        let mut out = vec![0f32; b * g * r * d];
+        out.par_chunks_mut(r * d).enumerate().for_each(|(i, out)| {
+            let row = i / g;
+            let seen: Vec<usize> = (0..filled).filter(|&j| masked.is_none_or(|m| m[row * keys + j] == 0)).collect();
+            let (k0, v0, n) = (start(&k, i), start(&v, i), seen.len());
+            let queries = &qs[i * r * d..][..r * d];
+            // scores[query][key], each key read once for every query of the pair.
+            let mut scores = vec![0f32; r * n];
+            for (c, &j) in seen.iter().enumerate() {
+                let key = &ks[k0 + j * d..][..d];
+                for (query, s) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(n)) {
+                    s[c] = dot(query, key) * scale;
+                }
+            }
+            for s in scores.chunks_exact_mut(n) {
+                let max = s.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let mut sum = 0.0;
+                for x in s.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                s.iter_mut().for_each(|x| *x /= sum);
+            }
+            for (c, &j) in seen.iter().enumerate() {
+                let value = &vs[v0 + j * d..][..d];
+                for (o, s) in out.chunks_exact_mut(d).zip(scores.chunks_exact(n)) {
+                    o.iter_mut().zip(value).for_each(|(o, &x)| *o += s[c] * x);
+                }
+            }
+        });
+        FlexTensor::from_data(TensorData::new(out, [b, g, r, d]))
+    }
+
+    /// Σ a·b in eight lanes (a sum the compiler vectorizes; one running sum it may not reorder).
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        let mut lanes = [0f32; 8];
+        for (x, y) in ca.zip(cb) {
+            for l in 0..8 {
+                lanes[l] += x[l] * y[l];
+            }
+        }
+        lanes.iter().sum::<f32>() + tail
     }
 }
 #[cfg(feature = "cuda")]

@@ -27,8 +27,7 @@ pub struct SamplingConfig {
     pub stop_strings: Vec<String>,
     /// Reuse keys/values of earlier positions (false recomputes everything each step).
     pub use_cache: bool,
-    /// Positions the KV cache grows by ([`KvCache`]): [`crate::DEFAULT_KV_BLOCK`], 256 on
-    /// CUDA (steady shapes for its autotune) and 1 on a CPU.
+    /// Positions the KV cache grows by ([`KvCache`]): [`crate::DEFAULT_KV_BLOCK`], 256.
     pub kv_block: usize,
 }
 

@@ -10,9 +10,8 @@ use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, silu};
-use burn::tensor::module::{attention, linear};
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::FloatDType;
+use burn::tensor::module::linear;
+use burn::tensor::{FloatDType, TensorPrimitive};
 
 /// Precision of the matmuls and attention. `Bf16` follows `torch.autocast(bfloat16)`:
 /// linear layers and attention in bf16, the residual stream, norms, RoPE and the
@@ -137,13 +136,13 @@ pub struct Qwen3<B: Backend> {
 /// with the checkpoint's KV heads, before they are repeated for GQA), in the compute dtype.
 ///
 /// Stored with room to spare: capacity grows `block` positions at a time and a decoding
-/// step's attention reads the whole capacity, the spare keys masked as future positions (a
-/// prefill reads the filled keys, as plain causal attention). With blocks the shapes a
-/// decoding step sees change once a block rather than every token: on CUDA each
-/// new shape is a new autotune (burn keys its matmul and attention kernels by size, down to
-/// each dimension's power-of-two factor) and maybe new compiles, and a step writes its keys
-/// in place rather than copying the cache to append. On a CPU attention over spare keys is
-/// pure cost (28% slower decoding on the tiny default), so there the block is 1.
+/// step writes its keys in place ([`ModelBackend::kv_write`]) rather than copying the
+/// cache to append. Its attention ([`ModelBackend::decode_attention`]) reads the whole
+/// capacity on CUDA, the spare keys masked as future positions, so that the shapes it sees
+/// change once a block rather than every token (each new shape is a new autotune: burn
+/// keys its matmul and attention kernels by size, down to each dimension's power-of-two
+/// factor, and maybe new compiles); on Flex only the filled keys, where they lie. A
+/// prefill reads the filled keys, as plain causal attention.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     /// Per layer: keys and values `[batch, kv_heads, capacity, head_dim]` and the number of
@@ -153,7 +152,7 @@ pub struct KvCache<B: Backend> {
 }
 
 /// Positions a [`KvCache`] grows by unless told otherwise ([`crate::SamplingConfig`]).
-pub const DEFAULT_KV_BLOCK: usize = if crate::ON_GPU { 256 } else { 1 };
+pub const DEFAULT_KV_BLOCK: usize = 256;
 
 impl<B: Backend> KvCache<B> {
     pub fn new(num_layers: usize, block: usize) -> Self {
@@ -228,10 +227,13 @@ impl<B: Backend> KvCache<B> {
         Self { layers: layers.collect(), block }
     }
 
+}
+
+impl<B: ModelBackend> KvCache<B> {
     /// Writes `t` new positions after the filled ones (growing by whole blocks when they do
     /// not fit) and returns the layer's keys and values over the keys attention reads
-    /// ([`Self::keys_read`]).
-    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// ([`Self::keys_read`]) and the number of positions filled.
+    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, usize) {
         let [b, h, t, d] = k.dims();
         let keys = self.capacity_after(layer, t);
         let grow = |x: Tensor<B, 4>| {
@@ -248,16 +250,16 @@ impl<B: Backend> KvCache<B> {
             // blocks of 1): append them.
             Some((pk, pv, n)) if pk.dims()[2] == n && keys == n + t => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2), n + t),
             Some((pk, pv, n)) => {
-                let at = [0..b, 0..h, n..n + t, 0..d];
-                (grow(pk).slice_assign(at.clone(), k), grow(pv).slice_assign(at, v), n + t)
+                let write = |cache: Tensor<B, 4>, new: Tensor<B, 4>| Tensor::from_primitive(TensorPrimitive::Float(B::kv_write(cache.into_primitive().tensor(), new.into_primitive().tensor(), n)));
+                (write(grow(pk), k), write(grow(pv), v), n + t)
             }
         };
         self.layers[layer] = Some((k.clone(), v.clone(), len));
         if t > 1 && len < keys {
             let filled = |x: Tensor<B, 4>| x.slice([0..b, 0..h, 0..len, 0..d]);
-            return (filled(k), filled(v));
+            return (filled(k), filled(v), len);
         }
-        (k, v)
+        (k, v, len)
     }
 }
 
@@ -269,9 +271,6 @@ pub enum AttnMask<B: Backend> {
     /// `[batch, keys]`, true where the key is a real token (left padding is false);
     /// combined with causality here.
     KeyPadding(Tensor<B, 2, Bool>),
-    /// `[batch, 1, queries, keys]`, true = masked: any pattern. Every query must see at
-    /// least one key.
-    Explicit(Tensor<B, 4, Bool>),
     /// Packed sequences (no cache): per row, the lengths of its consecutive documents
     /// (summing to the row length), each attending causally to itself only. Computed per
     /// document, so attention costs Σ len² rather than seq².
@@ -280,8 +279,9 @@ pub enum AttnMask<B: Backend> {
 
 /// The mask as each layer applies it.
 enum LayerMask<B: Backend> {
-    Causal,
-    Tensor(Tensor<B, 4, Bool>),
+    /// Causal, the queries the last positions of the keys; with a tensor (`[batch, 1,
+    /// queries, keys]`, true = masked) that hides padding keys as well as future ones.
+    Causal(Option<Tensor<B, 4, Bool>>),
     Documents(Vec<Vec<usize>>),
 }
 
@@ -303,32 +303,25 @@ impl<B: ModelBackend> Attention<B> {
         let q = to(apply_rotary(norm(&self.q_norm, heads(proj(&self.q_proj, x.clone(), dt), h)), cos.clone(), sin.clone()), dt).swap_dims(1, 2);
         let k = to(apply_rotary(norm(&self.k_norm, heads(proj(&self.k_proj, x.clone(), dt), kvh)), cos, sin), dt).swap_dims(1, 2);
         let v = heads(proj(&self.v_proj, x, dt), kvh).swap_dims(1, 2);
-        let (k, v) = match cache {
+        let (k, v, filled) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
-            None => (k, v),
+            None => {
+                let keys = k.dims()[2];
+                (k, v, keys)
+            }
         };
-        let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        if t == 1 && !matches!(mask, LayerMask::Documents(_)) {
+        let prim = |x: Tensor<B, 4>| x.into_primitive().tensor();
+        let float = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+        if let (1, LayerMask::Causal(m)) = (t, mask) {
             // One new position (decoding): it sees every cached key but padding, so the
             // query heads of a KV head go in as that head's rows; no repeated K/V copies.
-            let n_rep = h / kvh;
-            let keys = k.dims()[2];
-            let q = q.reshape([b, kvh, n_rep, d]);
-            let m = match mask {
-                LayerMask::Tensor(m) => Some(m.clone().expand([b, kvh, n_rep, keys])),
-                _ => None,
-            };
-            let out = attention::<B>(q, k, v, m, None, AttentionModuleOptions { is_causal: false, ..causal });
-            return proj(&self.o_proj, out.reshape([b, 1, h * d]), dt);
+            let q = q.reshape([b, kvh, h / kvh, d]);
+            let out = B::decode_attention(prim(q), prim(k), prim(v), m.clone().map(Tensor::into_primitive), filled);
+            return proj(&self.o_proj, float(out).reshape([b, 1, h * d]), dt);
         }
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
         let out = match mask {
-            LayerMask::Causal => attention::<B>(q, k, v, None, None, causal),
-            LayerMask::Tensor(m) => {
-                let [_, _, q_len, k_len] = m.dims();
-                let m = m.clone().expand([b, h, q_len, k_len]);
-                attention::<B>(q, k, v, Some(m), None, AttentionModuleOptions { is_causal: false, ..causal })
-            }
+            LayerMask::Causal(m) => float(B::prefill_attention(prim(q), prim(k), prim(v), m.clone().map(Tensor::into_primitive))),
             LayerMask::Documents(rows) => {
                 let rows = rows.iter().enumerate().map(|(r, docs)| {
                     let mut start = 0;
@@ -496,9 +489,8 @@ impl<B: ModelBackend> Qwen3<B> {
     fn prepare(&self, positions: &[Vec<usize>], mask: &AttnMask<B>, past: usize, device: &B::Device) -> ((Tensor<B, 4>, Tensor<B, 4>), LayerMask<B>) {
         let t = positions[0].len();
         let mask = match mask {
-            AttnMask::Causal => LayerMask::Causal,
-            AttnMask::KeyPadding(valid) => LayerMask::Tensor(padding_causal_mask(valid.clone(), t, past)),
-            AttnMask::Explicit(m) => LayerMask::Tensor(m.clone()),
+            AttnMask::Causal => LayerMask::Causal(None),
+            AttnMask::KeyPadding(valid) => LayerMask::Causal(Some(padding_causal_mask(valid.clone(), t, past))),
             AttnMask::Documents(rows) => {
                 assert!(past == 0 && rows.iter().all(|r| r.iter().sum::<usize>() == t), "document lengths must cover each row; no cache");
                 LayerMask::Documents(rows.clone())
@@ -586,7 +578,6 @@ impl<B: TrainingBackend> Qwen3<B> {
         let inner_mask = match mask {
             AttnMask::Causal => AttnMask::Causal,
             AttnMask::KeyPadding(m) => AttnMask::KeyPadding(m.clone().inner()),
-            AttnMask::Explicit(m) => AttnMask::Explicit(m.clone().inner()),
             AttnMask::Documents(d) => AttnMask::Documents(d.clone()),
         };
         let (rope, layer_mask) = inner.prepare(positions, &inner_mask, 0, &inner.device());
@@ -633,7 +624,6 @@ fn with_spare_keys<B: Backend>(mask: &AttnMask<B>, b: usize, t: usize, past: usi
     match mask {
         AttnMask::Causal => AttnMask::KeyPadding(trues([b, keys], device)),
         AttnMask::KeyPadding(valid) => AttnMask::KeyPadding(Tensor::cat(vec![valid.clone(), trues([b, spare], device)], 1)),
-        AttnMask::Explicit(m) => AttnMask::Explicit(Tensor::cat(vec![m.clone(), trues([b, 1, t, spare], device)], 3)),
         AttnMask::Documents(_) => unreachable!("packed documents are never cached"),
     }
 }

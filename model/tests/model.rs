@@ -627,6 +627,53 @@ fn lean_attention_backward_matches_autodiff_through_burns_attention() {
 }
 
 #[test]
+fn decoding_attention_reads_the_cache_in_place_like_burns_attention() {
+    // On Flex a decoding step writes its keys into the cache's buffer in place and reads
+    // only the filled positions, where they lie (GPU backends read the whole capacity,
+    // masked). Against burn's attention over the filled keys, the padding masked: rows
+    // with no padding, some, and all but the newest key; a head dim with a tail past the
+    // kernel's eight lanes.
+    use burn::tensor::{ops::FloatTensor, Distribution, TensorPrimitive};
+    use burn_flex::Flex;
+    use model::ModelBackend;
+    let device = Default::default();
+    let (b, g, r, d, capacity, filled) = (3, 2, 3, 20, 40, 30);
+    let rand = |shape: [usize; 4]| Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let prim = |x: Tensor<Flex, 4>| x.into_primitive().tensor();
+    let tensor = |x: FloatTensor<Flex>| Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x));
+    // The spare capacity holds garbage: masked, it must not count.
+    let fill = |first: Tensor<Flex, 4>, newest: Tensor<Flex, 4>| {
+        let cache = Flex::kv_write(prim(rand([b, g, capacity, d])), prim(first), 0);
+        let before = cache.bytes().as_ptr();
+        let shared = cache.clone();
+        let copied = Flex::kv_write(cache.clone(), prim(newest.clone()), filled - 1);
+        drop(cache);
+        assert_ne!(copied.bytes().as_ptr(), before, "a shared cache must be copied, not written");
+        assert!(tensor(shared.clone()).slice([0..b, 0..g, filled - 1..filled, 0..d]).into_data() != newest.clone().into_data());
+        let in_place = Flex::kv_write(shared, prim(newest), filled - 1);
+        assert_eq!(in_place.bytes().as_ptr(), before, "the cache's only reference is written in place");
+        assert_eq!(tensor(in_place.clone()).into_data(), tensor(copied).into_data());
+        tensor(in_place)
+    };
+    let (k, v) = (fill(rand([b, g, filled - 1, d]), rand([b, g, 1, d])), fill(rand([b, g, filled - 1, d]), rand([b, g, 1, d])));
+    let q = rand([b, g, r, d]);
+    let padding = [0, 5, filled - 1];
+    let masked: Vec<bool> = (0..b).flat_map(|row| (0..capacity).map(move |j| j < padding[row] || j >= filled)).collect();
+    let mask = Tensor::<Flex, 4, Bool>::from_data(TensorData::new(masked, [b, 1, 1, capacity]), &device);
+    let ours = tensor(Flex::decode_attention(prim(q.clone()), prim(k.clone()), prim(v.clone()), Some(mask.clone().into_primitive()), filled));
+    let keys = |x: Tensor<Flex, 4>| x.slice([0..b, 0..g, 0..filled, 0..d]);
+    let options = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+    let mask = mask.slice([0..b, 0..1, 0..1, 0..filled]).expand([b, g, r, filled]);
+    let reference = burn::tensor::module::attention(q, keys(k), keys(v.clone()), Some(mask), None, options);
+    let (ours, reference) = (ours.into_data().to_vec::<f32>().unwrap(), reference.into_data().to_vec::<f32>().unwrap());
+    let worst = ours.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "max |Δ| {worst}");
+    // The row that sees only its newest key gets that key's value.
+    let newest = v.slice([b - 1..b, 0..g, filled - 1..filled, 0..d]).expand([1, g, r, d]).into_data().to_vec::<f32>().unwrap();
+    assert!(ours[(b - 1) * g * r * d..].iter().zip(&newest).all(|(x, y)| (x - y).abs() < 1e-6));
+}
+
+#[test]
 fn chunked_lm_head_matches_autodiff_through_the_full_logits() {
     // Token log-probs by chunks of 3 rows (backward recomputed per chunk) against burn's
     // autodiff through the whole [n, vocab] logits and log_softmax: log-probs, entropies,
