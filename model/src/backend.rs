@@ -210,21 +210,64 @@ mod flex {
 
     /// [`super::ModelBackend::decode_attention`] over the first `filled` keys, read in
     /// place (each (row, KV head)'s keys lie contiguous in the cache), the pairs spread
-    /// over rayon's threads. f32 only; anything else goes over the whole capacity.
+    /// over rayon's threads; computed in f32, as Flex's attention computes bf16 and f16.
     pub(super) fn decode_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Option<FlexTensor>, filled: usize) -> FlexTensor {
-        let [b, g, r, d] = q.layout().shape().dims();
+        let [b, _, _, d] = q.layout().shape().dims();
         let keys = k.layout().shape()[2];
         let rows_contiguous = |x: &FlexTensor| {
             let s = x.layout().strides();
             s[3] == 1 && s[2] == d as isize && s[0] >= 0 && s[1] >= 0
         };
         let mask_fits = mask.as_ref().is_none_or(|m| m.layout().shape().dims::<4>() == [b, 1, 1, keys]);
-        if [&q, &k, &v].iter().any(|x| x.dtype() != DType::F32) || !rows_contiguous(&k) || !rows_contiguous(&v) || !mask_fits {
+        let same_dtype = k.dtype() == q.dtype() && v.dtype() == q.dtype();
+        if !same_dtype || !rows_contiguous(&k) || !rows_contiguous(&v) || !mask_fits {
             return super::decode_attention_over_capacity::<Flex>(q, k, v, mask);
         }
+        match q.dtype() {
+            DType::F32 => decode_kernel::<f32>(q, k, v, mask, filled),
+            DType::BF16 => decode_kernel::<half::bf16>(q, k, v, mask, filled),
+            DType::F16 => decode_kernel::<half::f16>(q, k, v, mask, filled),
+            _ => super::decode_attention_over_capacity::<Flex>(q, k, v, mask),
+        }
+    }
+
+    /// The element types a KV cache holds, read as f32.
+    trait Lane: Element + Pod + Send + Sync {
+        fn f32(self) -> f32;
+        fn of(x: f32) -> Self;
+    }
+    impl Lane for f32 {
+        fn f32(self) -> f32 {
+            self
+        }
+        fn of(x: f32) -> Self {
+            x
+        }
+    }
+    impl Lane for half::bf16 {
+        fn f32(self) -> f32 {
+            self.to_f32()
+        }
+        fn of(x: f32) -> Self {
+            Self::from_f32(x)
+        }
+    }
+    impl Lane for half::f16 {
+        fn f32(self) -> f32 {
+            self.to_f32()
+        }
+        fn of(x: f32) -> Self {
+            Self::from_f32(x)
+        }
+    }
+
+    fn decode_kernel<E: Lane>(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Option<FlexTensor>, filled: usize) -> FlexTensor {
+        let [b, g, r, d] = q.layout().shape().dims();
+        let keys = k.layout().shape()[2];
         let q = q.to_contiguous();
         let mask = mask.map(|m| m.to_contiguous());
-        let (qs, ks, vs) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>());
+        let qs: Vec<f32> = q.storage::<E>().iter().map(|&x| x.f32()).collect();
+        let (ks, vs) = (k.storage::<E>(), v.storage::<E>());
         let masked = mask.as_ref().map(|m| m.storage::<u8>());
         // Offset of pair i's first position in x.
         let start = |x: &FlexTensor, i: usize| {
@@ -258,21 +301,22 @@ mod flex {
             for (c, &j) in seen.iter().enumerate() {
                 let value = &vs[v0 + j * d..][..d];
                 for (o, s) in out.chunks_exact_mut(d).zip(scores.chunks_exact(n)) {
-                    o.iter_mut().zip(value).for_each(|(o, &x)| *o += s[c] * x);
+                    o.iter_mut().zip(value).for_each(|(o, &x)| *o += s[c] * x.f32());
                 }
             }
         });
+        let out: Vec<E> = out.into_iter().map(E::of).collect();
         FlexTensor::from_data(TensorData::new(out, [b, g, r, d]))
     }
 
     /// Σ a·b in eight lanes (a sum the compiler vectorizes; one running sum it may not reorder).
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
+    fn dot<E: Lane>(a: &[f32], b: &[E]) -> f32 {
         let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y.f32()).sum();
         let mut lanes = [0f32; 8];
         for (x, y) in ca.zip(cb) {
             for l in 0..8 {
-                lanes[l] += x[l] * y[l];
+                lanes[l] += x[l] * y[l].f32();
             }
         }
         lanes.iter().sum::<f32>() + tail

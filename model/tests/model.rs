@@ -632,8 +632,8 @@ fn decoding_attention_reads_the_cache_in_place_like_burns_attention() {
     // only the filled positions, where they lie (GPU backends read the whole capacity,
     // masked). Against burn's attention over the filled keys, the padding masked: rows
     // with no padding, some, and all but the newest key; a head dim with a tail past the
-    // kernel's eight lanes.
-    use burn::tensor::{ops::FloatTensor, Distribution, TensorPrimitive};
+    // kernel's eight lanes. A bf16 cache the same way (computed in f32, as Flex's own).
+    use burn::tensor::{ops::FloatTensor, Distribution, FloatDType, TensorPrimitive};
     use burn_flex::Flex;
     use model::ModelBackend;
     let device = Default::default();
@@ -660,14 +660,23 @@ fn decoding_attention_reads_the_cache_in_place_like_burns_attention() {
     let padding = [0, 5, filled - 1];
     let masked: Vec<bool> = (0..b).flat_map(|row| (0..capacity).map(move |j| j < padding[row] || j >= filled)).collect();
     let mask = Tensor::<Flex, 4, Bool>::from_data(TensorData::new(masked, [b, 1, 1, capacity]), &device);
-    let ours = tensor(Flex::decode_attention(prim(q.clone()), prim(k.clone()), prim(v.clone()), Some(mask.clone().into_primitive()), filled));
     let keys = |x: Tensor<Flex, 4>| x.slice([0..b, 0..g, 0..filled, 0..d]);
     let options = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
-    let mask = mask.slice([0..b, 0..1, 0..1, 0..filled]).expand([b, g, r, filled]);
-    let reference = burn::tensor::module::attention(q, keys(k), keys(v.clone()), Some(mask), None, options);
-    let (ours, reference) = (ours.into_data().to_vec::<f32>().unwrap(), reference.into_data().to_vec::<f32>().unwrap());
-    let worst = ours.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    assert!(worst < 1e-5, "max |Δ| {worst}");
+    let compare = |dtype: FloatDType, tolerance: f32| {
+        let (q, k, v) = (q.clone().cast(dtype), k.clone().cast(dtype), v.clone().cast(dtype));
+        let ours = tensor(Flex::decode_attention(prim(q.clone()), prim(k.clone()), prim(v.clone()), Some(mask.clone().into_primitive()), filled));
+        let filled_mask = mask.clone().slice([0..b, 0..1, 0..1, 0..filled]).expand([b, g, r, filled]);
+        let reference = burn::tensor::module::attention(q, keys(k), keys(v), Some(filled_mask), None, options);
+        assert_eq!(ours.dtype(), reference.dtype());
+        let f32s = |x: Tensor<Flex, 4>| x.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+        let (ours, reference) = (f32s(ours), f32s(reference));
+        let worst = ours.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < tolerance, "{dtype:?}: max |Δ| {worst}");
+        ours
+    };
+    // bf16: at most one rounding step of bf16 apart (8 bits of mantissa; |outputs| < 4).
+    compare(FloatDType::BF16, 4.0 / 128.0);
+    let ours = compare(FloatDType::F32, 1e-5);
     // The row that sees only its newest key gets that key's value.
     let newest = v.slice([b - 1..b, 0..g, filled - 1..filled, 0..d]).expand([1, g, r, d]).into_data().to_vec::<f32>().unwrap();
     assert!(ours[(b - 1) * g * r * d..].iter().zip(&newest).all(|(x, y)| (x - y).abs() < 1e-6));
