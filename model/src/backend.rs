@@ -1,7 +1,9 @@
 //! The backends the model runs on. Two ops get their own autodiff: causal attention
 //! ([`crate::attention`]) and the log-probabilities of chosen tokens through the LM head
 //! ([`crate::lm_head`]); both recompute in the backward instead of keeping a tensor that
-//! grows with length² or with length × vocabulary.
+//! grows with length² or with length × vocabulary. Generation's attention and KV cache
+//! writes are ops too, so that a backend can do them its own way (Flex: in place, on every
+//! core).
 use crate::lm_head::{self, Head};
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;

@@ -226,7 +226,6 @@ impl<B: Backend> KvCache<B> {
         });
         Self { layers: layers.collect(), block }
     }
-
 }
 
 impl<B: ModelBackend> KvCache<B> {
