@@ -11,6 +11,7 @@ use crate::tokenizer::Tokenizer;
 use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone)]
 pub struct SamplingConfig {
@@ -144,13 +145,22 @@ pub fn generate_with<B: crate::ModelBackend>(
         let last = hidden.slice([0..m, t - 1..t, 0..h]);
         let logits = model.logits(last).into_data().convert::<f32>().to_vec::<f32>().expect("f32 logits");
         let vocab = logits.len() / m;
-        for (r, &i) in live.iter().enumerate() {
-            let row = &logits[r * vocab..(r + 1) * vocab];
-            let token = sample(row, cfg, &mut rngs[i]);
+        // Each row's draw and log-prob on a core of its own (a pass or two over a 152K
+        // vocabulary per row, every token): the live rows' RNGs, in order.
+        let mut live_rngs: Vec<&mut StdRng> = rngs.iter_mut().enumerate().filter(|(i, _)| live.binary_search(i).is_ok()).map(|(_, r)| r).collect();
+        let picks: Vec<(u32, f32)> = live_rngs
+            .par_iter_mut()
+            .zip(logits.par_chunks(vocab))
+            .map(|(rng, row)| {
+                let token = sample(row, cfg, rng);
+                (token, logprob(row, token as usize, policy_t))
+            })
+            .collect();
+        for (r, (&i, (token, lp))) in live.iter().zip(picks).enumerate() {
             seqs[i].push(token);
             let g = &mut out[i];
             g.tokens.push(token);
-            g.logprobs.push(logprob(row, token as usize, policy_t));
+            g.logprobs.push(lp);
             if cfg.stop_token_ids.contains(&token) {
                 g.finish = Finish::StopToken(token);
                 done[i] = true;
@@ -245,6 +255,20 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u32 {
             }
         }
         return best as u32;
+    }
+    if cfg.top_k == 0 && cfg.top_p >= 1.0 {
+        // The whole distribution: drawn in vocabulary order, no sort (152K logits a row,
+        // every token).
+        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let probs: Vec<f64> = logits.iter().map(|&x| ((x - max) as f64 / cfg.temperature as f64).exp()).collect();
+        let mut u = rng.random::<f64>() * probs.iter().sum::<f64>();
+        for (i, p) in probs.iter().enumerate() {
+            u -= p;
+            if u <= 0.0 {
+                return i as u32;
+            }
+        }
+        return probs.iter().rposition(|&p| p > 0.0).unwrap_or(0) as u32;
     }
     let mut cand: Vec<(usize, f32)> = logits.iter().map(|&x| x / cfg.temperature).enumerate().collect();
     if cfg.top_k > 0 && cfg.top_k < cand.len() {

@@ -279,6 +279,50 @@ fn a_cache_that_grows_past_its_blocks_equals_encoding_whole() {
 }
 
 #[test]
+fn sampling_draws_from_the_filtered_softmax() {
+    // 200K draws per setting against softmax(logits / T) computed here, restricted to the
+    // top k, or to the smallest head whose mass reaches p (renormalized): every token's
+    // frequency within 5 standard errors (+ 1e-3), tokens outside the set never drawn.
+    use rand::SeedableRng;
+    let logits = [1.0f32, 3.0, 2.5, -1.0, 0.0, 2.9, 0.5, 1.5];
+    let softmax = |t: f32, keep: &[usize]| {
+        let w: Vec<f64> = (0..logits.len()).map(|i| if keep.contains(&i) { ((logits[i] / t) as f64).exp() } else { 0.0 }).collect();
+        let z: f64 = w.iter().sum();
+        w.into_iter().map(|x| x / z).collect::<Vec<f64>>()
+    };
+    let all: Vec<usize> = (0..logits.len()).collect();
+    // By logit: 1 (3.0), 5 (2.9), 2 (2.5), 7 (1.5), 0, 6, 4, 3.
+    let cases = [
+        (1.0, 0, 1.0, softmax(1.0, &all)),
+        (0.5, 0, 1.0, softmax(0.5, &all)),
+        (1.0, 3, 1.0, softmax(1.0, &[1, 5, 2])),
+        // At T = 1 the mass of {1, 5, 2} is 0.83 and of {1, 5, 2, 7} 0.91: p = 0.85 keeps four.
+        (1.0, 0, 0.85, softmax(1.0, &[1, 5, 2, 7])),
+    ];
+    let mass3: f64 = [1, 5, 2].iter().map(|&i| softmax(1.0, &all)[i]).sum();
+    assert!(mass3 < 0.85 && mass3 + softmax(1.0, &all)[7] >= 0.85, "the top-p case's set is {{1, 5, 2, 7}}");
+    let n = 200_000;
+    for (temperature, top_k, top_p, want) in cases {
+        let cfg = SamplingConfig { temperature, top_k, top_p, ..Default::default() };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..n {
+            counts[model::generate::sample(&logits, &cfg, &mut rng) as usize] += 1;
+        }
+        for (i, (&c, &p)) in counts.iter().zip(&want).enumerate() {
+            let f = c as f64 / n as f64;
+            let se = (p * (1.0 - p) / n as f64).sqrt();
+            assert!((f - p).abs() <= 5.0 * se + 1e-3, "T {temperature} k {top_k} p {top_p}: token {i} drawn {f:.4}, want {p:.4}");
+            if p == 0.0 {
+                assert_eq!(c, 0, "token {i} is outside the set");
+            }
+        }
+    }
+    // Greedy: the first maximum.
+    assert_eq!(model::generate::sample(&[0.0, 2.0, 2.0], &SamplingConfig { temperature: 0.0, ..Default::default() }, &mut rand::rngs::StdRng::seed_from_u64(0)), 1);
+}
+
+#[test]
 fn stop_token_ends_a_row_and_is_kept() {
     let ck = load(&fixtures().join("parity/tied_gqa1_f32"));
     let exp = read_json(&fixtures().join("parity/tied_gqa1_f32/expected.json"));
