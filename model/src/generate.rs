@@ -275,11 +275,23 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u32 {
         cand.select_nth_unstable_by(cfg.top_k - 1, |a, b| b.1.total_cmp(&a.1));
         cand.truncate(cfg.top_k);
     }
+    let max = cand.iter().fold(f32::NEG_INFINITY, |a, c| a.max(c.1));
+    let z: f64 = cand.iter().map(|c| ((c.1 - max) as f64).exp()).sum();
+    if cfg.top_p < 1.0 {
+        // Only the head of the distribution is sorted: the tokens within a factor of the
+        // most likely one, once their mass reaches p (the top-p set, the smallest prefix
+        // of the sorted order with that mass, then lies inside it).
+        for ratio in [1e-3f64, 1e-6, 1e-9] {
+            let cut = max + ratio.ln() as f32;
+            let head: f64 = cand.iter().filter(|c| c.1 >= cut).map(|c| ((c.1 - max) as f64).exp()).sum();
+            if head >= cfg.top_p as f64 * z {
+                cand.retain(|c| c.1 >= cut);
+                break;
+            }
+        }
+    }
     cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let max = cand[0].1;
-    let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
-    let z: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= z);
+    let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp() / z).collect();
     if cfg.top_p < 1.0 {
         let mut mass = 0.0;
         let keep = probs

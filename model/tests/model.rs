@@ -318,6 +318,41 @@ fn sampling_draws_from_the_filtered_softmax() {
             }
         }
     }
+    // A long tail (1000 tokens at -6, 4% of the mass together): p = 0.9 is reached by the
+    // head alone; p = 0.99 takes the head and the first ~760 tail tokens (ties go by index).
+    // Against the definition: sort everything, keep the shortest prefix reaching p.
+    let long: Vec<f32> = logits.iter().copied().chain(std::iter::repeat_n(-6.0, 1000)).collect();
+    for top_p in [0.9f32, 0.99] {
+        let mut order: Vec<usize> = (0..long.len()).collect();
+        order.sort_by(|&a, &b| long[b].total_cmp(&long[a]).then(a.cmp(&b)));
+        let w: Vec<f64> = long.iter().map(|&x| (x as f64).exp()).collect();
+        let z: f64 = w.iter().sum();
+        let (mut mass, mut keep) = (0.0, vec![]);
+        for &i in &order {
+            keep.push(i);
+            mass += w[i] / z;
+            if mass >= top_p as f64 {
+                break;
+            }
+        }
+        let kept: f64 = keep.iter().map(|&i| w[i]).sum();
+        let cfg = SamplingConfig { temperature: 1.0, top_p, ..Default::default() };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let n = n / 4;
+        let mut counts = vec![0usize; long.len()];
+        for _ in 0..n {
+            counts[model::generate::sample(&long, &cfg, &mut rng) as usize] += 1;
+        }
+        assert!(counts.iter().enumerate().all(|(i, &c)| c == 0 || keep.contains(&i)), "p {top_p}: a token outside the set was drawn");
+        for &i in &keep[..8.min(keep.len())] {
+            let (f, p) = (counts[i] as f64 / n as f64, w[i] / kept);
+            assert!((f - p).abs() <= 5.0 * (p * (1.0 - p) / n as f64).sqrt() + 1e-3, "p {top_p}: token {i} drawn {f:.4}, want {p:.4}");
+        }
+        let tail: usize = keep.iter().filter(|&&i| i >= 8).map(|&i| counts[i]).sum();
+        let want_tail: f64 = keep.iter().filter(|&&i| i >= 8).map(|&i| w[i] / kept).sum();
+        assert!((tail as f64 / n as f64 - want_tail).abs() < 5e-3, "p {top_p}: tail drawn {}, want {want_tail:.4}", tail as f64 / n as f64);
+        assert_eq!(keep.len() > 8, top_p > 0.95);
+    }
     // Greedy: the first maximum.
     assert_eq!(model::generate::sample(&[0.0, 2.0, 2.0], &SamplingConfig { temperature: 0.0, ..Default::default() }, &mut rand::rngs::StdRng::seed_from_u64(0)), 1);
 }
