@@ -21,12 +21,15 @@ pub trait ModelBackend: Backend {
     }
 
     /// Causal attention of the last `t` positions (`q` `[batch, heads, t, head_dim]`) over
-    /// `k`, `v` (`[batch, heads, keys, head_dim]`, the queries' own positions last): a
-    /// prefill, a KV cache's earlier positions in front. `mask` (`[batch, 1, t, keys]`, true
-    /// = masked) hides padding keys as well as future ones.
+    /// `k`, `v` (`[batch, kv_heads, keys, head_dim]`, the queries' own positions last; each
+    /// KV head serves `heads / kv_heads` query heads): a prefill, a KV cache's earlier
+    /// positions in front. `mask` (`[batch, 1, t, keys]`, true = masked) hides padding keys
+    /// as well as future ones.
     fn prefill_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>) -> FloatTensor<Self> {
         let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
         let (q, k, v) = (f(q), f(k), f(v));
+        let n_rep = q.dims()[1] / k.dims()[1];
+        let (k, v) = (crate::qwen3::repeat_kv(k, n_rep), crate::qwen3::repeat_kv(v, n_rep));
         let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: mask.is_none() };
         let mask = mask.map(|m| {
             let [b, h, t, _] = q.dims();
@@ -166,6 +169,8 @@ mod flex {
             let [b, h, t, d] = q.dims();
             let [keys, dv] = [k.dims()[2], v.dims()[3]];
             let past = keys - t;
+            let n_rep = h / k.dims()[1];
+            let (k, v) = (crate::qwen3::repeat_kv(k, n_rep), crate::qwen3::repeat_kv(v, n_rep));
             let attend = |q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, mask: Option<Tensor<Flex, 4, Bool>>| {
                 let mask = mask.map(Tensor::into_primitive);
                 f(Flex::attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor(), mask, None, causal))

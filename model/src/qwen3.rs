@@ -318,10 +318,10 @@ impl<B: ModelBackend> Attention<B> {
             let out = B::decode_attention(prim(q), prim(k), prim(v), m.clone().map(Tensor::into_primitive), filled);
             return proj(&self.o_proj, float(out).reshape([b, 1, h * d]), dt);
         }
-        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
         let out = match mask {
             LayerMask::Causal(m) => float(B::prefill_attention(prim(q), prim(k), prim(v), m.clone().map(Tensor::into_primitive))),
             LayerMask::Documents(rows) => {
+                let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
                 let rows = rows.iter().enumerate().map(|(r, docs)| {
                     let mut start = 0;
                     let parts = docs.iter().map(|&n| {
@@ -355,7 +355,7 @@ impl<B: Backend> burn::module::ModuleMapper<B> for CastMatrices {
 }
 
 /// GQA: each KV head serves `n_rep` query heads.
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+pub(crate) fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     if n_rep == 1 {
         return x;
     }
