@@ -1,0 +1,203 @@
+//! Flex runs every op but its large matmuls on one thread: work that splits by attention
+//! head runs a group of heads a core (each head's numbers are the same either way), and
+//! generation's attention and cache writes are done here in place.
+use burn::backend::Flex;
+use burn::prelude::*;
+use burn::tensor::ops::{AttentionModuleOptions, ModuleOps};
+use burn::tensor::{DType, Element, TensorPrimitive};
+use burn_flex::FlexTensor;
+use bytemuck::Pod;
+use rayon::prelude::*;
+
+/// `f` on every input's heads (dim 1) in as many groups as rayon has threads (the
+/// inputs' head counts are equal or all divide into the groups, as GQA's K/V heads
+/// follow their query heads), the outputs' groups put back together.
+pub(super) fn by_head_groups<const I: usize, const O: usize>(inputs: [Tensor<Flex, 4>; I], f: impl Fn([Tensor<Flex, 4>; I]) -> [Tensor<Flex, 4>; O] + Sync) -> [Tensor<Flex, 4>; O] {
+    let heads = inputs.each_ref().map(|x| x.dims()[1]);
+    let groups = (1..=rayon::current_num_threads().min(heads[0])).rev().find(|g| heads.iter().all(|h| h % g == 0)).unwrap_or(1);
+    if groups == 1 {
+        return f(inputs);
+    }
+    let group = |i: usize| {
+        inputs.each_ref().map(|x| {
+            let [b, h, t, d] = x.dims();
+            let n = h / groups;
+            x.clone().slice([0..b, i * n..(i + 1) * n, 0..t, 0..d])
+        })
+    };
+    let parts: Vec<[Tensor<Flex, 4>; O]> = (0..groups).into_par_iter().map(|i| f(group(i))).collect();
+    std::array::from_fn(|o| Tensor::cat(parts.iter().map(|p| p[o].clone()).collect(), 1))
+}
+
+/// Causal attention by blocks of queries, each against the keys up to its last query
+/// (Flex's causal offset aligns the block's queries to the end of those keys), about
+/// half the work on long rows; a group of heads a core. The queries are the last
+/// positions of the keys; `mask` (`[batch, 1, queries, keys]`, true = masked) hides more.
+pub(super) fn causal_by_blocks(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Option<FlexTensor>) -> FlexTensor {
+    const BLOCK: usize = 256;
+    let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+    let f = |x| Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x));
+    let mask = mask.map(Tensor::<Flex, 4, Bool>::from_primitive);
+    let [out] = by_head_groups([f(q), f(k), f(v)], |[q, k, v]| {
+        let [b, h, t, d] = q.dims();
+        let [keys, dv] = [k.dims()[2], v.dims()[3]];
+        let past = keys - t;
+        let n_rep = h / k.dims()[1];
+        let (k, v) = (crate::qwen3::repeat_kv(k, n_rep), crate::qwen3::repeat_kv(v, n_rep));
+        let attend = |q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, mask: Option<Tensor<Flex, 4, Bool>>| {
+            let mask = mask.map(Tensor::into_primitive);
+            f(Flex::attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor(), mask, None, causal))
+        };
+        if t <= BLOCK {
+            return [attend(q, k, v, mask.clone())];
+        }
+        let blocks = (0..t).step_by(BLOCK).map(|start| {
+            let (end, seen) = ((start + BLOCK).min(t), past + (start + BLOCK).min(t));
+            let part = |x: &Tensor<Flex, 4>, rows: std::ops::Range<usize>, w: usize| x.clone().slice([0..b, 0..h, rows, 0..w]);
+            let mask = mask.as_ref().map(|m| m.clone().slice([0..b, 0..1, start..end, 0..seen]));
+            attend(part(&q, start..end, d), part(&k, 0..seen, d), part(&v, 0..seen, dv), mask)
+        });
+        [Tensor::cat(blocks.collect(), 2)]
+    });
+    out.into_primitive().tensor()
+}
+
+/// [`super::ModelBackend::kv_write`]: in place when `cache` holds its buffer alone
+/// and whole (contiguous, as a cache grown by `cat` is), else by slice_assign.
+pub(super) fn kv_write_in_place(mut cache: FlexTensor, new: FlexTensor, at: usize) -> FlexTensor {
+    let whole = cache.is_contiguous() && cache.layout().start_offset() == 0 && cache.bytes().len() == cache.layout().num_elements() * cache.dtype().size();
+    if !whole || !cache.is_unique() || cache.dtype() != new.dtype() {
+        return super::kv_write_by_slice_assign::<Flex>(cache, new, at);
+    }
+    let [_, _, capacity, d] = cache.layout().shape().dims();
+    let span = new.layout().shape()[2] * d;
+    let new = new.to_contiguous();
+    // Row i (a batch row's KV head) of `new` goes to positions at.. of cache row i.
+    fn write<E: Element + Pod>(cache: &mut FlexTensor, new: &FlexTensor, capacity: usize, at: usize, d: usize, span: usize) {
+        let dst = cache.try_storage_mut::<E>().expect("a unique buffer");
+        for (i, src) in new.storage::<E>().chunks_exact(span).enumerate() {
+            dst[(i * capacity + at) * d..][..span].copy_from_slice(src);
+        }
+    }
+    match cache.dtype() {
+        DType::F32 => write::<f32>(&mut cache, &new, capacity, at, d, span),
+        DType::BF16 => write::<half::bf16>(&mut cache, &new, capacity, at, d, span),
+        DType::F16 => write::<half::f16>(&mut cache, &new, capacity, at, d, span),
+        _ => return super::kv_write_by_slice_assign::<Flex>(cache, new, at),
+    }
+    cache
+}
+
+/// [`super::ModelBackend::decode_attention`] over the first `filled` keys, read in
+/// place (each (row, KV head)'s keys lie contiguous in the cache), the pairs spread
+/// over rayon's threads; computed in f32, as Flex's attention computes bf16 and f16.
+pub(super) fn decode_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Option<FlexTensor>, filled: usize) -> FlexTensor {
+    let [b, _, _, d] = q.layout().shape().dims();
+    let keys = k.layout().shape()[2];
+    let rows_contiguous = |x: &FlexTensor| {
+        let s = x.layout().strides();
+        s[3] == 1 && s[2] == d as isize && s[0] >= 0 && s[1] >= 0
+    };
+    let mask_fits = mask.as_ref().is_none_or(|m| m.layout().shape().dims::<4>() == [b, 1, 1, keys]);
+    let same_dtype = k.dtype() == q.dtype() && v.dtype() == q.dtype();
+    if !same_dtype || !rows_contiguous(&k) || !rows_contiguous(&v) || !mask_fits {
+        return super::decode_attention_over_capacity::<Flex>(q, k, v, mask);
+    }
+    match q.dtype() {
+        DType::F32 => decode_kernel::<f32>(q, k, v, mask, filled),
+        DType::BF16 => decode_kernel::<half::bf16>(q, k, v, mask, filled),
+        DType::F16 => decode_kernel::<half::f16>(q, k, v, mask, filled),
+        _ => super::decode_attention_over_capacity::<Flex>(q, k, v, mask),
+    }
+}
+
+/// The element types a KV cache holds, read as f32.
+trait Lane: Element + Pod + Send + Sync {
+    fn f32(self) -> f32;
+    fn of(x: f32) -> Self;
+}
+impl Lane for f32 {
+    fn f32(self) -> f32 {
+        self
+    }
+    fn of(x: f32) -> Self {
+        x
+    }
+}
+impl Lane for half::bf16 {
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    fn of(x: f32) -> Self {
+        Self::from_f32(x)
+    }
+}
+impl Lane for half::f16 {
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    fn of(x: f32) -> Self {
+        Self::from_f32(x)
+    }
+}
+
+fn decode_kernel<E: Lane>(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Option<FlexTensor>, filled: usize) -> FlexTensor {
+    let [b, g, r, d] = q.layout().shape().dims();
+    let keys = k.layout().shape()[2];
+    let q = q.to_contiguous();
+    let mask = mask.map(|m| m.to_contiguous());
+    let qs: Vec<f32> = q.storage::<E>().iter().map(|&x| x.f32()).collect();
+    let (ks, vs) = (k.storage::<E>(), v.storage::<E>());
+    let masked = mask.as_ref().map(|m| m.storage::<u8>());
+    // Offset of pair i's first position in x.
+    let start = |x: &FlexTensor, i: usize| {
+        let s = x.layout().strides();
+        x.layout().start_offset() + (i / g) * s[0] as usize + (i % g) * s[1] as usize
+    };
+    let scale = (d as f32).sqrt().recip();
+    let mut out = vec![0f32; b * g * r * d];
+    out.par_chunks_mut(r * d).enumerate().for_each(|(i, out)| {
+        let row = i / g;
+        let seen: Vec<usize> = (0..filled).filter(|&j| masked.is_none_or(|m| m[row * keys + j] == 0)).collect();
+        let (k0, v0, n) = (start(&k, i), start(&v, i), seen.len());
+        let queries = &qs[i * r * d..][..r * d];
+        // scores[query][key], each key read once for every query of the pair.
+        let mut scores = vec![0f32; r * n];
+        for (c, &j) in seen.iter().enumerate() {
+            let key = &ks[k0 + j * d..][..d];
+            for (query, s) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(n)) {
+                s[c] = dot(query, key) * scale;
+            }
+        }
+        for s in scores.chunks_exact_mut(n) {
+            let max = s.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let mut sum = 0.0;
+            for x in s.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            s.iter_mut().for_each(|x| *x /= sum);
+        }
+        for (c, &j) in seen.iter().enumerate() {
+            let value = &vs[v0 + j * d..][..d];
+            for (o, s) in out.chunks_exact_mut(d).zip(scores.chunks_exact(n)) {
+                o.iter_mut().zip(value).for_each(|(o, &x)| *o += s[c] * x.f32());
+            }
+        }
+    });
+    let out: Vec<E> = out.into_iter().map(E::of).collect();
+    FlexTensor::from_data(TensorData::new(out, [b, g, r, d]))
+}
+
+/// Σ a·b in eight lanes (a sum the compiler vectorizes; one running sum it may not reorder).
+fn dot<E: Lane>(a: &[f32], b: &[E]) -> f32 {
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y.f32()).sum();
+    let mut lanes = [0f32; 8];
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l].f32();
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
