@@ -38,7 +38,15 @@ pub(super) fn causal_by_blocks(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask
     let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
     let f = |x| Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x));
     let mask = mask.map(Tensor::<Flex, 4, Bool>::from_primitive);
-    let [out] = by_head_groups([f(q), f(k), f(v)], |[q, k, v]| {
+    let (q, k, v) = (f(q), f(k), f(v));
+    // GQA: each group repeats its own KV heads, unless there are fewer of them than
+    // groups there could be (one KV head on many cores): then all of them first.
+    let [h, kv_heads] = [q.dims()[1], k.dims()[1]];
+    let (k, v) = match kv_heads < h.min(rayon::current_num_threads()) {
+        true => (crate::qwen3::repeat_kv(k, h / kv_heads), crate::qwen3::repeat_kv(v, h / kv_heads)),
+        false => (k, v),
+    };
+    let [out] = by_head_groups([q, k, v], |[q, k, v]| {
         let [b, h, t, d] = q.dims();
         let [keys, dv] = [k.dims()[2], v.dims()[3]];
         let past = keys - t;
