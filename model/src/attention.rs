@@ -10,7 +10,6 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use crate::backend::ModelBackend;
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{FloatDType, TensorPrimitive};
 
@@ -57,7 +56,7 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Au
 /// Gradients of causal attention (FlashAttention-2's backward, by blocks of queries, in
 /// f32): with P = softmax(S), S = q kᵀ·s and Δ = rowsum(dO ∘ O),
 /// dV = Pᵀ dO, dS = P ∘ (dO vᵀ − Δ), dQ = dS k·s, dK = dSᵀ q·s.
-pub(crate) fn backward<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
+pub(crate) fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
     let dtype = q.dtype();
     let f = |x: Tensor<B, 4>| x.cast(FloatDType::F32);
     let (q, k, v, d_out) = (f(q), f(k), f(v), f(d_out));
@@ -78,7 +77,8 @@ pub(crate) fn backward<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B
         // Keys after the block's last query are masked for every row: left out.
         let future = Tensor::<B, 2, Bool>::tril_mask([end - start, end], start as i64, &device); // key > query
         let s = qb.clone().matmul(kb.clone().swap_dims(2, 3)).mul_scalar(scale);
-        let p = softmax(s.mask_fill(future.unsqueeze::<4>().expand([b, h, end - start, end]), f32::NEG_INFINITY), 3);
+        let s = s.mask_fill(future.unsqueeze::<4>().expand([b, h, end - start, end]), f32::NEG_INFINITY);
+        let p = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::softmax_last(s.into_primitive().tensor())));
         dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + p.clone().swap_dims(2, 3).matmul(ob.clone()));
         let dp = ob.matmul(vb.swap_dims(2, 3));
         let ds = p * (dp - delta);

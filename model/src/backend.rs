@@ -45,6 +45,12 @@ pub trait ModelBackend: Backend {
         crate::attention::backward(f(q), f(k), f(v), f(out), f(d_out)).map(|g| g.into_primitive().tensor())
     }
 
+    /// softmax over the last dimension (the attention backward's probabilities).
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
+        burn::tensor::activation::softmax(x, 3).into_primitive().tensor()
+    }
+
     /// `cache` (`[batch, heads, capacity, head_dim]`) with `new` (`[batch, heads, t,
     /// head_dim]`) written over positions `at..at + t`: a KV cache's append.
     fn kv_write(cache: FloatTensor<Self>, new: FloatTensor<Self>, at: usize) -> FloatTensor<Self> {
@@ -83,6 +89,12 @@ impl ModelBackend for burn::backend::Flex {
     /// As the training attention, the mask (padding) sliced with each block.
     fn prefill_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>) -> FloatTensor<Self> {
         flex::causal_by_blocks(q, k, v, mask)
+    }
+
+    /// A row a pass, with an exp the compiler vectorizes (Flex's calls libm's, one value
+    /// at a time: a tenth of a tiny SFT step).
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex::softmax_last(x)
     }
 
     /// In place when the cache is the only reference to its buffer (Flex's own

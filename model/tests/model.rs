@@ -762,6 +762,30 @@ fn decoding_attention_reads_the_cache_in_place_like_burns_attention() {
 }
 
 #[test]
+fn flex_softmax_matches_burns_to_float_precision() {
+    // Flex's softmax for the attention backward has its own exp (vectorizable): against
+    // burn's softmax (libm's exp) on rows of wide range, with masked (-inf) entries and
+    // a row length that is not a multiple of its eight lanes; masked entries exactly 0.
+    use burn::tensor::{Distribution, TensorPrimitive};
+    use burn_flex::Flex;
+    use model::ModelBackend;
+    let device = Default::default();
+    let x = Tensor::<Flex, 4>::random([2, 3, 5, 67], Distribution::Normal(0.0, 12.0), &device);
+    let masked = Tensor::<Flex, 4>::random([2, 3, 5, 67], Distribution::Uniform(0.0, 1.0), &device).lower_elem(0.3);
+    let x = x.mask_fill(masked.clone(), f32::NEG_INFINITY);
+    let ours = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(Flex::softmax_last(x.clone().into_primitive().tensor())));
+    let reference = burn::tensor::activation::softmax(x, 3);
+    let (ours, reference) = (ours.into_data().to_vec::<f32>().unwrap(), reference.into_data().to_vec::<f32>().unwrap());
+    let masked = masked.into_data().to_vec::<bool>().unwrap();
+    for ((a, b), m) in ours.iter().zip(&reference).zip(&masked) {
+        assert!((a - b).abs() <= 2e-6 * b.abs() + 1e-30, "{a} vs {b}");
+        if *m {
+            assert_eq!(*a, 0.0);
+        }
+    }
+}
+
+#[test]
 fn chunked_lm_head_matches_autodiff_through_the_full_logits() {
     // Token log-probs by chunks of 3 rows (backward recomputed per chunk) against burn's
     // autodiff through the whole [n, vocab] logits and log_softmax: log-probs, entropies,
