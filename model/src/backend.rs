@@ -30,12 +30,8 @@ pub trait ModelBackend: Backend {
         let (q, k, v) = (f(q), f(k), f(v));
         let n_rep = q.dims()[1] / k.dims()[1];
         let (k, v) = (crate::qwen3::repeat_kv(k, n_rep), crate::qwen3::repeat_kv(v, n_rep));
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: mask.is_none() };
-        let mask = mask.map(|m| {
-            let [b, h, t, _] = q.dims();
-            Tensor::<Self, 4, Bool>::from_primitive(m).expand([b, h, t, k.dims()[2]])
-        });
-        burn::tensor::module::attention(q, k, v, mask, None, options).into_primitive().tensor()
+        let is_causal = mask.is_none();
+        burns_attention(q, k, v, mask, is_causal)
     }
 
     /// Gradients of [`Self::causal_attention`] for `q`, `k`, `v` from its output `out` and
@@ -129,10 +125,15 @@ fn kv_write_by_slice_assign<B: Backend>(cache: FloatTensor<B>, new: FloatTensor<
 /// hiding the spare ones.
 fn decode_attention_over_capacity<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, mask: Option<BoolTensor<B>>) -> FloatTensor<B> {
     let f = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-    let (q, k, v) = (f(q), f(k), f(v));
-    let [b, g, r, _] = q.dims();
-    let mask = mask.map(|m| Tensor::<B, 4, Bool>::from_primitive(m).expand([b, g, r, k.dims()[2]]));
-    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+    burns_attention(f(q), f(k), f(v), mask, false)
+}
+
+/// burn's attention, `mask` (`[batch, 1, queries, keys]`, true = masked) spread over the
+/// heads.
+fn burns_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<BoolTensor<B>>, is_causal: bool) -> FloatTensor<B> {
+    let [b, h, t, _] = q.dims();
+    let mask = mask.map(|m| Tensor::<B, 4, Bool>::from_primitive(m).expand([b, h, t, k.dims()[2]]));
+    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal };
     burn::tensor::module::attention(q, k, v, mask, None, options).into_primitive().tensor()
 }
 

@@ -261,14 +261,7 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u32 {
         // every token).
         let max = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
         let probs: Vec<f64> = logits.iter().map(|&x| ((x - max) as f64 / cfg.temperature as f64).exp()).collect();
-        let mut u = rng.random::<f64>() * probs.iter().sum::<f64>();
-        for (i, p) in probs.iter().enumerate() {
-            u -= p;
-            if u <= 0.0 {
-                return i as u32;
-            }
-        }
-        return probs.iter().rposition(|&p| p > 0.0).unwrap_or(0) as u32;
+        return draw(&probs, rng) as u32;
     }
     let mut cand: Vec<(usize, f32)> = logits.iter().map(|&x| x / cfg.temperature).enumerate().collect();
     if cfg.top_k > 0 && cfg.top_k < cand.len() {
@@ -303,13 +296,18 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u32 {
             .map_or(probs.len(), |i| i + 1);
         probs.truncate(keep);
     }
-    let z: f64 = probs.iter().sum();
-    let mut u = rng.random::<f64>() * z;
-    for (p, c) in probs.iter().zip(&cand) {
-        u -= p;
+    cand[draw(&probs, rng)].0 as u32
+}
+
+/// An index drawn with probability proportional to its weight (the last with weight, should
+/// rounding leave the draw past the end).
+fn draw(weights: &[f64], rng: &mut StdRng) -> usize {
+    let mut u = rng.random::<f64>() * weights.iter().sum::<f64>();
+    for (i, w) in weights.iter().enumerate() {
+        u -= w;
         if u <= 0.0 {
-            return c.0 as u32;
+            return i;
         }
     }
-    cand[probs.len() - 1].0 as u32
+    weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
 }

@@ -70,11 +70,16 @@ pub(super) fn causal_by_blocks(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask
     out.into_primitive().tensor()
 }
 
+/// Whether `x` may be written in place: the only reference to its buffer, and the whole
+/// of it in order (contiguous from offset 0).
+fn writable(x: &FlexTensor) -> bool {
+    x.is_unique() && x.is_contiguous() && x.layout().start_offset() == 0 && x.bytes().len() == x.layout().num_elements() * x.dtype().size()
+}
+
 /// [`super::ModelBackend::kv_write`]: in place when `cache` holds its buffer alone
 /// and whole (contiguous, as a cache grown by `cat` is), else by slice_assign.
 pub(super) fn kv_write_in_place(mut cache: FlexTensor, new: FlexTensor, at: usize) -> FlexTensor {
-    let whole = cache.is_contiguous() && cache.layout().start_offset() == 0 && cache.bytes().len() == cache.layout().num_elements() * cache.dtype().size();
-    if !whole || !cache.is_unique() || cache.dtype() != new.dtype() {
+    if !writable(&cache) || cache.dtype() != new.dtype() {
         return super::kv_write_by_slice_assign::<Flex>(cache, new, at);
     }
     let [_, _, capacity, d] = cache.layout().shape().dims();
@@ -119,42 +124,13 @@ pub(super) fn decode_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask
     }
 }
 
-/// The element types a KV cache holds, read as f32.
-trait Lane: Element + Pod + Send + Sync {
-    fn f32(self) -> f32;
-    fn of(x: f32) -> Self;
-}
-impl Lane for f32 {
-    fn f32(self) -> f32 {
-        self
-    }
-    fn of(x: f32) -> Self {
-        x
-    }
-}
-impl Lane for half::bf16 {
-    fn f32(self) -> f32 {
-        self.to_f32()
-    }
-    fn of(x: f32) -> Self {
-        Self::from_f32(x)
-    }
-}
-impl Lane for half::f16 {
-    fn f32(self) -> f32 {
-        self.to_f32()
-    }
-    fn of(x: f32) -> Self {
-        Self::from_f32(x)
-    }
-}
-
-fn decode_kernel<E: Lane>(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Option<FlexTensor>, filled: usize) -> FlexTensor {
+/// A KV cache's element type, read as f32 (burn's conversions).
+fn decode_kernel<E: Element + Pod>(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Option<FlexTensor>, filled: usize) -> FlexTensor {
     let [b, g, r, d] = q.layout().shape().dims();
     let keys = k.layout().shape()[2];
     let q = q.to_contiguous();
     let mask = mask.map(|m| m.to_contiguous());
-    let qs: Vec<f32> = q.storage::<E>().iter().map(|&x| x.f32()).collect();
+    let qs: Vec<f32> = q.storage::<E>().iter().map(|&x| x.elem::<f32>()).collect();
     let (ks, vs) = (k.storage::<E>(), v.storage::<E>());
     let masked = mask.as_ref().map(|m| m.storage::<u8>());
     // Offset of pair i's first position in x.
@@ -189,22 +165,22 @@ fn decode_kernel<E: Lane>(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Opt
         for (c, &j) in seen.iter().enumerate() {
             let value = &vs[v0 + j * d..][..d];
             for (o, s) in out.chunks_exact_mut(d).zip(scores.chunks_exact(n)) {
-                o.iter_mut().zip(value).for_each(|(o, &x)| *o += s[c] * x.f32());
+                o.iter_mut().zip(value).for_each(|(o, &x)| *o += s[c] * x.elem::<f32>());
             }
         }
     });
-    let out: Vec<E> = out.into_iter().map(E::of).collect();
+    let out: Vec<E> = out.into_iter().map(E::from_elem).collect();
     FlexTensor::from_data(TensorData::new(out, [b, g, r, d]))
 }
 
 /// Σ a·b in eight lanes (a sum the compiler vectorizes; one running sum it may not reorder).
-fn dot<E: Lane>(a: &[f32], b: &[E]) -> f32 {
+fn dot<E: Element>(a: &[f32], b: &[E]) -> f32 {
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y.f32()).sum();
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y.elem::<f32>()).sum();
     let mut lanes = [0f32; 8];
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            lanes[l] += x[l] * y[l].f32();
+            lanes[l] += x[l] * y[l].elem::<f32>();
         }
     }
     lanes.iter().sum::<f32>() + tail
@@ -219,9 +195,7 @@ pub(super) fn softmax_last(x: FlexTensor) -> FlexTensor {
     }
     let shape = x.layout().shape().clone();
     let n = shape[shape.num_dims() - 1];
-    // In place when x is the only reference to its whole buffer, else on a copy.
-    let whole = x.is_contiguous() && x.layout().start_offset() == 0 && x.bytes().len() == x.layout().num_elements() * 4;
-    let mut rows = if whole && x.is_unique() { x } else { FlexTensor::from_data(x.into_data()) };
+    let mut rows = if writable(&x) { x } else { FlexTensor::from_data(x.into_data()) };
     rows.try_storage_mut::<f32>().expect("a unique buffer").par_chunks_mut(n).for_each(|row| {
         let max = lanes_max(row);
         row.iter_mut().for_each(|v| *v = exp(*v - max));
