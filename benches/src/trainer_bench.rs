@@ -2,8 +2,9 @@
 //! in one binary, so one file travels to a GPU machine. `parity` compares its log-probs
 //! with the committed references (transformers f32, torch.autocast bf16); `sft` times the
 //! SFT step (`trainer::step`: packed loss, backward, global-norm clip, AdamW); `generate`
-//! times batched greedy generation. Each prints JSON lines; `benches/run_gpu_bench.sh` and
-//! `benches/run_sft_bench.sh` run them beside PyTorch.
+//! times batched greedy generation; `sample` times a decoding step's host-side draws and
+//! log-probs. Each prints JSON lines; `benches/run_gpu_bench.sh`, `benches/run_sft_bench.sh`
+//! and `benches/run_sample_bench.sh` run them beside PyTorch.
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use clap::{Parser, Subcommand};
@@ -64,6 +65,24 @@ enum Cmd {
         #[arg(long, default_value = "bf16")]
         precision: Precision,
     },
+    /// A decoding step's draws and log-probs on the host (`model::generate::pick_rows`)
+    /// over `rows` rows of Gaussian logits (standard deviation `spread`).
+    Sample {
+        #[arg(long, default_value_t = 32)]
+        rows: usize,
+        #[arg(long, default_value_t = 151_936)]
+        vocab: usize,
+        #[arg(long, default_value_t = 1.0)]
+        spread: f32,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+    },
 }
 
 const IMPL: &str = model::BACKEND_NAME;
@@ -74,6 +93,7 @@ fn main() -> Result<()> {
         Cmd::Parity { fixtures } => parity(&fixtures),
         Cmd::Sft { shape, seq, batch, steps, precision, checkpointing, micro_batch, devices, doc } => sft(&shape, seq, batch, steps, precision, checkpointing, micro_batch, devices, doc.unwrap_or(seq)),
         Cmd::Generate { shape, batch, prompt, new_tokens, precision } => gen(&shape, batch, prompt, new_tokens, precision),
+        Cmd::Sample { rows, vocab, spread, temperature, top_p, top_k, steps } => sample(rows, vocab, spread, SamplingConfig { temperature, top_p, top_k, ..Default::default() }, steps),
     }
 }
 
@@ -177,5 +197,32 @@ fn gen(shape: &std::path::Path, batch: usize, prompt: usize, new_tokens: usize, 
                            "shape": shape.file_stem().unwrap().to_string_lossy(), "batch": batch, "prompt": prompt,
                            "new_tokens": new_tokens, "generated": generated, "secs": secs, "tokens_per_s": generated as f64 / secs,
                            "warmup_s": warmup}));
+    Ok(())
+}
+
+fn sample(rows: usize, vocab: usize, spread: f32, cfg: SamplingConfig, steps: usize) -> Result<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    // Box-Muller: N(0, spread²) logits, fresh ones each step (as a model's would be).
+    let mut gaussian = || {
+        let (u, v): (f32, f32) = (rng.random::<f32>().max(f32::MIN_POSITIVE), rng.random());
+        spread * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    };
+    let logits: Vec<Vec<f32>> = (0..steps + 1).map(|_| (0..rows * vocab).map(|_| gaussian()).collect()).collect();
+    let mut rngs: Vec<rand::rngs::StdRng> = (0..rows as u64).map(rand::rngs::StdRng::seed_from_u64).collect();
+    let mut times = Vec::with_capacity(steps);
+    for (i, l) in logits.iter().enumerate() {
+        let mut refs: Vec<&mut rand::rngs::StdRng> = rngs.iter_mut().collect();
+        let t = Instant::now();
+        let picks = model::generate::pick_rows(l, vocab, &mut refs, &cfg);
+        let secs = t.elapsed().as_secs_f64();
+        assert!(picks.iter().all(|&(tok, lp)| (tok as usize) < vocab && lp.is_finite() && lp <= 0.0));
+        if i > 0 {
+            times.push(secs); // the first step warms rayon's pool and the allocator
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!("{}", json!({"check": "sample", "impl": "ours", "threads": rayon::current_num_threads(), "rows": rows, "vocab": vocab,
+                           "spread": spread, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+                           "steps": steps, "median_ms": times[times.len() / 2] * 1e3, "min_ms": times[0] * 1e3}));
     Ok(())
 }

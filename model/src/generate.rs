@@ -10,8 +10,9 @@ use crate::qwen3::{AttnMask, KvCache, Qwen3};
 use crate::tokenizer::Tokenizer;
 use burn::prelude::*;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
+use rand::SeedableRng;
+
+pub use crate::sampling::{logprob, pick_rows, policy_temperature, sample, sample_scored};
 
 #[derive(Debug, Clone)]
 pub struct SamplingConfig {
@@ -115,7 +116,6 @@ pub fn generate_with<B: crate::ModelBackend>(
         assert_eq!(rows.len(), n, "one cache entry per prompt");
         *cache = reused(rows, prompts, &pads, cfg.kv_block).unwrap_or_else(|| KvCache::new(model.num_layers(), cfg.kv_block));
     }
-    let policy_t = policy_temperature(cfg.temperature);
     let max_stop_chars = cfg.stop_strings.iter().map(|s| s.chars().count()).max().unwrap_or(0);
     // Rows still generating (indices into `prompts`); finished rows leave the batch and
     // the cache, so a long row does not make the others pay for its steps.
@@ -145,17 +145,9 @@ pub fn generate_with<B: crate::ModelBackend>(
         let last = hidden.slice([0..m, t - 1..t, 0..h]);
         let logits = model.logits(last).into_data().convert::<f32>().to_vec::<f32>().expect("f32 logits");
         let vocab = logits.len() / m;
-        // Each row's draw and log-prob on a core of its own (a pass or two over a 152K
-        // vocabulary per row, every token): the live rows' RNGs, in order.
+        // The live rows' RNGs, in order.
         let mut live_rngs: Vec<&mut StdRng> = rngs.iter_mut().enumerate().filter(|(i, _)| live.binary_search(i).is_ok()).map(|(_, r)| r).collect();
-        let picks: Vec<(u32, f32)> = live_rngs
-            .par_iter_mut()
-            .zip(logits.par_chunks(vocab))
-            .map(|(rng, row)| {
-                let token = sample(row, cfg, rng);
-                (token, logprob(row, token as usize, policy_t))
-            })
-            .collect();
+        let picks = pick_rows(&logits, vocab, &mut live_rngs, cfg);
         for (r, (&i, (token, lp))) in live.iter().zip(picks).enumerate() {
             seqs[i].push(token);
             let g = &mut out[i];
@@ -228,86 +220,4 @@ fn keep_row<B: Backend>(caches: &mut Option<&mut [Option<RowCache<B>>]>, cache: 
         let from = cache.len() + 1 - seq.len();
         rows[i] = Some(RowCache { ids: seq[..seq.len() - 1].to_vec(), kv: cache.row(r, from) });
     }
-}
-
-/// The temperature of the distribution a row is drawn from: greedy decoding (0) is scored
-/// under the model's own distribution (1).
-pub fn policy_temperature(temperature: f32) -> f32 {
-    if temperature > 0.0 { temperature } else { 1.0 }
-}
-
-/// log-softmax of `logits / temperature` at `index`, computed stably in f64.
-pub fn logprob(logits: &[f32], index: usize, temperature: f32) -> f32 {
-    let t = temperature as f64;
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
-    let lse = logits.iter().map(|&x| (x as f64 / t - max).exp()).sum::<f64>().ln() + max;
-    (logits[index] as f64 / t - lse) as f32
-}
-
-/// Greedy (first maximum, like torch.argmax) at temperature 0; otherwise temperature,
-/// then top-k, then top-p (the smallest set whose mass reaches p, at least one token).
-pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u32 {
-    if cfg.temperature <= 0.0 {
-        let mut best = 0;
-        for (i, &x) in logits.iter().enumerate() {
-            if x > logits[best] {
-                best = i;
-            }
-        }
-        return best as u32;
-    }
-    if cfg.top_k == 0 && cfg.top_p >= 1.0 {
-        // The whole distribution: drawn in vocabulary order, no sort (152K logits a row,
-        // every token).
-        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-        let probs: Vec<f64> = logits.iter().map(|&x| ((x - max) as f64 / cfg.temperature as f64).exp()).collect();
-        return draw(&probs, rng) as u32;
-    }
-    let mut cand: Vec<(usize, f32)> = logits.iter().map(|&x| x / cfg.temperature).enumerate().collect();
-    if cfg.top_k > 0 && cfg.top_k < cand.len() {
-        cand.select_nth_unstable_by(cfg.top_k - 1, |a, b| b.1.total_cmp(&a.1));
-        cand.truncate(cfg.top_k);
-    }
-    let max = cand.iter().fold(f32::NEG_INFINITY, |a, c| a.max(c.1));
-    let z: f64 = cand.iter().map(|c| ((c.1 - max) as f64).exp()).sum();
-    if cfg.top_p < 1.0 {
-        // Only the head of the distribution is sorted: the tokens within a factor of the
-        // most likely one, once their mass reaches p (the top-p set, the smallest prefix
-        // of the sorted order with that mass, then lies inside it).
-        for ratio in [1e-3f64, 1e-6, 1e-9] {
-            let cut = max + ratio.ln() as f32;
-            let head: f64 = cand.iter().filter(|c| c.1 >= cut).map(|c| ((c.1 - max) as f64).exp()).sum();
-            if head >= cfg.top_p as f64 * z {
-                cand.retain(|c| c.1 >= cut);
-                break;
-            }
-        }
-    }
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp() / z).collect();
-    if cfg.top_p < 1.0 {
-        let mut mass = 0.0;
-        let keep = probs
-            .iter()
-            .position(|p| {
-                mass += p;
-                mass >= cfg.top_p as f64
-            })
-            .map_or(probs.len(), |i| i + 1);
-        probs.truncate(keep);
-    }
-    cand[draw(&probs, rng)].0 as u32
-}
-
-/// An index drawn with probability proportional to its weight (the last with weight, should
-/// rounding leave the draw past the end).
-fn draw(weights: &[f64], rng: &mut StdRng) -> usize {
-    let mut u = rng.random::<f64>() * weights.iter().sum::<f64>();
-    for (i, w) in weights.iter().enumerate() {
-        u -= w;
-        if u <= 0.0 {
-            return i;
-        }
-    }
-    weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
 }

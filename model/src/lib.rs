@@ -7,9 +7,11 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
+mod lanes;
 pub mod lm_head;
 pub mod qwen3;
 pub mod rope;
+pub mod sampling;
 pub mod tokenizer;
 
 pub use backend::{ModelBackend, TrainingBackend};

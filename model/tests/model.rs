@@ -283,7 +283,7 @@ fn sampling_draws_from_the_filtered_softmax() {
     // 200K draws per setting against softmax(logits / T) computed here, restricted to the
     // top k, or to the smallest head whose mass reaches p (renormalized): every token's
     // frequency within 5 standard errors (+ 1e-3), tokens outside the set never drawn.
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
     let logits = [1.0f32, 3.0, 2.5, -1.0, 0.0, 2.9, 0.5, 1.5];
     let softmax = |t: f32, keep: &[usize]| {
         let w: Vec<f64> = (0..logits.len()).map(|i| if keep.contains(&i) { ((logits[i] / t) as f64).exp() } else { 0.0 }).collect();
@@ -353,8 +353,35 @@ fn sampling_draws_from_the_filtered_softmax() {
         assert!((tail as f64 / n as f64 - want_tail).abs() < 5e-3, "p {top_p}: tail drawn {}, want {want_tail:.4}", tail as f64 / n as f64);
         assert_eq!(keep.len() > 8, top_p > 0.95);
     }
+    // Top-k ties go to the lower ids as well: k = 12 keeps the head and tail tokens 8..12,
+    // each of those four drawn as often as the others.
+    let cfg = SamplingConfig { temperature: 1.0, top_k: 12, ..Default::default() };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut counts = vec![0usize; long.len()];
+    for _ in 0..n {
+        counts[model::generate::sample(&long, &cfg, &mut rng) as usize] += 1;
+    }
+    let head: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
+    let p_tail = (-6f64).exp() / (head + 4.0 * (-6f64).exp());
+    assert!(counts[12..].iter().all(|&c| c == 0), "top-k: a token past the first twelve was drawn");
+    for i in 8..12 {
+        let f = counts[i] as f64 / n as f64;
+        assert!((f - p_tail).abs() <= 5.0 * (p_tail / n as f64).sqrt() + 1e-4, "top-k: tail token {i} drawn {f:.5}, want {p_tail:.5}");
+    }
     // Greedy: the first maximum.
     assert_eq!(model::generate::sample(&[0.0, 2.0, 2.0], &SamplingConfig { temperature: 0.0, ..Default::default() }, &mut rand::rngs::StdRng::seed_from_u64(0)), 1);
+    // Each token comes with its log-probability under softmax(logits / T) before filtering
+    // (T = 1 when greedy), as the definition computes it in f64, at Qwen3's vocabulary.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let row: Vec<f32> = (0..151_936).map(|_| 3.0 * (rng.random::<f32>() + rng.random::<f32>() + rng.random::<f32>() - 1.5)).collect();
+    for (temperature, top_k, top_p) in [(0.0, 0, 1.0), (0.7, 0, 1.0), (0.7, 50, 1.0), (1.0, 0, 0.9), (0.5, 40, 0.8)] {
+        let cfg = SamplingConfig { temperature, top_k, top_p, ..Default::default() };
+        for _ in 0..20 {
+            let (token, lp) = model::generate::sample_scored(&row, &cfg, &mut rng);
+            let want = model::generate::logprob(&row, token as usize, model::policy_temperature(temperature));
+            assert!((lp - want).abs() < 1e-5, "T {temperature} k {top_k} p {top_p}: token {token} log-prob {lp}, want {want}");
+        }
+    }
 }
 
 #[test]

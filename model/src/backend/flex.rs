@@ -6,6 +6,7 @@ use burn::prelude::*;
 use burn::tensor::ops::{AttentionModuleOptions, ModuleOps};
 use burn::tensor::{DType, Element, TensorPrimitive};
 use burn_flex::FlexTensor;
+use crate::lanes;
 use bytemuck::Pod;
 use rayon::prelude::*;
 
@@ -197,52 +198,10 @@ pub(super) fn softmax_last(x: FlexTensor) -> FlexTensor {
     let n = shape[shape.num_dims() - 1];
     let mut rows = if writable(&x) { x } else { FlexTensor::from_data(x.into_data()) };
     rows.try_storage_mut::<f32>().expect("a unique buffer").par_chunks_mut(n).for_each(|row| {
-        let max = lanes_max(row);
-        row.iter_mut().for_each(|v| *v = exp(*v - max));
-        let inv = 1.0 / lanes_sum(row);
+        let max = lanes::max(row);
+        row.iter_mut().for_each(|v| *v = lanes::exp(*v - max));
+        let inv = 1.0 / lanes::sum(row);
         row.iter_mut().for_each(|v| *v *= inv);
     });
     rows
-}
-
-/// The maximum of a row in eight lanes (a fold over `f32::max` is not vectorized).
-fn lanes_max(row: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = row.chunks_exact(8);
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    for c in chunks {
-        for l in 0..8 {
-            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
-        }
-    }
-    lanes.iter().fold(tail, |a, &b| if b > a { b } else { a })
-}
-
-/// Σ row in eight lanes.
-fn lanes_sum(row: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let chunks = row.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for l in 0..8 {
-            lanes[l] += c[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// e^x for x <= 0 (a softmax's shifted scores), to about 2 ulp: 2^n · e^r with
-/// n = round(x / ln 2), |r| <= ln 2 / 2, e^r by its Taylor series to r^6 (error below
-/// 1.3e-7 relative); 0 below -87 (and for -inf, masked keys). Plain arithmetic, so the
-/// compiler vectorizes the loops it sits in.
-#[inline]
-fn exp(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
-    let xc = x.max(-87.0);
-    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = (xc - n * 0.693_145_75) - n * 1.428_606_8e-6;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // 2^n from n + 127 as the low bits of ROUND's mantissa (integer ops, no float->int cast).
-    let scale = f32::from_bits(((n + 127.0 + ROUND).to_bits() - ROUND.to_bits()) << 23);
-    if x < -87.0 { 0.0 } else { p * scale }
 }
