@@ -75,11 +75,11 @@ pub trait ModelBackend: Backend {
 
 #[cfg(feature = "flex")]
 impl ModelBackend for burn::backend::Flex {
-    /// Flex's attention multiplies every query by every key tile and only then masks the
-    /// future (causal rows pay for the whole square), and runs on one thread: here by
-    /// blocks of queries and groups of heads ([`flex::causal_by_blocks`]).
+    /// f32: [`flash::forward`] (blocks of queries on every core, the future keys skipped,
+    /// no copies of the inputs); other dtypes: Flex's attention by blocks of queries and
+    /// groups of heads ([`flex::causal_by_blocks`]).
     fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
-        flex::causal_by_blocks(q, k, v, None)
+        flash::forward(&q, &k, &v).unwrap_or_else(|| flex::causal_by_blocks(q, k, v, None))
     }
 
     /// As the training attention, the mask (padding) sliced with each block.
@@ -106,7 +106,11 @@ impl ModelBackend for burn::backend::Flex {
         flex::decode_attention(q, k, v, mask, filled)
     }
 
+    /// f32: [`flash::backward`]; other dtypes: [`crate::attention::backward`] by head groups.
     fn causal_attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
+        if let Some(grads) = flash::backward(&q, &k, &v, &out, &d_out) {
+            return grads;
+        }
         let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
         let grads = flex::by_head_groups([f(q), f(k), f(v), f(out), f(d_out)], |[q, k, v, out, d_out]| crate::attention::backward(q, k, v, out, d_out));
         grads.map(|g| g.into_primitive().tensor())
@@ -137,6 +141,8 @@ fn burns_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>
     burn::tensor::module::attention(q, k, v, mask, None, options).into_primitive().tensor()
 }
 
+#[cfg(feature = "flex")]
+mod flash;
 #[cfg(feature = "flex")]
 mod flex;
 

@@ -1,0 +1,146 @@
+//! Causal attention for training on the CPU, f32, in the manner of FlashAttention-2: the
+//! forward by blocks of queries against tiles of keys with an online softmax, the backward
+//! by blocks of queries recomputing their probabilities; the block products through
+//! `gemm` (Flex's own matmul kernels), the softmaxes through [`crate::lanes`]. q, k and v
+//! are read where they lie (the model's are strided views of `[batch, len, heads, dim]`),
+//! a task per (row, head) or (row, head, query block), so no head needs a copy and every
+//! core has work. Flex's own attention has a branch per score and libm's `expf`, walks the
+//! future keys of a causal row, and runs on one thread.
+use crate::lanes;
+use burn::tensor::{DType, TensorData};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+/// Queries per block: a block's scores, `QUERIES × keys` f32, stay in L2 up to ~2K keys.
+const QUERIES: usize = 64;
+/// Keys per tile of the forward.
+const KEYS: usize = 128;
+
+/// A `[batch, heads, len, dim]` f32 tensor read in place: element (b, h, i, c) at
+/// `off + b·sb + h·sh + i·si + c`.
+struct View<'a> {
+    data: &'a [f32],
+    off: usize,
+    strides: [usize; 3],
+}
+
+impl<'a> View<'a> {
+    /// `None` unless f32 with a unit, positive inner stride (then the caller copies).
+    fn of(x: &'a FlexTensor) -> Option<Self> {
+        let s = x.layout().strides();
+        let ok = x.dtype() == DType::F32 && s.len() == 4 && s[3] == 1 && s[..3].iter().all(|&v| v >= 0);
+        ok.then(|| View { data: x.storage::<f32>(), off: x.layout().start_offset(), strides: [s[0] as usize, s[1] as usize, s[2] as usize] })
+    }
+
+    /// Pointer to position `i` of row `b`, head `h`.
+    fn at(&self, b: usize, h: usize, i: usize) -> *const f32 {
+        self.data[self.off + b * self.strides[0] + h * self.strides[1] + i * self.strides[2]..].as_ptr()
+    }
+
+    fn row(&self, b: usize, h: usize, i: usize, d: usize) -> &[f32] {
+        let start = self.off + b * self.strides[0] + h * self.strides[1] + i * self.strides[2];
+        &self.data[start..start + d]
+    }
+}
+
+/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)`, each given by its pointer, row
+/// stride and column stride; one thread (the callers run a task a core).
+#[allow(clippy::too_many_arguments)]
+fn gemm(m: usize, n: usize, k: usize, dst: (*mut f32, usize), add: bool, lhs: (*const f32, usize, usize), rhs: (*const f32, usize, usize), scale: f32) {
+    // SAFETY: every caller passes pointers into live buffers that hold the m×k, k×n and
+    // m×n matrices at these strides, dst unaliased.
+    unsafe {
+        gemm::gemm(m, n, k, dst.0, 1, dst.1 as isize, add, lhs.0, lhs.2 as isize, lhs.1 as isize, rhs.0, rhs.2 as isize, rhs.1 as isize, 1.0, scale, false, false, false, gemm::Parallelism::None)
+    }
+}
+
+/// Causal attention, queries and keys at the same positions; `None` when an input is not
+/// an f32 view this reads (the caller falls back to burn's attention).
+pub(super) fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> Option<FlexTensor> {
+    let (qv, kv, vv) = (View::of(q)?, View::of(k)?, View::of(v)?);
+    let dims = q.layout().shape();
+    let [b, h, t, d] = [dims[0], dims[1], dims[2], dims[3]];
+    if k.layout().shape()[1] != h {
+        return None;
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0f32; b * h * t * d];
+    out.par_chunks_mut(t * d).enumerate().for_each(|(bh, head)| {
+        let (bi, hi) = (bh / h, bh % h);
+        head.par_chunks_mut(QUERIES * d).enumerate().for_each(|(blk, o)| {
+            let (i0, rows) = (blk * QUERIES, o.len() / d);
+            let end = i0 + rows; // keys 0..end
+            let (mut max, mut sum) = ([f32::NEG_INFINITY; QUERIES], [0f32; QUERIES]);
+            let mut s = vec![0f32; rows * KEYS];
+            for k0 in (0..end).step_by(KEYS) {
+                let n = KEYS.min(end - k0);
+                let s = &mut s[..rows * n];
+                gemm(rows, n, d, (s.as_mut_ptr(), n), false, (qv.at(bi, hi, i0), qv.strides[2], 1), (kv.at(bi, hi, k0), 1, kv.strides[2]), scale);
+                for (r, (s, o)) in s.chunks_exact_mut(n).zip(o.chunks_exact_mut(d)).enumerate() {
+                    // The future: keys after query i0 + r (only in the tiles that reach it).
+                    let seen = (i0 + r + 1).saturating_sub(k0).min(n);
+                    let m = max[r].max(lanes::max(&s[..seen]));
+                    s[..seen].iter_mut().for_each(|x| *x = lanes::exp(*x - m));
+                    s[seen..].fill(0.0);
+                    // First tile: max[r] = -inf, the factor 0 times an empty sum and output.
+                    let rescale = lanes::exp(max[r] - m);
+                    sum[r] = sum[r] * rescale + lanes::sum(&s[..seen]);
+                    max[r] = m;
+                    o.iter_mut().for_each(|x| *x *= rescale);
+                }
+                gemm(rows, d, n, (o.as_mut_ptr(), d), true, (s.as_ptr(), n, 1), (vv.at(bi, hi, k0), vv.strides[2], 1), 1.0);
+            }
+            for (r, o) in o.chunks_exact_mut(d).enumerate() {
+                let inv = 1.0 / sum[r];
+                o.iter_mut().for_each(|x| *x *= inv);
+            }
+        });
+    });
+    Some(FlexTensor::from_data(TensorData::new(out, [b, h, t, d])))
+}
+
+/// Gradients of [`forward`] for q, k, v (FlashAttention-2's backward by blocks of queries:
+/// P = softmax(S), S = q kᵀ·s, Δ = rowsum(dO ∘ O); dV = Pᵀ dO, dS = P ∘ (dO vᵀ − Δ),
+/// dQ = dS k·s, dK = dSᵀ q·s), a task per (row, head); `None` as for [`forward`].
+pub(super) fn backward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, out: &FlexTensor, d_out: &FlexTensor) -> Option<[FlexTensor; 3]> {
+    let (qv, kv, vv, ov, gv) = (View::of(q)?, View::of(k)?, View::of(v)?, View::of(out)?, View::of(d_out)?);
+    let dims = q.layout().shape();
+    let [b, h, t, d] = [dims[0], dims[1], dims[2], dims[3]];
+    if k.layout().shape()[1] != h {
+        return None;
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut grads = [vec![0f32; b * h * t * d], vec![0f32; b * h * t * d], vec![0f32; b * h * t * d]];
+    let [dq, dk, dv] = &mut grads;
+    dq.par_chunks_mut(t * d).zip(dk.par_chunks_mut(t * d)).zip(dv.par_chunks_mut(t * d)).enumerate().for_each(|(bh, ((dq, dk), dv))| {
+        let (bi, hi) = (bh / h, bh % h);
+        let (mut p, mut ds) = (vec![0f32; QUERIES * t], vec![0f32; QUERIES * t]);
+        for (blk, dq) in dq.chunks_mut(QUERIES * d).enumerate() {
+            let (i0, rows) = (blk * QUERIES, dq.len() / d);
+            let e = i0 + rows; // keys 0..e
+            let (p, ds) = (&mut p[..rows * e], &mut ds[..rows * e]);
+            let (qb, gb) = ((qv.at(bi, hi, i0), qv.strides[2], 1), (gv.at(bi, hi, i0), gv.strides[2], 1));
+            gemm(rows, e, d, (p.as_mut_ptr(), e), false, qb, (kv.at(bi, hi, 0), 1, kv.strides[2]), scale);
+            for (r, p) in p.chunks_exact_mut(e).enumerate() {
+                let seen = i0 + r + 1;
+                let m = lanes::max(&p[..seen]);
+                p[..seen].iter_mut().for_each(|x| *x = lanes::exp(*x - m));
+                let inv = 1.0 / lanes::sum(&p[..seen]);
+                p[..seen].iter_mut().for_each(|x| *x *= inv);
+                p[seen..].fill(0.0);
+            }
+            // dV[0..e] += Pᵀ dO
+            gemm(e, d, rows, (dv.as_mut_ptr(), d), true, (p.as_ptr(), 1, e), gb, 1.0);
+            // dS = P ∘ (dO vᵀ − Δ)
+            gemm(rows, e, d, (ds.as_mut_ptr(), e), false, gb, (vv.at(bi, hi, 0), 1, vv.strides[2]), 1.0);
+            for (r, (ds, p)) in ds.chunks_exact_mut(e).zip(p.chunks_exact(e)).enumerate() {
+                let delta: f32 = gv.row(bi, hi, i0 + r, d).iter().zip(ov.row(bi, hi, i0 + r, d)).map(|(a, b)| a * b).sum();
+                ds.iter_mut().zip(p).for_each(|(x, &p)| *x = p * (*x - delta));
+            }
+            // dQ = dS k·s; dK[0..e] += dSᵀ q·s
+            gemm(rows, d, e, (dq.as_mut_ptr(), d), false, (ds.as_ptr(), e, 1), (kv.at(bi, hi, 0), kv.strides[2], 1), scale);
+            gemm(e, d, rows, (dk.as_mut_ptr(), d), true, (ds.as_ptr(), 1, e), qb, scale);
+        }
+    });
+    Some(grads.map(|g| FlexTensor::from_data(TensorData::new(g, [b, h, t, d]))))
+}
