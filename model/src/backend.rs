@@ -64,6 +64,21 @@ pub trait ModelBackend: Backend {
         decode_attention_over_capacity::<Self>(q, k, v, mask)
     }
 
+    /// Per row of `z` (`[n, vocab]` f32 logits): log softmax(z) at `targets`, the entropy
+    /// of softmax(z) and logsumexp(z), `[n]` each (the LM head's forward, a chunk of rows).
+    fn logit_stats(z: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (lp, ent, lse) = lm_head::logit_stats_by_ops::<Self>(Tensor::from_primitive(TensorPrimitive::Float(z)), Tensor::from_primitive(targets));
+        (lp.into_primitive().tensor(), ent.into_primitive().tensor(), lse.into_primitive().tensor())
+    }
+
+    /// g · (onehot(targets) − softmax(z)), `[n, vocab]`, from `z`'s logsumexp `lse` (the
+    /// LM head's backward, a chunk of rows).
+    fn logit_grad(z: FloatTensor<Self>, lse: FloatTensor<Self>, targets: IntTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        let f = |x| Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(x));
+        let z = Tensor::from_primitive(TensorPrimitive::Float(z));
+        lm_head::logit_grad_by_ops::<Self>(z, f(lse), Tensor::from_primitive(targets), f(g)).into_primitive().tensor()
+    }
+
     /// log p(target) and the entropy of p for each row of `hidden` (`[n, hidden]`), p =
     /// softmax(hidden · weight / temperature) (`weight`'s layout: [`Head`]): `([n], [n])`.
     fn token_logprobs(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: IntTensor<Self>, head: Head) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -85,6 +100,17 @@ impl ModelBackend for burn::backend::Flex {
     /// As the training attention, the mask (padding) sliced with each block.
     fn prefill_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>) -> FloatTensor<Self> {
         flex::causal_by_blocks(q, k, v, mask)
+    }
+
+    /// A row a task, two passes with the vectorized exp (f32; else burn's ops).
+    fn logit_stats(z: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [lp, ent, lse] = flex::logit_stats(z, targets);
+        (lp, ent, lse)
+    }
+
+    /// A row a task, in place (f32; else burn's ops).
+    fn logit_grad(z: FloatTensor<Self>, lse: FloatTensor<Self>, targets: IntTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex::logit_grad(z, lse, targets, g)
     }
 
     /// A row a pass, with an exp the compiler vectorizes (Flex's calls libm's, one value

@@ -57,3 +57,25 @@ pub fn exp(x: f32) -> f32 {
     let scale = f32::from_bits(((n + 127.0 + ROUND).to_bits() - ROUND.to_bits()) << 23);
     if x < -87.0 { 0.0 } else { p * scale }
 }
+
+/// Σ e^(x − m) and Σ e^(x − m)·(x − m) over a row, in eight lanes (a softmax's normalizer
+/// and, over it, its mean shifted logit: the LM head's logsumexp and entropy on Flex).
+#[cfg(feature = "flex")]
+pub fn exp_sums(row: &[f32], m: f32) -> (f32, f32) {
+    let (mut sums, mut moments) = ([0f32; 8], [0f32; 8]);
+    let chunks = row.chunks_exact(8);
+    let (mut sum, mut moment) = (0f32, 0f32);
+    for &x in chunks.remainder() {
+        let e = exp(x - m);
+        sum += e;
+        moment += e * (x - m);
+    }
+    for c in chunks {
+        for l in 0..8 {
+            let e = exp(c[l] - m);
+            sums[l] += e;
+            moments[l] += e * (c[l] - m);
+        }
+    }
+    (sums.iter().sum::<f32>() + sum, moments.iter().sum::<f32>() + moment)
+}

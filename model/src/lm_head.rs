@@ -11,7 +11,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{FloatDType, IndexingUpdateOp, TensorPrimitive};
@@ -80,35 +80,68 @@ pub fn token_logprobs<B: ModelBackend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2
     (t(logp), t(entropy))
 }
 
-/// The forward, chunk by chunk; also returns the last chunk's log-softmax, which the
-/// backward takes instead of recomputing it (with a single chunk: no recompute at all).
-pub(crate) fn forward<B: Backend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2>, targets: Tensor<B, 1, Int>, head: Head) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 2>) {
+/// The forward, chunk by chunk ([`ModelBackend::logit_stats`]); also returns the last
+/// chunk's logits and logsumexp, which the backward takes instead of recomputing them (with
+/// a single chunk: no recompute at all).
+pub(crate) fn forward<B: ModelBackend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2>, targets: Tensor<B, 1, Int>, head: Head) -> (Tensor<B, 1>, Tensor<B, 1>, (Tensor<B, 2>, Tensor<B, 1>)) {
     let weight = weight.cast(head.dtype);
     let (mut logp, mut entropy, mut last) = (vec![], vec![], None);
     for r in head.chunks(hidden.dims()[0]) {
-        let l = log_softmax(head.logits(hidden.clone().slice(r.clone()).cast(head.dtype), weight.clone()), 1);
-        logp.push(l.clone().gather(1, targets.clone().slice(r).unsqueeze_dim(1)).squeeze_dim(1));
-        entropy.push((l.clone().exp() * l.clone()).sum_dim(1).squeeze_dim::<1>(1).neg());
-        last = Some(l);
+        let z = head.logits(hidden.clone().slice(r.clone()).cast(head.dtype), weight.clone());
+        let (lp, ent, lse) = logit_stats(z.clone(), targets.clone().slice(r));
+        logp.push(lp);
+        entropy.push(ent);
+        last = Some((z, lse));
     }
     (Tensor::cat(logp, 0), Tensor::cat(entropy, 0), last.expect("at least one row"))
 }
 
+/// [`ModelBackend::logit_stats`] on tensors.
+fn logit_stats<B: ModelBackend>(z: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    let (lp, ent, lse) = B::logit_stats(z.into_primitive().tensor(), targets.into_primitive());
+    let t = |x| Tensor::from_primitive(TensorPrimitive::Float(x));
+    (t(lp), t(ent), t(lse))
+}
+
+/// [`ModelBackend::logit_stats`] in tensor ops: log-softmax, a gather, an entropy pass.
+pub fn logit_stats_by_ops<B: Backend>(z: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    let l = log_softmax(z.clone(), 1);
+    let logp = l.clone().gather(1, targets.unsqueeze_dim(1)).squeeze_dim(1);
+    let entropy = (l.clone().exp() * l.clone()).sum_dim(1).squeeze_dim::<1>(1).neg();
+    // z − log_softmax(z) is logsumexp(z) in every column: the first one's.
+    let lse = (z.narrow(1, 0, 1) - l.narrow(1, 0, 1)).squeeze_dim(1);
+    (logp, entropy, lse)
+}
+
+/// [`ModelBackend::logit_grad`] in tensor ops.
+pub fn logit_grad_by_ops<B: Backend>(z: Tensor<B, 2>, lse: Tensor<B, 1>, targets: Tensor<B, 1, Int>, g: Tensor<B, 1>) -> Tensor<B, 2> {
+    let p = (z - lse.unsqueeze_dim(1)).exp();
+    let g = g.unsqueeze_dim::<2>(1);
+    (p * g.clone().neg()).scatter(1, targets.unsqueeze_dim(1), g, IndexingUpdateOp::Add)
+}
+
 /// Gradients of Σ g · log p(target) for `hidden` and `weight`: per chunk,
-/// dz = g · (onehot(target) − softmax(z)) / temperature, dh = dz · weightᵀ,
-/// dweight = Σ hᵀ · dz (products in `dtype`, as autocast's linear backward). `last` is
-/// the last chunk's log-softmax from the forward.
-fn backward<B: Backend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2>, targets: Tensor<B, 1, Int>, head: Head, g: Tensor<B, 1>, last: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+/// dz = g · (onehot(target) − softmax(z)) / temperature ([`ModelBackend::logit_grad`]),
+/// dh = dz · weightᵀ, dweight = Σ hᵀ · dz (products in `dtype`, as autocast's linear
+/// backward). `last` is the last chunk's logits and logsumexp from the forward.
+fn backward<B: ModelBackend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2>, targets: Tensor<B, 1, Int>, head: Head, g: Tensor<B, 1>, last: (Tensor<B, 2>, Tensor<B, 1>)) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let (h_dtype, w_dtype) = (hidden.dtype(), weight.dtype());
     let wd = weight.cast(head.dtype);
     let n = hidden.dims()[0];
-    let (mut dh, mut dw) = (vec![], None);
+    let (mut dh, mut dw, mut last) = (vec![], None, Some(last));
     for r in head.chunks(n) {
         let h = hidden.clone().slice(r.clone()).cast(head.dtype);
-        let p = if r.end == n { last.clone().exp() } else { softmax(head.logits(h.clone(), wd.clone()), 1) };
-        let g = g.clone().slice(r.clone()).unsqueeze_dim::<2>(1);
-        let dz = (p * g.clone().neg()).scatter(1, targets.clone().slice(r).unsqueeze_dim(1), g, IndexingUpdateOp::Add);
-        let dz = dz.div_scalar(head.temperature).cast(head.dtype);
+        let (z, lse) = match r.end == n {
+            true => last.take().expect("the last chunk once"),
+            false => {
+                let z = head.logits(h.clone(), wd.clone());
+                let (_, _, lse) = logit_stats(z.clone(), targets.clone().slice(r.clone()));
+                (z, lse)
+            }
+        };
+        let p = |x: Tensor<B, 2>| x.into_primitive().tensor();
+        let dz = B::logit_grad(p(z), lse.into_primitive().tensor(), targets.clone().slice(r.clone()).into_primitive(), g.clone().slice(r.clone()).into_primitive().tensor());
+        let dz = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dz)).div_scalar(head.temperature).cast(head.dtype);
         dh.push(dz.clone().matmul(head.hv(wd.clone()).transpose()).cast(h_dtype));
         let part = if head.vocab_major { dz.transpose().matmul(h) } else { h.transpose().matmul(dz) }.cast(FloatDType::F32);
         dw = Some(match dw {
@@ -129,14 +162,15 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(
 ) -> (FloatTensor<Autodiff<B, C>>, FloatTensor<Autodiff<B, C>>) {
     #[derive(Debug)]
     struct Chunked;
-    impl<B: Backend> Backward<B, 2> for Chunked {
-        type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, Head, FloatTensor<B>);
+    impl<B: ModelBackend> Backward<B, 2> for Chunked {
+        type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, Head, (FloatTensor<B>, FloatTensor<B>));
 
         fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
             let t = |x: FloatTensor<B>| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(x));
-            let (hidden, weight, targets, head, last) = ops.state;
+            let (hidden, weight, targets, head, (z, lse)) = ops.state;
             let g = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
-            let (dh, dw) = backward(t(hidden), t(weight), Tensor::from_primitive(targets), head, g, t(last));
+            let last = (t(z), Tensor::from_primitive(TensorPrimitive::Float(lse)));
+            let (dh, dw) = backward(t(hidden), t(weight), Tensor::from_primitive(targets), head, g, last);
             for (parent, g) in ops.parents.into_iter().zip([dh, dw]) {
                 if let Some(node) = parent {
                     grads.register::<B>(node.id, g.into_primitive().tensor());
@@ -146,7 +180,7 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(
     }
     let t = |x: FloatTensor<B>| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(x));
     let (logp, entropy, last) = forward(t(hidden.primitive.clone()), t(weight.primitive.clone()), Tensor::from_primitive(targets.clone()), head);
-    let (logp, last) = (logp.into_primitive().tensor(), last.into_primitive().tensor());
+    let (logp, last) = (logp.into_primitive().tensor(), (last.0.into_primitive().tensor(), last.1.into_primitive().tensor()));
     let entropy = <Autodiff<B, C> as AutodiffBackend>::from_inner(entropy.into_primitive().tensor());
     let logp = match Chunked.prepare::<C>([hidden.node.clone(), weight.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish((hidden.primitive, weight.primitive, targets, head, last), logp),

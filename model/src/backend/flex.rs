@@ -205,3 +205,47 @@ pub(super) fn softmax_last(x: FlexTensor) -> FlexTensor {
     });
     rows
 }
+
+/// [`super::ModelBackend::logit_stats`] for f32 logits: a row a task, a pass for its
+/// maximum and one for Σe and Σe·(z − max) with the vectorized exp (burn's log-softmax,
+/// gather and entropy make six passes over the chunk, with libm's exp twice).
+pub(super) fn logit_stats(z: FlexTensor, targets: FlexTensor) -> [FlexTensor; 3] {
+    if z.dtype() != DType::F32 {
+        let (lp, ent, lse) = crate::lm_head::logit_stats_by_ops::<Flex>(Tensor::from_primitive(TensorPrimitive::Float(z)), Tensor::from_primitive(targets));
+        return [lp, ent, lse].map(|x| x.into_primitive().tensor());
+    }
+    let z = z.to_contiguous();
+    let [n, vocab] = [z.layout().shape()[0], z.layout().shape()[1]];
+    let targets = ids(targets);
+    let stats: Vec<[f32; 3]> = z.storage::<f32>().par_chunks(vocab).zip(&targets).map(|(row, &t)| {
+        let max = lanes::max(row);
+        let (sum, moment) = lanes::exp_sums(row, max);
+        let lse = max + sum.ln();
+        [row[t] - lse, sum.ln() - moment / sum, lse]
+    }).collect();
+    std::array::from_fn(|i| FlexTensor::from_data(TensorData::new(stats.iter().map(|s| s[i]).collect::<Vec<f32>>(), [n])))
+}
+
+/// [`super::ModelBackend::logit_grad`] for f32: −g·e^(z − lse) a row a task, in place where
+/// `z` is the only reference to its buffer, then g added at the target.
+pub(super) fn logit_grad(z: FlexTensor, lse: FlexTensor, targets: FlexTensor, g: FlexTensor) -> FlexTensor {
+    let f = |x| Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(x));
+    if z.dtype() != DType::F32 {
+        return crate::lm_head::logit_grad_by_ops::<Flex>(Tensor::from_primitive(TensorPrimitive::Float(z)), f(lse), Tensor::from_primitive(targets), f(g)).into_primitive().tensor();
+    }
+    let vocab = z.layout().shape()[1];
+    let floats = |x| f(x).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    let (lse, g, targets) = (floats(lse), floats(g), ids(targets));
+    let mut dz = if writable(&z) { z } else { FlexTensor::from_data(z.into_data()) };
+    dz.try_storage_mut::<f32>().expect("a unique buffer").par_chunks_mut(vocab).enumerate().for_each(|(i, row)| {
+        let (lse, g) = (lse[i], g[i]);
+        row.iter_mut().for_each(|x| *x = -g * lanes::exp(*x - lse));
+        row[targets[i]] += g;
+    });
+    dz
+}
+
+/// Token ids of an int tensor, as indices.
+fn ids(t: FlexTensor) -> Vec<usize> {
+    Tensor::<Flex, 1, Int>::from_primitive(t).into_data().convert::<i64>().to_vec::<i64>().expect("i64").into_iter().map(|x| x as usize).collect()
+}
