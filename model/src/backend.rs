@@ -94,12 +94,19 @@ impl ModelBackend for burn::backend::Flex {
     /// no copies of the inputs); other dtypes: Flex's attention by blocks of queries and
     /// groups of heads ([`flex::causal_by_blocks`]).
     fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
-        flash::forward(&q, &k, &v).unwrap_or_else(|| flex::causal_by_blocks(q, k, v, None))
+        flash::forward(&q, &k, &v, None).unwrap_or_else(|| flex::causal_by_blocks(q, k, v, None))
     }
 
-    /// As the training attention, the mask (padding) sliced with each block.
+    /// f32 with left padding (or none): [`flash::forward`] from each row's first key; else
+    /// Flex's attention by blocks of queries and groups of heads, the mask sliced with each.
     fn prefill_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>) -> FloatTensor<Self> {
-        flex::causal_by_blocks(q, k, v, mask)
+        let first_key = mask.as_ref().map(|m| flex::left_padding(m.clone()));
+        match first_key {
+            None => flash::forward(&q, &k, &v, None),
+            Some(Some(first)) => flash::forward(&q, &k, &v, Some(&first)),
+            Some(None) => None,
+        }
+        .unwrap_or_else(|| flex::causal_by_blocks(q, k, v, mask))
     }
 
     /// A row a task, two passes with the vectorized exp (f32; else burn's ops).

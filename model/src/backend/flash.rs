@@ -54,44 +54,51 @@ fn gemm(m: usize, n: usize, k: usize, dst: (*mut f32, usize), add: bool, lhs: (*
     }
 }
 
-/// Causal attention, queries and keys at the same positions; `None` when an input is not
-/// an f32 view this reads (the caller falls back to burn's attention).
-pub(super) fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> Option<FlexTensor> {
+/// Causal attention of `q` (`[batch, heads, t, dim]`, the last `t` positions) over `k`,
+/// `v` (`[batch, kv_heads, keys, dim]`; a KV head serves `heads / kv_heads` query heads);
+/// row b's keys before `first_key[b]` (left padding) are hidden, and a query that sees no
+/// key gets zeros. `None` when an input is not an f32 view this reads (the caller falls
+/// back to burn's attention).
+pub(super) fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, first_key: Option<&[usize]>) -> Option<FlexTensor> {
     let (qv, kv, vv) = (View::of(q)?, View::of(k)?, View::of(v)?);
     let dims = q.layout().shape();
     let [b, h, t, d] = [dims[0], dims[1], dims[2], dims[3]];
-    if k.layout().shape()[1] != h {
-        return None;
-    }
+    let (kv_heads, keys) = (k.layout().shape()[1], k.layout().shape()[2]);
+    let n_rep = h / kv_heads;
+    let past = keys - t;
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; b * h * t * d];
     out.par_chunks_mut(t * d).enumerate().for_each(|(bh, head)| {
-        let (bi, hi) = (bh / h, bh % h);
+        let (bi, hi, kh) = (bh / h, bh % h, bh % h / n_rep);
+        let lo = first_key.map_or(0, |f| f[bi]);
         head.par_chunks_mut(QUERIES * d).enumerate().for_each(|(blk, o)| {
-            let (i0, rows) = (blk * QUERIES, o.len() / d);
-            let end = i0 + rows; // keys 0..end
+            let (i0, rows) = (past + blk * QUERIES, o.len() / d); // the block's first position
+            let end = i0 + rows; // keys lo..end
             let (mut max, mut sum) = ([f32::NEG_INFINITY; QUERIES], [0f32; QUERIES]);
             let mut s = vec![0f32; rows * KEYS];
-            for k0 in (0..end).step_by(KEYS) {
+            for k0 in (lo..end).step_by(KEYS) {
                 let n = KEYS.min(end - k0);
                 let s = &mut s[..rows * n];
-                gemm(rows, n, d, (s.as_mut_ptr(), n), false, (qv.at(bi, hi, i0), qv.strides[2], 1), (kv.at(bi, hi, k0), 1, kv.strides[2]), scale);
+                gemm(rows, n, d, (s.as_mut_ptr(), n), false, (qv.at(bi, hi, i0 - past), qv.strides[2], 1), (kv.at(bi, kh, k0), 1, kv.strides[2]), scale);
                 for (r, (s, o)) in s.chunks_exact_mut(n).zip(o.chunks_exact_mut(d)).enumerate() {
-                    // The future: keys after query i0 + r (only in the tiles that reach it).
+                    // The future: keys after position i0 + r (only in the tiles that reach it).
                     let seen = (i0 + r + 1).saturating_sub(k0).min(n);
                     let m = max[r].max(lanes::max(&s[..seen]));
-                    s[..seen].iter_mut().for_each(|x| *x = lanes::exp(*x - m));
                     s[seen..].fill(0.0);
-                    // First tile: max[r] = -inf, the factor 0 times an empty sum and output.
+                    if m == f32::NEG_INFINITY {
+                        continue; // no key yet (a padding query)
+                    }
+                    s[..seen].iter_mut().for_each(|x| *x = lanes::exp(*x - m));
+                    // First keys: max[r] = -inf, the factor 0 times an empty sum and output.
                     let rescale = lanes::exp(max[r] - m);
                     sum[r] = sum[r] * rescale + lanes::sum(&s[..seen]);
                     max[r] = m;
                     o.iter_mut().for_each(|x| *x *= rescale);
                 }
-                gemm(rows, d, n, (o.as_mut_ptr(), d), true, (s.as_ptr(), n, 1), (vv.at(bi, hi, k0), vv.strides[2], 1), 1.0);
+                gemm(rows, d, n, (o.as_mut_ptr(), d), true, (s.as_ptr(), n, 1), (vv.at(bi, kh, k0), vv.strides[2], 1), 1.0);
             }
             for (r, o) in o.chunks_exact_mut(d).enumerate() {
-                let inv = 1.0 / sum[r];
+                let inv = if sum[r] > 0.0 { 1.0 / sum[r] } else { 0.0 };
                 o.iter_mut().for_each(|x| *x *= inv);
             }
         });

@@ -249,3 +249,16 @@ pub(super) fn logit_grad(z: FlexTensor, lse: FlexTensor, targets: FlexTensor, g:
 fn ids(t: FlexTensor) -> Vec<usize> {
     Tensor::<Flex, 1, Int>::from_primitive(t).into_data().convert::<i64>().to_vec::<i64>().expect("i64").into_iter().map(|x| x as usize).collect()
 }
+
+/// Each row's first unmasked key, when a prefill's mask (`[batch, 1, t, keys]`, true =
+/// masked) is left padding and the causal future: the last query sees every key from its
+/// row's first on. `None` for any other pattern.
+pub(super) fn left_padding(mask: FlexTensor) -> Option<Vec<usize>> {
+    let mask = Tensor::<Flex, 4, Bool>::from_primitive(mask);
+    let [b, _, t, keys] = mask.dims();
+    let last: Vec<bool> = mask.slice([0..b, 0..1, t - 1..t, 0..keys]).into_data().to_vec::<bool>().ok()?;
+    last.chunks(keys).map(|row| {
+        let first = row.iter().position(|&m| !m).unwrap_or(keys);
+        row[first..].iter().all(|&m| !m).then_some(first)
+    }).collect()
+}
