@@ -1,5 +1,6 @@
-//! Causal attention for training on the CPU, f32, in the manner of FlashAttention-2: the
-//! forward by blocks of queries against tiles of keys with an online softmax, the backward
+//! Causal attention on the CPU in f32 (training's, and generation's prefill), in the manner
+//! of FlashAttention-2: the forward by blocks of queries against tiles of keys with an
+//! online softmax, the backward
 //! by blocks of queries recomputing their probabilities; the block products through
 //! `gemm` (Flex's own matmul kernels), the softmaxes through [`crate::lanes`]. q, k and v
 //! are read where they lie (the model's are strided views of `[batch, len, heads, dim]`),
