@@ -79,6 +79,14 @@ pub trait ModelBackend: Backend {
         lm_head::logit_grad_by_ops::<Self>(z, f(lse), Tensor::from_primitive(targets), f(g)).into_primitive().tensor()
     }
 
+    /// RoPE: `x * cos + rotate_half(x) * sin` over `x` `[batch, seq, heads, head_dim]` with
+    /// `cos`, `sin` `[batch, seq, 1, head_dim]` (their halves equal, as [`crate::rope::Rope`]
+    /// makes them).
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
+        crate::rope::apply_rotary(f(x), f(cos), f(sin)).into_primitive().tensor()
+    }
+
     /// log p(target) and the entropy of p for each row of `hidden` (`[n, hidden]`), p =
     /// softmax(hidden · weight / temperature) (`weight`'s layout: [`Head`]): `([n], [n])`.
     fn token_logprobs(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: IntTensor<Self>, head: Head) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -113,6 +121,12 @@ impl ModelBackend for burn::backend::Flex {
     fn logit_stats(z: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let [lp, ent, lse] = flex::logit_stats(z, targets);
         (lp, ent, lse)
+    }
+
+    /// A (row, position) a pass over its heads (f32; else burn's ops: slices, a cat and
+    /// broadcast products, which Flex walks element by element).
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex::rotary(x, cos, sin)
     }
 
     /// A row a task, in place (f32; else burn's ops).
@@ -189,6 +203,10 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
 
     fn token_logprobs(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: IntTensor<Self>, head: Head) -> (FloatTensor<Self>, FloatTensor<Self>) {
         lm_head::autodiff::<B, C>(hidden, weight, targets, head)
+    }
+
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::rope::autodiff::<B, C>(x, cos, sin)
     }
 }
 

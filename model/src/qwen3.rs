@@ -4,7 +4,7 @@
 use crate::attention::causal_attention;
 use crate::backend::{ModelBackend, TrainingBackend};
 use crate::lm_head::{self, Head};
-use crate::rope::{apply_rotary, Rope};
+use crate::rope::{rotary, Rope};
 use burn::module::{AutodiffModule, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -299,8 +299,8 @@ impl<B: ModelBackend> Attention<B> {
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]);
         // QK-norm and RoPE on [b, t, heads, d], as the projections lay it out (elementwise
         // work on a contiguous tensor; after the swap it would be a strided walk on CPU).
-        let q = to(apply_rotary(norm(&self.q_norm, heads(proj(&self.q_proj, x.clone(), dt), h)), cos.clone(), sin.clone()), dt).swap_dims(1, 2);
-        let k = to(apply_rotary(norm(&self.k_norm, heads(proj(&self.k_proj, x.clone(), dt), kvh)), cos, sin), dt).swap_dims(1, 2);
+        let q = to(rotary(norm(&self.q_norm, heads(proj(&self.q_proj, x.clone(), dt), h)), cos.clone(), sin.clone()), dt).swap_dims(1, 2);
+        let k = to(rotary(norm(&self.k_norm, heads(proj(&self.k_proj, x.clone(), dt), kvh)), cos, sin), dt).swap_dims(1, 2);
         let v = heads(proj(&self.v_proj, x, dt), kvh).swap_dims(1, 2);
         let (k, v, filled) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),

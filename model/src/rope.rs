@@ -1,8 +1,16 @@
 //! Rotary position embeddings as transformers computes them for Qwen3: `rotate_half`
 //! layout (first half / second half of each head), inverse frequencies in f32, and
 //! YaRN's blended frequencies with its attention scaling on cos/sin.
+use crate::backend::ModelBackend;
 use crate::config::{Qwen3Config, RopeScaling};
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
 use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorPrimitive;
 
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -96,8 +104,38 @@ impl Rope {
     }
 }
 
+/// [`ModelBackend::rotary`] on tensors: `x` `[batch, seq, heads, head_dim]`, `cos` and
+/// `sin` `[batch, seq, 1, head_dim]` ([`Rope::cos_sin`]).
+pub fn rotary<B: ModelBackend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+    let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    Tensor::from_primitive(TensorPrimitive::Float(B::rotary(p(x), p(cos), p(sin))))
+}
+
+/// RoPE under autodiff: cos and sin repeat their halves, so the transpose of
+/// `rotate_half(·) * sin` is `rotate_half(·) * −sin` and dx = rotary(dy, cos, −sin).
+pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(x: FloatTensor<Autodiff<B, C>>, cos: FloatTensor<Autodiff<B, C>>, sin: FloatTensor<Autodiff<B, C>>) -> FloatTensor<Autodiff<B, C>> {
+    #[derive(Debug)]
+    struct Rotary;
+    impl<B: ModelBackend> Backward<B, 1> for Rotary {
+        type State = (FloatTensor<B>, FloatTensor<B>); // cos, sin
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (cos, sin) = ops.state;
+            let dy = grads.consume::<B>(&ops.node);
+            if let Some(node) = &ops.parents[0] {
+                grads.register::<B>(node.id, B::rotary(dy, cos, B::float_neg(sin)));
+            }
+        }
+    }
+    let out = B::rotary(x.primitive.clone(), cos.primitive.clone(), sin.primitive.clone());
+    match Rotary.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish((cos.primitive, sin.primitive), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
 /// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = cat(-x2, x1)`, over the last
-/// dimension.
+/// dimension, in tensor ops (the default of [`ModelBackend::rotary`]).
 pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, t, h, d] = x.dims();
     let x1 = x.clone().slice([0..b, 0..t, 0..h, 0..d / 2]);

@@ -736,6 +736,33 @@ fn lean_attention_backward_matches_autodiff_through_burns_attention() {
 }
 
 #[test]
+fn rope_op_matches_the_tensor_ops_and_their_autodiff() {
+    // The backend's RoPE (Flex: a pass per position in f32) and its backward (the same op
+    // with −sin) against rotate_half in tensor ops under burn's autodiff: output and
+    // gradient, YaRN-scaled cos/sin, positions that differ by row (left padding).
+    type A = burn::backend::Autodiff<B>;
+    let device = Default::default();
+    <A as Backend>::seed(&device, 5);
+    let cfg = Qwen3Config::from_file(&fixtures().join("parity/gqa4_yarn_f16/config.json")).unwrap();
+    let rope = model::rope::Rope::new(&cfg);
+    let (b, t, h, d) = (2, 5, 3, cfg.head_dim);
+    let positions: Vec<Vec<usize>> = vec![(0..t).collect(), (0..t).map(|p| p.saturating_sub(2)).collect()];
+    let (cos, sin) = rope.cos_sin::<A>(&positions, &device);
+    let x = Tensor::<A, 4>::random([b, t, h, d], burn::tensor::Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let w = Tensor::<A, 4>::random([b, t, h, d], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let run = |out: Tensor<A, 4>| {
+        let g = (out.clone() * w.clone()).sum().backward();
+        [out.into_data().to_vec::<f32>().unwrap(), x.grad(&g).unwrap().into_data().to_vec::<f32>().unwrap()]
+    };
+    let ours = run(model::rope::rotary(x.clone(), cos.clone(), sin.clone()));
+    let reference = run(model::rope::apply_rotary(x.clone(), cos, sin));
+    for (name, (a, b)) in ["output", "dx"].iter().zip(ours.iter().zip(&reference)) {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "{name}: max |Δ| {worst}");
+    }
+}
+
+#[test]
 fn decoding_attention_reads_the_cache_in_place_like_burns_attention() {
     // On Flex a decoding step writes its keys into the cache's buffer in place and reads
     // only the filled positions, where they lie (GPU backends read the whole capacity,

@@ -155,13 +155,10 @@ fn decode_kernel<E: Element + Pod>(q: FlexTensor, k: FlexTensor, v: FlexTensor, 
             }
         }
         for s in scores.chunks_exact_mut(n) {
-            let max = s.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-            let mut sum = 0.0;
-            for x in s.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            s.iter_mut().for_each(|x| *x /= sum);
+            let max = lanes::max(s);
+            s.iter_mut().for_each(|x| *x = lanes::exp(*x - max));
+            let inv = 1.0 / lanes::sum(s);
+            s.iter_mut().for_each(|x| *x *= inv);
         }
         for (c, &j) in seen.iter().enumerate() {
             let value = &vs[v0 + j * d..][..d];
@@ -261,4 +258,31 @@ pub(super) fn left_padding(mask: FlexTensor) -> Option<Vec<usize>> {
         let first = row.iter().position(|&m| !m).unwrap_or(keys);
         row[first..].iter().all(|&m| !m).then_some(first)
     }).collect()
+}
+
+/// [`super::ModelBackend::rotary`] for f32: each (row, position)'s heads against its cos
+/// and sin, first halves `x1·cos − x2·sin`, second `x2·cos + x1·sin`.
+pub(super) fn rotary(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+    let f = |x| Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x));
+    let [b, t, h, d] = x.layout().shape().dims();
+    let per_position = [&cos, &sin].iter().all(|c| c.layout().shape().dims::<4>() == [b, t, 1, d]);
+    if [&x, &cos, &sin].iter().any(|t| t.dtype() != DType::F32) || !per_position {
+        return crate::rope::apply_rotary(f(x), f(cos), f(sin)).into_primitive().tensor();
+    }
+    let (x, cos, sin) = (x.to_contiguous(), cos.to_contiguous(), sin.to_contiguous());
+    let (xs, cs, ss) = (x.storage::<f32>(), cos.storage::<f32>(), sin.storage::<f32>());
+    let half = d / 2;
+    let mut out = vec![0f32; b * t * h * d];
+    out.par_chunks_mut(h * d).zip(xs.par_chunks(h * d)).enumerate().for_each(|(p, (o, x))| {
+        let (c, s) = (&cs[p * d..][..half], &ss[p * d..][..half]);
+        for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let (x1, x2) = x.split_at(half);
+            let (o1, o2) = o.split_at_mut(half);
+            for i in 0..half {
+                o1[i] = x1[i] * c[i] - x2[i] * s[i];
+                o2[i] = x2[i] * c[i] + x1[i] * s[i];
+            }
+        }
+    });
+    FlexTensor::from_data(TensorData::new(out, [b, t, h, d]))
 }
