@@ -71,12 +71,12 @@ pub trait ModelBackend: Backend {
         (lp.into_primitive().tensor(), ent.into_primitive().tensor(), lse.into_primitive().tensor())
     }
 
-    /// g · (onehot(targets) − softmax(z)), `[n, vocab]`, from `z`'s logsumexp `lse` (the
-    /// LM head's backward, a chunk of rows).
-    fn logit_grad(z: FloatTensor<Self>, lse: FloatTensor<Self>, targets: IntTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+    /// g · (onehot(targets) − softmax(z)), `[n, vocab]`, from `z`'s logsumexp `lse` where
+    /// the forward kept it (the LM head's backward, a chunk of rows).
+    fn logit_grad(z: FloatTensor<Self>, lse: Option<FloatTensor<Self>>, targets: IntTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
         let f = |x| Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(x));
         let z = Tensor::from_primitive(TensorPrimitive::Float(z));
-        lm_head::logit_grad_by_ops::<Self>(z, f(lse), Tensor::from_primitive(targets), f(g)).into_primitive().tensor()
+        lm_head::logit_grad_by_ops::<Self>(z, lse.map(f), Tensor::from_primitive(targets), f(g)).into_primitive().tensor()
     }
 
     /// RoPE: `x * cos + rotate_half(x) * sin` over `x` `[batch, seq, heads, head_dim]` with
@@ -108,13 +108,12 @@ impl ModelBackend for burn::backend::Flex {
     /// f32 with left padding (or none): [`flash::forward`] from each row's first key; else
     /// Flex's attention by blocks of queries and groups of heads, the mask sliced with each.
     fn prefill_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>) -> FloatTensor<Self> {
-        let first_key = mask.as_ref().map(|m| flex::left_padding(m.clone()));
-        match first_key {
-            None => flash::forward(&q, &k, &v, None),
-            Some(Some(first)) => flash::forward(&q, &k, &v, Some(&first)),
-            Some(None) => None,
-        }
-        .unwrap_or_else(|| flex::causal_by_blocks(q, k, v, mask))
+        // No mask: no padding; a mask of another pattern: None, burn's attention.
+        let first_key = match &mask {
+            None => Some(None),
+            Some(m) => flex::left_padding(m.clone()).map(Some),
+        };
+        first_key.and_then(|first| flash::forward(&q, &k, &v, first.as_deref())).unwrap_or_else(|| flex::causal_by_blocks(q, k, v, mask))
     }
 
     /// A row a task, two passes with the vectorized exp (f32; else burn's ops).
@@ -123,15 +122,15 @@ impl ModelBackend for burn::backend::Flex {
         (lp, ent, lse)
     }
 
+    /// A row a task, in place (f32; else burn's ops).
+    fn logit_grad(z: FloatTensor<Self>, lse: Option<FloatTensor<Self>>, targets: IntTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex::logit_grad(z, lse, targets, g)
+    }
+
     /// A (row, position) a pass over its heads (f32; else burn's ops: slices, a cat and
     /// broadcast products, which Flex walks element by element).
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
         flex::rotary(x, cos, sin)
-    }
-
-    /// A row a task, in place (f32; else burn's ops).
-    fn logit_grad(z: FloatTensor<Self>, lse: FloatTensor<Self>, targets: IntTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
-        flex::logit_grad(z, lse, targets, g)
     }
 
     /// A row a pass, with an exp the compiler vectorizes (Flex's calls libm's, one value

@@ -29,6 +29,15 @@ pub fn sum(row: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// The row replaced by its softmax (max, the vectorized exp, one scale by the sum).
+#[cfg(feature = "flex")]
+pub fn softmax(row: &mut [f32]) {
+    let max = max(row);
+    row.iter_mut().for_each(|x| *x = exp(*x - max));
+    let inv = 1.0 / sum(row);
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
 /// Σ row in f64, four lanes (a 152K-token vocabulary's softmax normalizer, to f64 precision).
 pub fn sum_f64(row: &[f32]) -> f64 {
     let mut lanes = [0f64; 4];

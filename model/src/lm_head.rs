@@ -11,7 +11,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{FloatDType, IndexingUpdateOp, TensorPrimitive};
@@ -114,8 +114,11 @@ pub fn logit_stats_by_ops<B: Backend>(z: Tensor<B, 2>, targets: Tensor<B, 1, Int
 }
 
 /// [`ModelBackend::logit_grad`] in tensor ops.
-pub fn logit_grad_by_ops<B: Backend>(z: Tensor<B, 2>, lse: Tensor<B, 1>, targets: Tensor<B, 1, Int>, g: Tensor<B, 1>) -> Tensor<B, 2> {
-    let p = (z - lse.unsqueeze_dim(1)).exp();
+pub fn logit_grad_by_ops<B: Backend>(z: Tensor<B, 2>, lse: Option<Tensor<B, 1>>, targets: Tensor<B, 1, Int>, g: Tensor<B, 1>) -> Tensor<B, 2> {
+    let p = match lse {
+        Some(lse) => (z - lse.unsqueeze_dim(1)).exp(),
+        None => softmax(z, 1),
+    };
     let g = g.unsqueeze_dim::<2>(1);
     (p * g.clone().neg()).scatter(1, targets.unsqueeze_dim(1), g, IndexingUpdateOp::Add)
 }
@@ -131,16 +134,13 @@ fn backward<B: ModelBackend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2>, targets
     let (mut dh, mut dw, mut last) = (vec![], None, Some(last));
     for r in head.chunks(n) {
         let h = hidden.clone().slice(r.clone()).cast(head.dtype);
+        // The last chunk's logits and logsumexp come from the forward; others are recomputed.
         let (z, lse) = match r.end == n {
-            true => last.take().expect("the last chunk once"),
-            false => {
-                let z = head.logits(h.clone(), wd.clone());
-                let (_, _, lse) = logit_stats(z.clone(), targets.clone().slice(r.clone()));
-                (z, lse)
-            }
+            true => last.take().map(|(z, lse)| (z, Some(lse))).expect("the last chunk once"),
+            false => (head.logits(h.clone(), wd.clone()), None),
         };
         let p = |x: Tensor<B, 2>| x.into_primitive().tensor();
-        let dz = B::logit_grad(p(z), lse.into_primitive().tensor(), targets.clone().slice(r.clone()).into_primitive(), g.clone().slice(r.clone()).into_primitive().tensor());
+        let dz = B::logit_grad(p(z), lse.map(|l| l.into_primitive().tensor()), targets.clone().slice(r.clone()).into_primitive(), g.clone().slice(r.clone()).into_primitive().tensor());
         let dz = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dz)).div_scalar(head.temperature).cast(head.dtype);
         dh.push(dz.clone().matmul(head.hv(wd.clone()).transpose()).cast(h_dtype));
         let part = if head.vocab_major { dz.transpose().matmul(h) } else { h.transpose().matmul(dz) }.cast(FloatDType::F32);

@@ -67,21 +67,23 @@ fn filtered(logits: &[f32], weights: &[f32], z: f64, top_k: usize, top_p: f32, r
         // One pass that keeps what may still be in the top k: at 2k kept, the best k stay
         // and the k-th becomes the bar (most tokens fail one comparison with it).
         let k = top_k;
+        let best = |kept: &mut Vec<(f32, u32)>| {
+            kept.select_nth_unstable_by(k - 1, before);
+            kept.truncate(k);
+        };
         let mut kept: Vec<(f32, u32)> = Vec::with_capacity(2 * k);
         let mut bar = f32::NEG_INFINITY;
         for (&x, i) in logits.iter().zip(0..) {
             if x >= bar {
                 kept.push((x, i));
                 if kept.len() == 2 * k {
-                    kept.select_nth_unstable_by(k - 1, before);
-                    kept.truncate(k);
+                    best(&mut kept);
                     bar = kept[k - 1].0;
                 }
             }
         }
         if kept.len() > k {
-            kept.select_nth_unstable_by(k - 1, before);
-            kept.truncate(k);
+            best(&mut kept);
         }
         kept
     } else if top_p < 1.0 {

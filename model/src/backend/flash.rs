@@ -131,10 +131,7 @@ pub(super) fn backward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, out: &Fle
             gemm(rows, e, d, (p.as_mut_ptr(), e), false, qb, (kv.at(bi, hi, 0), 1, kv.strides[2]), scale);
             for (r, p) in p.chunks_exact_mut(e).enumerate() {
                 let seen = i0 + r + 1;
-                let m = lanes::max(&p[..seen]);
-                p[..seen].iter_mut().for_each(|x| *x = lanes::exp(*x - m));
-                let inv = 1.0 / lanes::sum(&p[..seen]);
-                p[..seen].iter_mut().for_each(|x| *x *= inv);
+                lanes::softmax(&mut p[..seen]);
                 p[seen..].fill(0.0);
             }
             // dV[0..e] += Pᵀ dO

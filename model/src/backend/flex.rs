@@ -154,12 +154,7 @@ fn decode_kernel<E: Element + Pod>(q: FlexTensor, k: FlexTensor, v: FlexTensor, 
                 s[c] = dot(query, key) * scale;
             }
         }
-        for s in scores.chunks_exact_mut(n) {
-            let max = lanes::max(s);
-            s.iter_mut().for_each(|x| *x = lanes::exp(*x - max));
-            let inv = 1.0 / lanes::sum(s);
-            s.iter_mut().for_each(|x| *x *= inv);
-        }
+        scores.chunks_exact_mut(n).for_each(lanes::softmax);
         for (c, &j) in seen.iter().enumerate() {
             let value = &vs[v0 + j * d..][..d];
             for (o, s) in out.chunks_exact_mut(d).zip(scores.chunks_exact(n)) {
@@ -194,12 +189,7 @@ pub(super) fn softmax_last(x: FlexTensor) -> FlexTensor {
     let shape = x.layout().shape().clone();
     let n = shape[shape.num_dims() - 1];
     let mut rows = if writable(&x) { x } else { FlexTensor::from_data(x.into_data()) };
-    rows.try_storage_mut::<f32>().expect("a unique buffer").par_chunks_mut(n).for_each(|row| {
-        let max = lanes::max(row);
-        row.iter_mut().for_each(|v| *v = lanes::exp(*v - max));
-        let inv = 1.0 / lanes::sum(row);
-        row.iter_mut().for_each(|v| *v *= inv);
-    });
+    rows.try_storage_mut::<f32>().expect("a unique buffer").par_chunks_mut(n).for_each(lanes::softmax);
     rows
 }
 
@@ -223,19 +213,24 @@ pub(super) fn logit_stats(z: FlexTensor, targets: FlexTensor) -> [FlexTensor; 3]
     std::array::from_fn(|i| FlexTensor::from_data(TensorData::new(stats.iter().map(|s| s[i]).collect::<Vec<f32>>(), [n])))
 }
 
-/// [`super::ModelBackend::logit_grad`] for f32: −g·e^(z − lse) a row a task, in place where
-/// `z` is the only reference to its buffer, then g added at the target.
-pub(super) fn logit_grad(z: FlexTensor, lse: FlexTensor, targets: FlexTensor, g: FlexTensor) -> FlexTensor {
+/// [`super::ModelBackend::logit_grad`] for f32: −g·e^(z − lse) a row a task (lse from a
+/// pass over the row when not given), in place where `z` is the only reference to its
+/// buffer, then g added at the target.
+pub(super) fn logit_grad(z: FlexTensor, lse: Option<FlexTensor>, targets: FlexTensor, g: FlexTensor) -> FlexTensor {
     let f = |x| Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(x));
     if z.dtype() != DType::F32 {
-        return crate::lm_head::logit_grad_by_ops::<Flex>(Tensor::from_primitive(TensorPrimitive::Float(z)), f(lse), Tensor::from_primitive(targets), f(g)).into_primitive().tensor();
+        return crate::lm_head::logit_grad_by_ops::<Flex>(Tensor::from_primitive(TensorPrimitive::Float(z)), lse.map(f), Tensor::from_primitive(targets), f(g)).into_primitive().tensor();
     }
     let vocab = z.layout().shape()[1];
     let floats = |x| f(x).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
-    let (lse, g, targets) = (floats(lse), floats(g), ids(targets));
+    let (lse, g, targets) = (lse.map(floats), floats(g), ids(targets));
     let mut dz = if writable(&z) { z } else { FlexTensor::from_data(z.into_data()) };
     dz.try_storage_mut::<f32>().expect("a unique buffer").par_chunks_mut(vocab).enumerate().for_each(|(i, row)| {
-        let (lse, g) = (lse[i], g[i]);
+        let lse = lse.as_ref().map_or_else(|| {
+            let max = lanes::max(row);
+            max + lanes::exp_sums(row, max).0.ln()
+        }, |l| l[i]);
+        let g = g[i];
         row.iter_mut().for_each(|x| *x = -g * lanes::exp(*x - lse));
         row[targets[i]] += g;
     });
