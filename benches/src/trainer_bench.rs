@@ -201,6 +201,12 @@ fn gen(shape: &std::path::Path, batch: usize, prompt: usize, new_tokens: usize, 
 }
 
 fn sample(rows: usize, vocab: usize, spread: f32, cfg: SamplingConfig, steps: usize) -> Result<()> {
+    if rows == 0 || vocab == 0 || steps == 0 {
+        bail!("sample: --rows, --vocab and --steps must be at least 1 (got {rows}, {vocab}, {steps})");
+    }
+    if !(cfg.temperature >= 0.0 && cfg.top_p > 0.0 && cfg.top_p <= 1.0 && spread.is_finite()) {
+        bail!("sample: --temperature must be >= 0, --top-p in (0, 1] and --spread finite (got {}, {}, {spread})", cfg.temperature, cfg.top_p);
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     // Box-Muller: N(0, spread²) logits, fresh ones each step (as a model's would be).
     let mut gaussian = || {
