@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The GPU checks, ours and PyTorch's side by side in one run, on one card. PHASES (default
-# "peak sft gen parity") picks them and their order:
+# "peak torch sft gen parity") picks them and their order:
 #   peak    the card's measured bf16 matmul peak (for MFU);
-#   sft     SFT step on a Qwen3-0.6B-shaped random model at seq 4096: ours with gradient
-#           checkpointing at the largest of $BATCHES_CKPT that fits, PyTorch eager (autocast
-#           bf16, sdpa) at the largest of $BATCHES, PyTorch with checkpointing at our batch,
-#           ours without checkpointing at PyTorch's eager batch (like for like);
-#   gen     batched greedy generation, ours and transformers' generate (bf16 weights);
+#   torch   PyTorch's SFT step on a Qwen3-0.6B-shaped random model at seq 4096, eager
+#           (autocast bf16, sdpa) at the largest of $BATCHES that fits and with gradient
+#           checkpointing at the largest of $BATCHES_CKPT; transformers' generate (bf16);
+#   sft     ours: with gradient checkpointing at the largest of $BATCHES_CKPT that fits,
+#           without at PyTorch's eager batch (like for like; $BATCHES_OURS when set);
+#   gen     ours: batched greedy generation, as transformers' above;
+#   profile ours: GPU time by kernel (cubecl's profiler) over one SFT step at batch 1,
+#           to $OUT/profile-*.md (not in the default: the profiler slows every kernel);
 #   parity  this build's log-probs on the parity fixtures, f32 and bf16, against
 #           transformers' f32 within bf16's tolerance (torch.autocast's own distance).
 # Each attempt's peak GPU memory is polled with nvidia-smi (the same way for both); ours
@@ -22,10 +25,11 @@
 # default kernel per op) runs each of our attempts first as "burn-cuda-untuned": the A/B
 # of warm-up (autotune compiles and times every candidate kernel for each new shape)
 # against steady-state speed. Either binary may be xz-compressed (name.xz): a stripped
-# build is 57 MB, so two fit the device tool's 64 MiB carry only compressed.
+# build is 57 MB (7 MB compressed), so two fit the device tool's 64 MiB carry only so.
 # Limits: STEP_TIMEOUT (150 s) per attempt, OURS_TIMEOUT (300 s) for ours, whose first
-# step on a fresh machine compiles and autotunes its kernels (over 120 s on an H100 in the
-# first run), BUDGET (540 s) after which no attempt starts. On a CPU build (GPU_BENCH=target/release/trainer-bench)
+# step on a fresh machine compiles and autotunes its kernels (on an H200 the autotuned
+# build's first prefill took 117 s and its first SFT step over 200 s; the untuned one's
+# 7 s and 18 s), BUDGET (540 s) after which no attempt starts. On a CPU build (GPU_BENCH=target/release/trainer-bench)
 # with small SHAPE/SEQ it dry-runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +68,11 @@ file = "$out/cubecl-compile.log"
 [autotune.logger]
 level = "minimal"
 file = "$out/cubecl-autotune.log"
+
+# Off but for the profile phase (CUBECL_DEBUG_OPTION=profile: a sync after every kernel).
+[profiling.logger]
+level = "disabled"
+file = "$out/cubecl-profile.log"
 EOF
 fi
 # With its compile log on, cubecl pipes every kernel's source through clang-format first:
@@ -104,7 +113,7 @@ run() {
   [ -n "$before" ] && echo "kernel compiles: $(( $(compiles) - before ))" >> "$out/$name.err"
   kill "$poll" 2>/dev/null; wait "$poll" 2>/dev/null
   sed "s/^/  $name: /" "$out/$name.err" | grep -v "^  $name: *$" | tail -n 12 >&2  # its progress lines, kept even when cut short
-  if [ $rc -ne 0 ]; then echo "  $name: failed (rc $rc$([ $rc = 124 ] && echo ": over its ${limit_now} s limit"))" >&2; return 1; fi
+  if [ $rc -ne 0 ]; then echo "  $name: failed (rc $rc$([ $rc = 124 ] && echo ": over its ${limit_now} s limit"))" >&2; return $rc; fi
   "$py" - "$out/$name.json" "$mem" "${idle:-0}" "$shape" >> "$log" <<'PY'
 import json, sys
 path, mem, idle, shape = sys.argv[1:]
@@ -119,42 +128,57 @@ PY
   sed "s/^/  /" "$out/$name.json" >&2
 }
 
-# largest NAME "BATCHES" CMD...: the first batch of BATCHES (largest first) that runs.
+# largest NAME "BATCHES" CMD...: the first batch of BATCHES (largest first) that runs; a
+# smaller one is tried only when one fails, not when it runs past its time limit.
 largest() {
-  local name=$1 batches=$2 b; shift 2
+  local name=$1 batches=$2 b rc; shift 2
   for b in $batches; do
-    if run "$name-b$b" "$@" --batch "$b"; then echo "$b"; return 0; fi
+    run "$name-b$b" "$@" --batch "$b"; rc=$?
+    [ $rc = 0 ] && { echo "$b"; return 0; }
+    [ $rc = 124 ] && return 1
   done
   return 1
 }
 
-# PHASES, in the order given, picks what runs: ours first, since a time limit is likelier
-# to cut a phase short than anything else, and PyTorch's baselines take seconds.
+# PHASES, in the order given, picks what runs. PyTorch's baselines first: they take
+# seconds, while ours on a fresh machine may spend minutes compiling kernels, and a
+# ratio needs both sides.
 steps=${SFT_STEPS:-2}
 gen="--shape $shape --batch ${GEN_BATCH:-16} --prompt ${GEN_PROMPT:-128} --new-tokens ${GEN_NEW:-256}"
-sft_phase() {
-  echo "== SFT step, seq $seq"
-  # Ours keeps no [tokens, vocab] logits (`trainer plan`: 0.6B bf16 seq 4096 with
-  # checkpointing ~18 GiB at batch 8), so with checkpointing it tries batch 8 first.
-  local bc b
-  [ -n "$untuned" ] && largest ours-untuned-sft-ckpt "${BATCHES_CKPT:-8 4 2 1}" "$untuned" sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing > /dev/null
-  bc=$(largest ours-sft-ckpt "${BATCHES_CKPT:-8 4 2 1}" "$bin" sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing)
-  b=$(largest torch-sft "${BATCHES:-8 4 2 1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps $steps)
-  [ -n "$bc" ] && largest torch-sft-ckpt "$bc ${b:-1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing > /dev/null
-  # The like-for-like eager comparison: ours without checkpointing at PyTorch's batch.
-  largest ours-sft "${BATCHES_OURS:-$( [ "${b:-1}" = 1 ] && echo 1 || echo "$b 1")}" "$bin" sft --shape "$shape" --seq "$seq" --steps $steps > /dev/null
-}
-for phase in ${PHASES:-peak sft gen parity}; do
+torch_batch=
+for phase in ${PHASES:-peak torch sft gen parity}; do
   case $phase in
     peak) echo "== matmul peak"; "$py" benches/scripts/gpu_torch.py peak | tee -a "$log" ;;
-    sft) sft_phase ;;
-    gen) echo "== generation"
+    torch) echo "== PyTorch: SFT step at seq $seq (eager, then with checkpointing), generate"
+           torch_batch=$(largest torch-sft "${BATCHES:-8 4 2 1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps $steps)
+           largest torch-sft-ckpt "${BATCHES_CKPT:-8 4 2 1}" "$py" benches/scripts/gpu_torch.py sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing > /dev/null
+           run torch-gen "$py" benches/scripts/gpu_torch.py generate $gen ;;
+    sft) echo "== ours: SFT step at seq $seq"
+         # Ours keeps no [tokens, vocab] logits (`trainer plan`: 0.6B bf16 seq 4096 with
+         # checkpointing ~18 GiB at batch 8), so with checkpointing it tries batch 8 first;
+         # without, PyTorch's eager batch (like for like).
+         for b in $untuned "$bin"; do
+           n=ours; [ "$b" = "$untuned" ] && n=ours-untuned
+           largest $n-sft-ckpt "${BATCHES_CKPT:-8 4 2 1}" "$b" sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing > /dev/null
+         done
+         largest ours-sft "${BATCHES_OURS:-${torch_batch:-1}}" "$bin" sft --shape "$shape" --seq "$seq" --steps $steps > /dev/null ;;
+    gen) echo "== ours: generation"
          [ -n "$untuned" ] && run ours-untuned-gen "$untuned" generate $gen
-         run ours-gen "$bin" generate $gen
-         run torch-gen "$py" benches/scripts/gpu_torch.py generate $gen ;;
+         run ours-gen "$bin" generate $gen ;;
+    profile) echo "== ours: GPU time by kernel, the warm-up and one SFT step at seq $seq, batch 1"
+             for b in $untuned "$bin"; do
+               left=$((deadline - SECONDS)); [ $left -lt 15 ] && { echo "  profile: skipped (time budget spent)" >&2; break; }
+               rm -f "$out/cubecl-profile.log"
+               CUBECL_DEBUG_OPTION=profile timeout $left "$b" sft --shape "$shape" --seq "$seq" --batch 1 --steps 1 > /dev/null 2> "$out/profile.err"
+               tail -n 3 "$out/profile.err" | sed 's/^/  /' >&2
+               "$py" benches/scripts/cubecl_profile.py "$out/cubecl-profile.log" --steps 2 | tee "$out/profile-$(basename "$b").md"
+             done ;;
     parity) echo "== parity"
-            for b in $untuned "$bin"; do "$b" parity 2> "$out/parity.err" | tee -a "$log"; cat "$out/parity.err" >&2; done ;;
-    *) echo "unknown phase '$phase' in PHASES (peak, sft, gen, parity)" >&2; exit 2 ;;
+            for b in $untuned "$bin"; do
+              left=$((deadline - SECONDS)); [ $left -lt 15 ] && { echo "  parity: skipped (time budget spent)" >&2; break; }
+              timeout $left "$b" parity 2> "$out/parity.err" | tee -a "$log"; cat "$out/parity.err" >&2
+            done ;;
+    *) echo "unknown phase '$phase' in PHASES (peak, torch, sft, gen, profile, parity)" >&2; exit 2 ;;
   esac
 done
 "$py" benches/scripts/gpu_torch.py report "$log" | tee "$out/report.md"
