@@ -21,11 +21,13 @@
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p benches --bin trainer-bench \
 #       --no-default-features --features cuda --target-dir target-cuda
 #   benches/run_gpu_bench.sh            # GPU_BENCH=path/to/trainer-bench PYTHON=python3
-# GPU_BENCH_UNTUNED= a second build (`--features cuda-untuned`: burn's autotune off, one
-# default kernel per op) runs each of our attempts first as "burn-cuda-untuned": the A/B
-# of warm-up (autotune compiles and times every candidate kernel for each new shape)
-# against steady-state speed. Either binary may be xz-compressed (name.xz): a stripped
-# build is 57 MB (7 MB compressed), so two fit the device tool's 64 MiB carry only so.
+# GPU_BENCH may name several builds (space-separated), each of our attempts running with
+# each in turn, named after the file past "trainer-bench" (trainer-bench-untuned: the
+# ours-untuned-* attempts): the A/B of benches' features `cuda` (burn's autotune: every
+# candidate kernel compiled and timed for each new shape), `cuda-untuned` (one default
+# kernel per op), `cuda-fusion` and `cuda-fusion-untuned` (burn's fusion of element-wise
+# ops into fewer kernels), warm-up against steady-state speed. A binary may be
+# xz-compressed (name.xz): a stripped build is 57 MB, 7 MB compressed.
 # Limits: STEP_TIMEOUT (150 s) per attempt, OURS_TIMEOUT (300 s) for ours, whose first
 # step on a fresh machine compiles and autotunes its kernels (on an H200 the autotuned
 # build's first prefill took 117 s and its first SFT step over 200 s; the untuned one's
@@ -43,12 +45,14 @@ unpack() {
     *) echo "$1" ;;
   esac
 }
-bin=$(unpack "${GPU_BENCH:-target-cuda/release/trainer-bench}")
-untuned=; [ -n "${GPU_BENCH_UNTUNED:-}" ] && untuned=$(unpack "$GPU_BENCH_UNTUNED")
-for b in "$bin" $untuned; do
-  [ -x "$b" ] || { echo "run_gpu_bench: no runnable trainer-bench at '$b' (GPU_BENCH=${GPU_BENCH:-}, GPU_BENCH_UNTUNED=${GPU_BENCH_UNTUNED:-})" >&2; exit 2; }
+bins=()
+for given in ${GPU_BENCH:-target-cuda/release/trainer-bench}; do
+  b=$(unpack "$given")
+  [ -n "$b" ] && [ -x "$b" ] || { echo "run_gpu_bench: no runnable trainer-bench at '$given' (GPU_BENCH=${GPU_BENCH:-})" >&2; exit 2; }
+  bins+=("$b")
 done
-[ -n "${GPU_BENCH_UNTUNED:-}" ] && [ -z "$untuned" ] && { echo "run_gpu_bench: could not unpack GPU_BENCH_UNTUNED=$GPU_BENCH_UNTUNED" >&2; exit 2; }
+# label BIN: its attempts' name, ours plus what the file's name adds to trainer-bench.
+label() { local n; n=$(basename "${1%.xz}"); echo "ours${n#trainer-bench}"; }
 shape=${SHAPE:-benches/shapes/qwen3-0.6b.json}
 seq=${SEQ:-4096}
 out=${OUT:-/tmp/trainer-bench}
@@ -157,24 +161,24 @@ for phase in ${PHASES:-peak torch sft gen parity}; do
          # Ours keeps no [tokens, vocab] logits (`trainer plan`: 0.6B bf16 seq 4096 with
          # checkpointing ~18 GiB at batch 8), so with checkpointing it tries batch 8 first;
          # without, PyTorch's eager batch (like for like).
-         for b in $untuned "$bin"; do
-           n=ours; [ "$b" = "$untuned" ] && n=ours-untuned
-           largest $n-sft-ckpt "${BATCHES_CKPT:-8 4 2 1}" "$b" sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing > /dev/null
+         for b in "${bins[@]}"; do
+           largest "$(label "$b")-sft-ckpt" "${BATCHES_CKPT:-8 4 2 1}" "$b" sft --shape "$shape" --seq "$seq" --steps $steps --checkpointing > /dev/null
          done
-         largest ours-sft "${BATCHES_OURS:-${torch_batch:-1}}" "$bin" sft --shape "$shape" --seq "$seq" --steps $steps > /dev/null ;;
+         for b in "${bins[@]}"; do
+           largest "$(label "$b")-sft" "${BATCHES_OURS:-${torch_batch:-1}}" "$b" sft --shape "$shape" --seq "$seq" --steps $steps > /dev/null
+         done ;;
     gen) echo "== ours: generation"
-         [ -n "$untuned" ] && run ours-untuned-gen "$untuned" generate $gen
-         run ours-gen "$bin" generate $gen ;;
+         for b in "${bins[@]}"; do run "$(label "$b")-gen" "$b" generate $gen; done ;;
     profile) echo "== ours: GPU time by kernel, the warm-up and one SFT step at seq $seq, batch 1"
-             for b in $untuned "$bin"; do
+             for b in "${bins[@]}"; do
                left=$((deadline - SECONDS)); [ $left -lt 15 ] && { echo "  profile: skipped (time budget spent)" >&2; break; }
                rm -f "$out/cubecl-profile.log"
                CUBECL_DEBUG_OPTION=profile timeout $left "$b" sft --shape "$shape" --seq "$seq" --batch 1 --steps 1 > /dev/null 2> "$out/profile.err"
                tail -n 3 "$out/profile.err" | sed 's/^/  /' >&2
-               "$py" benches/scripts/cubecl_profile.py "$out/cubecl-profile.log" --steps 2 | tee "$out/profile-$(basename "$b").md"
+               "$py" benches/scripts/cubecl_profile.py "$out/cubecl-profile.log" --steps 2 | tee "$out/profile-$(label "$b").md"
              done ;;
     parity) echo "== parity"
-            for b in $untuned "$bin"; do
+            for b in "${bins[@]}"; do
               left=$((deadline - SECONDS)); [ $left -lt 15 ] && { echo "  parity: skipped (time budget spent)" >&2; break; }
               timeout $left "$b" parity 2> "$out/parity.err" | tee -a "$log"; cat "$out/parity.err" >&2
             done ;;

@@ -38,10 +38,12 @@ pub type DefaultBackend = burn::backend::Cuda<f32>;
 /// own features: a benchmark builds the model for CUDA without the trainer's `cuda`).
 pub const ON_GPU: bool = cfg!(feature = "cuda");
 /// [`DefaultBackend`] in words, for benchmark records.
-pub const BACKEND_NAME: &str = match (ON_GPU, cfg!(feature = "autotune")) {
-    (true, true) => "burn-cuda",
-    (true, false) => "burn-cuda-untuned",
-    (false, _) => "burn-flex",
+pub const BACKEND_NAME: &str = match (ON_GPU, cfg!(feature = "fusion"), cfg!(feature = "autotune")) {
+    (true, false, true) => "burn-cuda",
+    (true, false, false) => "burn-cuda-untuned",
+    (true, true, true) => "burn-cuda-fusion",
+    (true, true, false) => "burn-cuda-fusion-untuned",
+    (false, _, _) => "burn-flex",
 };
 
 /// Call first thing in a binary that computes on the default backend. On CUDA it checks

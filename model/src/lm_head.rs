@@ -11,7 +11,6 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{FloatDType, IndexingUpdateOp, TensorPrimitive};
@@ -103,24 +102,45 @@ fn logit_stats<B: ModelBackend>(z: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> 
     (t(lp), t(ent), t(lse))
 }
 
-/// [`ModelBackend::logit_stats`] in tensor ops: log-softmax, a gather, an entropy pass.
+/// [`ModelBackend::logit_stats`] in tensor ops: with m = max(z), e = exp(z − m) and
+/// s = Σe, log p = z − m − ln s, the entropy −Σ e·log p / s, logsumexp m + ln s.
 pub fn logit_stats_by_ops<B: Backend>(z: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
-    let l = log_softmax(z.clone(), 1);
+    let max = row_reduce(z.clone(), Tensor::max_dim);
+    let shifted = z - max.clone();
+    let e = shifted.clone().exp();
+    let sum = row_reduce(e.clone(), Tensor::sum_dim);
+    let l = shifted - sum.clone().log();
     let logp = l.clone().gather(1, targets.unsqueeze_dim(1)).squeeze_dim(1);
-    let entropy = (l.clone().exp() * l.clone()).sum_dim(1).squeeze_dim::<1>(1).neg();
-    // z − log_softmax(z) is logsumexp(z) in every column: the first one's.
-    let lse = (z.narrow(1, 0, 1) - l.narrow(1, 0, 1)).squeeze_dim(1);
-    (logp, entropy, lse)
+    let entropy = (row_reduce(e * l, Tensor::sum_dim) / sum.clone()).squeeze_dim::<1>(1).neg();
+    (logp, entropy, (max + sum.log()).squeeze_dim(1))
 }
 
 /// [`ModelBackend::logit_grad`] in tensor ops.
 pub fn logit_grad_by_ops<B: Backend>(z: Tensor<B, 2>, lse: Option<Tensor<B, 1>>, targets: Tensor<B, 1, Int>, g: Tensor<B, 1>) -> Tensor<B, 2> {
-    let p = match lse {
-        Some(lse) => (z - lse.unsqueeze_dim(1)).exp(),
-        None => softmax(z, 1),
+    let lse = match lse {
+        Some(lse) => lse.unsqueeze_dim(1),
+        None => {
+            let max = row_reduce(z.clone(), Tensor::max_dim);
+            max.clone() + row_reduce((z.clone() - max).exp(), Tensor::sum_dim).log()
+        }
     };
+    let p = (z - lse).exp();
     let g = g.unsqueeze_dim::<2>(1);
     (p * g.clone().neg()).scatter(1, targets.unsqueeze_dim(1), g, IndexingUpdateOp::Add)
+}
+
+/// `reduce(x, 1)` (`[n, v]` → `[n, 1]`, a max or a sum) as two narrower reductions when the
+/// rows are wide: `[n·s, v/s]` then `[n, s]`, s the largest divisor of v up to 128 that
+/// leaves at least 1024 a part. A GPU reduction that gives each row one thread (burn-cuda's
+/// without autotune) then has s times the threads: over Qwen3's 152K vocabulary one took
+/// 6.6 ms for a chunk's 441 rows on an H200.
+pub fn row_reduce<B: Backend>(x: Tensor<B, 2>, reduce: impl Fn(Tensor<B, 2>, usize) -> Tensor<B, 2>) -> Tensor<B, 2> {
+    let [n, v] = x.dims();
+    let split = (1..=128).rev().find(|s| v % s == 0 && v / s >= 1024).unwrap_or(1);
+    if split == 1 {
+        return reduce(x, 1);
+    }
+    reduce(reduce(x.reshape([n * split, v / split]), 1).reshape([n, split]), 1)
 }
 
 /// Gradients of Σ g · log p(target) for `hidden` and `weight`: per chunk,

@@ -882,21 +882,35 @@ fn chunked_lm_head_matches_autodiff_through_the_full_logits() {
         }
     }
     // The backend's own per-row passes (Flex: vectorized exp, in place) against the tensor-op
-    // defaults that other backends run, at a vocabulary that is not a multiple of 8 lanes.
+    // defaults that other backends run: at a vocabulary that is not a multiple of 8 lanes,
+    // and at Qwen3's, whose rows the tensor ops reduce in 128 parts (`row_reduce`).
     use model::ModelBackend;
-    let z = Tensor::<B, 2>::random([5, 1003], Distribution::Normal(0.0, 3.0), &device);
-    let (targets, g) = (Tensor::<B, 1, Int>::from_data([0, 1002, 7, 500, 999], &device), Tensor::<B, 1>::from_data([0.5, -1.0, 2.0, 0.0, 1.5], &device));
-    let p = |x: Tensor<B, 2>| x.into_primitive().tensor();
-    let v = |x| Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(x)).into_data().to_vec::<f32>().unwrap();
-    let (lp, ent, lse) = B::logit_stats(p(z.clone()), targets.clone().into_primitive());
-    let (want_lp, want_ent, want_lse) = model::lm_head::logit_stats_by_ops(z.clone(), targets.clone());
-    let (want_lp, want_ent, want_lse) = (want_lp.into_data().to_vec::<f32>().unwrap(), want_ent.into_data().to_vec::<f32>().unwrap(), want_lse.into_data().to_vec::<f32>().unwrap());
-    for (name, (a, b)) in ["logp", "entropy", "logsumexp"].iter().zip([(v(lp), want_lp), (v(ent), want_ent), (v(lse.clone()), want_lse.clone())]) {
-        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1.0)), "{name}: {a:?} vs {b:?}");
+    for vocab in [1003, 151_936] {
+        let z = Tensor::<B, 2>::random([5, vocab], Distribution::Normal(0.0, 3.0), &device);
+        let targets = Tensor::<B, 1, Int>::from_data([0, vocab as i64 - 1, 7, 500, 999], &device);
+        let g = Tensor::<B, 1>::from_data([0.5, -1.0, 2.0, 0.0, 1.5], &device);
+        let p = |x: Tensor<B, 2>| x.into_primitive().tensor();
+        let v = |x| Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(x)).into_data().to_vec::<f32>().unwrap();
+        let (lp, ent, lse) = B::logit_stats(p(z.clone()), targets.clone().into_primitive());
+        let (want_lp, want_ent, want_lse) = model::lm_head::logit_stats_by_ops(z.clone(), targets.clone());
+        let (want_lp, want_ent, want_lse) = (want_lp.into_data().to_vec::<f32>().unwrap(), want_ent.into_data().to_vec::<f32>().unwrap(), want_lse.into_data().to_vec::<f32>().unwrap());
+        for (name, (a, b)) in ["logp", "entropy", "logsumexp"].iter().zip([(v(lp), want_lp), (v(ent), want_ent), (v(lse.clone()), want_lse.clone())]) {
+            assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1.0)), "vocab {vocab} {name}: {a:?} vs {b:?}");
+        }
+        let lse_t = Tensor::<B, 1>::from_data(want_lse.as_slice(), &device);
+        let dz = Tensor::<B, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(B::logit_grad(p(z.clone()), Some(lse_t.clone().into_primitive().tensor()), targets.clone().into_primitive(), g.clone().into_primitive().tensor())));
+        // With the forward's logsumexp, and recomputing it (the backward's earlier chunks).
+        for lse in [Some(lse_t), None] {
+            let want = model::lm_head::logit_grad_by_ops(z.clone(), lse, targets.clone(), g.clone());
+            let worst = (dz.clone() - want).abs().max().into_scalar();
+            assert!(worst <= 1e-6, "vocab {vocab} logit grad: max |Δ| {worst}");
+        }
     }
-    let lse_t = Tensor::<B, 1>::from_data(want_lse.as_slice(), &device);
-    let dz = Tensor::<B, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(B::logit_grad(p(z.clone()), Some(lse_t.clone().into_primitive().tensor()), targets.clone().into_primitive(), g.clone().into_primitive().tensor())));
-    let want = model::lm_head::logit_grad_by_ops(z, Some(lse_t), targets, g);
-    let worst = (dz - want).abs().max().into_scalar();
-    assert!(worst <= 1e-6, "logit grad: max |Δ| {worst}");
+    // The split reduction is the plain one: the max exactly, the sum within f32 rounding.
+    let x = Tensor::<B, 2>::random([3, 151_936], Distribution::Normal(0.0, 1.0), &device);
+    let split_max = model::lm_head::row_reduce(x.clone(), Tensor::max_dim);
+    assert_eq!(split_max.into_data().to_vec::<f32>().unwrap(), x.clone().max_dim(1).into_data().to_vec::<f32>().unwrap());
+    let (a, b) = (model::lm_head::row_reduce(x.clone(), Tensor::sum_dim), x.sum_dim(1));
+    let worst = (a - b).abs().max().into_scalar();
+    assert!(worst <= 1e-2, "split sum: max |Δ| {worst}");
 }
