@@ -69,8 +69,9 @@ if [ ! -e cubecl.toml ]; then
 level = "basic"
 file = "$out/cubecl-compile.log"
 
+# "full": every candidate's time or error (why a flash attention kernel was passed over).
 [autotune.logger]
-level = "minimal"
+level = "full"
 file = "$out/cubecl-autotune.log"
 
 # Off but for the profile phase (CUBECL_DEBUG_OPTION=profile: a sync after every kernel).
