@@ -186,7 +186,7 @@ pub fn run(cfg: &RlConfig, cfg_path: &Path, init: Option<&Path>, resume: &Resume
             max_rows: cfg.rollout.max_rows,
         };
         // On CUDA the first rollouts and update compile and autotune their kernels.
-        bar.set_message(if model::ON_GPU && step == first_step { "rollouts (first use: compiling GPU kernels)" } else { "rollouts" });
+        bar.set_message(if model::ON_GPU && step == first_step { "rollouts (first use on this machine: compiling and autotuning GPU kernels, minutes)" } else { "rollouts" });
         let policy = model.for_inference();
         let env = Env { model: &policy, tok: &tok, template: &template, eos: &eos, sandbox: &sandbox };
         let (trajs, timing) = rollout::run_on_devices(&env, &devices, &tasks, &dirs, cfg.rollout.group_size, &rcfg, |_| {})?;

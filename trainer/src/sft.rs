@@ -144,7 +144,7 @@ pub fn run(kind: StageKind, cfg: &StageConfig, cfg_path: &Path, init: Option<&Pa
     bar.set_prefix(kind.name());
     // On CUDA a process's first forward and step compile and autotune their kernels
     // (minutes on a fresh machine; kept on disk for later runs): say so, not a still bar.
-    let gpu_note = if model::ON_GPU { " (first use: compiling GPU kernels)" } else { "" };
+    let gpu_note = if model::ON_GPU { " (first use on this machine: compiling and autotuning GPU kernels, minutes)" } else { "" };
     if state.step == 0 {
         bar.set_message(format!("held-out loss{gpu_note}"));
         state.first_eval_loss = evaluate(&model);
