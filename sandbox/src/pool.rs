@@ -231,11 +231,8 @@ impl Sandbox {
         }
         self.release(i);
         let mut ex = parse_reply(reply);
-        // Killed by the kernel after hitting the cgroup's limit, or timed out after hitting it
-        // (the kernel reclaiming the cell's file-backed pages, its code among them, before it
-        // kills: seconds on a loaded machine): that is running out of memory. The
-        // observation stays what the published environment shows.
-        if let (Some(cg), Some(before), Status::Killed { signal: 9 } | Status::Timeout) = (cgroup, fails_before, &ex.status) {
+        // Killed by the kernel after hitting the cgroup's limit: that is running out of memory.
+        if let (Some(cg), Some(before), Status::Killed { signal: 9 }) = (cgroup, fails_before, &ex.status) {
             if crate::cgroup::failcnt(cg) > before {
                 ex.status = Status::MemoryExceeded;
             }
