@@ -8,6 +8,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use crate::backend::ModelBackend;
+use crate::matmul::matmul;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
@@ -53,16 +54,17 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Au
     }
 }
 
-/// Gradients of causal attention (FlashAttention-2's backward, by blocks of queries, in
-/// f32): with P = softmax(S), S = q kᵀ·s and Δ = rowsum(dO ∘ O),
-/// dV = Pᵀ dO, dS = P ∘ (dO vᵀ − Δ), dQ = dS k·s, dK = dSᵀ q·s.
-pub(crate) fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
+/// Gradients of causal attention (FlashAttention-2's backward, by blocks of queries): with
+/// P = softmax(S), S = q kᵀ·s and Δ = rowsum(dO ∘ O), dV = Pᵀ dO, dS = P ∘ (dO vᵀ − Δ),
+/// dQ = dS k·s, dK = dSᵀ q·s. The products run in the inputs' dtype (bf16 on a GPU: tensor
+/// cores, f32 accumulation inside the kernel; an f32 product there is several times
+/// slower) and the softmax, its gradient and the sums over blocks in f32, as FlashAttention
+/// does; transformers' eager attention keeps even dS in bf16.
+pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
     let dtype = q.dtype();
-    let f = |x: Tensor<B, 4>| x.cast(FloatDType::F32);
-    let (q, k, v, d_out) = (f(q), f(k), f(v), f(d_out));
+    let (wide, narrow) = (|x: Tensor<B, 4>| x.cast(FloatDType::F32), |x: Tensor<B, 4>| x.cast(dtype));
     let [b, h, len, d] = q.dims();
     let scale = 1.0 / (d as f64).sqrt();
-    let out = f(out);
     let device = q.device();
     let (mut dq, mut dk, mut dv) = (Vec::new(), Tensor::<B, 4>::zeros([b, h, len, d], &device), Tensor::<B, 4>::zeros([b, h, len, d], &device));
     let block = backward_block(b, h, len);
@@ -72,18 +74,18 @@ pub(crate) fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
         let (qb, ob) = (q.clone().slice(rows.clone()), d_out.clone().slice(rows.clone()));
         // Per block, so Δ is contiguous: a slice of a whole-length Δ broadcast against the
         // block's scores would take Flex's scalar strided path (12% of a tiny SFT step).
-        let delta = (ob.clone() * out.clone().slice(rows.clone())).sum_dim(3); // [b, h, block, 1]
+        let delta = (wide(ob.clone()) * wide(out.clone().slice(rows.clone()))).sum_dim(3); // [b, h, block, 1]
         let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys.clone()));
         // Keys after the block's last query are masked for every row: left out.
         let future = Tensor::<B, 2, Bool>::tril_mask([end - start, end], start as i64, &device); // key > query
-        let s = qb.clone().matmul(kb.clone().swap_dims(2, 3)).mul_scalar(scale);
+        let s = wide(matmul(qb.clone(), kb.clone().swap_dims(2, 3))).mul_scalar(scale);
         let s = s.mask_fill(future.unsqueeze::<4>().expand([b, h, end - start, end]), f32::NEG_INFINITY);
         let p = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::softmax_last(s.into_primitive().tensor())));
-        dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + p.clone().swap_dims(2, 3).matmul(ob.clone()));
-        let dp = ob.matmul(vb.swap_dims(2, 3));
-        let ds = p * (dp - delta);
-        dq.push(ds.clone().matmul(kb).mul_scalar(scale));
-        dk = dk.clone().slice_assign(keys.clone(), dk.slice(keys) + ds.swap_dims(2, 3).matmul(qb).mul_scalar(scale));
+        dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + wide(matmul(narrow(p.clone()).swap_dims(2, 3), ob.clone())));
+        let dp = wide(matmul(ob, vb.swap_dims(2, 3)));
+        let ds = narrow(p * (dp - delta));
+        dq.push(wide(matmul(ds.clone(), kb)).mul_scalar(scale));
+        dk = dk.clone().slice_assign(keys.clone(), dk.slice(keys) + wide(matmul(ds.swap_dims(2, 3), qb)).mul_scalar(scale));
     }
-    [Tensor::cat(dq, 2).cast(dtype), dk.cast(dtype), dv.cast(dtype)]
+    [narrow(Tensor::cat(dq, 2)), narrow(dk), narrow(dv)]
 }

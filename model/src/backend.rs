@@ -41,6 +41,12 @@ pub trait ModelBackend: Backend {
         crate::attention::backward(f(q), f(k), f(v), f(out), f(d_out)).map(|g| g.into_primitive().tensor())
     }
 
+    /// `lhs · rhs` over the last two dimensions, the leading ones equal ([`crate::matmul`]:
+    /// the linear layers', the LM head's and attention's backward products).
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
+
     /// softmax over the last dimension (the attention backward's probabilities).
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let x = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
@@ -192,10 +198,26 @@ mod flash;
 #[cfg(feature = "flex")]
 mod flex;
 
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", feature = "fusion"))]
 impl ModelBackend for burn::backend::Cuda<f32> {}
 
+#[cfg(all(feature = "cuda", not(feature = "fusion")))]
+impl ModelBackend for burn::backend::Cuda<f32> {
+    /// Large bf16/f16 products on a kernel chosen in advance ([`cuda::pinned_matmul`]),
+    /// the rest burn's (autotuned in the `autotune` build).
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        cuda::pinned_matmul(lhs, rhs).unwrap_or_else(|(lhs, rhs)| <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_matmul(lhs, rhs))
+    }
+}
+
+#[cfg(all(feature = "cuda", not(feature = "fusion")))]
+mod cuda;
+
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::matmul::autodiff::<B, C>(lhs, rhs)
+    }
+
     fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::attention::autodiff::<B, C>(q, k, v)
     }

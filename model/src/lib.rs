@@ -9,6 +9,7 @@ pub mod error;
 pub mod generate;
 mod lanes;
 pub mod lm_head;
+pub mod matmul;
 pub mod qwen3;
 pub mod rope;
 pub mod sampling;

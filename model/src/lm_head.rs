@@ -5,6 +5,7 @@
 //! vocabulary a 4096-token sequence's logits are 2.5 GB in f32, kept several times over
 //! by autodiff through log-softmax.
 use crate::backend::ModelBackend;
+use crate::matmul::matmul;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -47,8 +48,8 @@ impl Head {
     }
 
     /// f32 logits of `hidden` (already in `dtype`) against `weight` (in `dtype`).
-    fn logits<B: Backend>(&self, hidden: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
-        let z = hidden.matmul(self.hv(weight)).cast(FloatDType::F32);
+    fn logits<B: ModelBackend>(&self, hidden: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+        let z = matmul(hidden, self.hv(weight)).cast(FloatDType::F32);
         if self.temperature == 1.0 {
             z
         } else {
@@ -162,8 +163,8 @@ fn backward<B: ModelBackend>(hidden: Tensor<B, 2>, weight: Tensor<B, 2>, targets
         let p = |x: Tensor<B, 2>| x.into_primitive().tensor();
         let dz = B::logit_grad(p(z), lse.map(|l| l.into_primitive().tensor()), targets.clone().slice(r.clone()).into_primitive(), g.clone().slice(r.clone()).into_primitive().tensor());
         let dz = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dz)).div_scalar(head.temperature).cast(head.dtype);
-        dh.push(dz.clone().matmul(head.hv(wd.clone()).transpose()).cast(h_dtype));
-        let part = if head.vocab_major { dz.transpose().matmul(h) } else { h.transpose().matmul(dz) }.cast(FloatDType::F32);
+        dh.push(matmul(dz.clone(), head.hv(wd.clone()).transpose()).cast(h_dtype));
+        let part = if head.vocab_major { matmul(dz.transpose(), h) } else { matmul(h.transpose(), dz) }.cast(FloatDType::F32);
         dw = Some(match dw {
             Some(acc) => acc + part,
             None => part,

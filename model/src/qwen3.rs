@@ -10,7 +10,6 @@ use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, silu};
-use burn::tensor::module::linear;
 use burn::tensor::{FloatDType, TensorPrimitive};
 
 /// Precision of the matmuls and attention. `Bf16` follows `torch.autocast(bfloat16)`:
@@ -80,8 +79,12 @@ fn to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: FloatDType) -> Tensor<
 }
 
 /// A linear layer computed in `dtype` (the weights cast for the product, as autocast).
-fn proj<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
-    linear(to(x, dtype), to(l.weight.val(), dtype), l.bias.as_ref().map(|b| to(b.val(), dtype)))
+fn proj<B: ModelBackend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
+    let y = crate::matmul::linear(to(x, dtype), to(l.weight.val(), dtype));
+    match &l.bias {
+        Some(bias) => y + to(bias.val(), dtype).unsqueeze(),
+        None => y,
+    }
 }
 
 /// RMSNorm in f32 whatever the input's and the gain's dtypes (Qwen3RMSNorm's upcast).
@@ -363,7 +366,7 @@ pub(crate) fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 
     x.unsqueeze_dim::<5>(2).expand([b, kvh, n_rep, s, d]).reshape([b, kvh * n_rep, s, d])
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: ModelBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, dt: FloatDType) -> Tensor<B, 3> {
         proj(&self.down_proj, silu(proj(&self.gate_proj, x.clone(), dt)) * proj(&self.up_proj, x, dt), dt)
     }
@@ -395,23 +398,6 @@ impl<B: Backend> Qwen3<B> {
     pub fn with_compute(mut self, compute: Compute) -> Self {
         self.compute = compute;
         self
-    }
-
-    /// Logits `[batch, seq, vocab]` (f32) from hidden states, the product in the compute dtype.
-    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let dt = self.compute.precision.dtype();
-        let logits = match &self.lm_head {
-            Some(head) => proj(head, hidden, dt),
-            // 2-D so backends can read the transposed embedding in place (Flex copies a
-            // transposed operand once it is reshaped to 3-D: 14x slower generation).
-            None => {
-                let [b, t, h] = hidden.dims();
-                let w = to(self.embed_tokens.weight.val(), dt);
-                let v = w.dims()[0];
-                to(hidden.reshape([b * t, h]), dt).matmul(w.transpose()).reshape([b, t, v])
-            }
-        };
-        to(logits, FloatDType::F32)
     }
 
     /// The model computing in `precision`, its matrices stored in it (generation, eval).
@@ -457,6 +443,23 @@ impl<B: Backend> Qwen3<B> {
 }
 
 impl<B: ModelBackend> Qwen3<B> {
+    /// Logits `[batch, seq, vocab]` (f32) from hidden states, the product in the compute dtype.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dt = self.compute.precision.dtype();
+        let logits = match &self.lm_head {
+            Some(head) => proj(head, hidden, dt),
+            // 2-D so backends can read the transposed embedding in place (Flex copies a
+            // transposed operand once it is reshaped to 3-D: 14x slower generation).
+            None => {
+                let [b, t, h] = hidden.dims();
+                let w = to(self.embed_tokens.weight.val(), dt);
+                let v = w.dims()[0];
+                crate::matmul::matmul(to(hidden.reshape([b * t, h]), dt), w.transpose()).reshape([b, t, v])
+            }
+        };
+        to(logits, FloatDType::F32)
+    }
+
     /// Final hidden states `[batch, seq, hidden]` (f32) for `tokens` at `positions`
     /// (`[batch][seq]`), appending to `cache` when given.
     pub fn forward_hidden(

@@ -736,6 +736,86 @@ fn lean_attention_backward_matches_autodiff_through_burns_attention() {
 }
 
 #[test]
+fn matmul_op_gradients_equal_burns_autodiff() {
+    // The products' own op (`model::matmul`, which a backend may run on a kernel of its
+    // choosing) against burn's autodiff matmul and linear: the same values and gradients,
+    // batched with a transposed view for an operand, and as a linear layer over [batch,
+    // len, in]; an input that takes no gradient gets none (a first layer's).
+    type A = burn::backend::Autodiff<B>;
+    type Product<'a> = &'a dyn Fn(Tensor<A, 3>, Tensor<A, 3>) -> Tensor<A, 3>;
+    let device = Default::default();
+    <A as Backend>::seed(&device, 5);
+    let rand = |shape: [usize; 3]| Tensor::<A, 3>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let (x, w_t, g) = (rand([3, 37, 20]).require_grad(), rand([3, 29, 20]).require_grad(), rand([3, 37, 29]));
+    let w = w_t.clone().slice([0..1, 0..29, 0..20]).squeeze_dim::<2>(0).transpose().detach().require_grad();
+    let data = |t: Tensor<B, 3>| t.into_data().to_vec::<f32>().unwrap();
+    let data2 = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().unwrap();
+    for x_takes_grad in [true, false] {
+        let x = if x_takes_grad { x.clone() } else { Tensor::from_inner(x.clone().inner()) };
+        let batched: [Product; 2] = [&|a, b| model::matmul::matmul(a, b), &|a, b| a.matmul(b)];
+        let [ours, burns] = batched.map(|product| {
+            let out = product(x.clone(), w_t.clone().swap_dims(1, 2));
+            let grads = (out.clone() * g.clone()).sum().backward();
+            (data(out.inner()), x.grad(&grads).map(data), w_t.grad(&grads).map(data))
+        });
+        assert!(ours.1.is_some() == x_takes_grad, "a gradient for x exactly when it takes one");
+        assert_eq!(ours, burns, "batched product, x takes a gradient: {x_takes_grad}");
+        let linear: [&dyn Fn(Tensor<A, 3>, Tensor<A, 2>) -> Tensor<A, 3>; 2] = [&|a, w| model::matmul::linear(a, w), &|a, w| burn::tensor::module::linear(a, w, None)];
+        let [ours, burns] = linear.map(|product| {
+            let out = product(x.clone(), w.clone());
+            let grads = (out.clone() * g.clone()).sum().backward();
+            (data(out.inner()), x.grad(&grads).map(data), w.grad(&grads).map(data2))
+        });
+        // The weight's gradient: one product over all rows here, a sum of per-row-block
+        // products there; equal to rounding.
+        let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()));
+        let parts = [(Some(&ours.0), Some(&burns.0)), (ours.1.as_ref(), burns.1.as_ref()), (ours.2.as_ref(), burns.2.as_ref())];
+        for (name, (a, b)) in ["output", "d x", "d weight"].iter().zip(parts) {
+            assert_eq!(a.is_some(), b.is_some(), "linear layer: {name} present in both");
+            assert!(a.zip(b).is_none_or(|(a, b)| close(a, b)), "linear layer, x takes a gradient: {x_takes_grad}: {name} differs");
+        }
+    }
+}
+
+#[test]
+fn blockwise_attention_backward_matches_burns_autodiff_in_f32_and_bf16() {
+    // The backward the GPU runs (`attention::backward`: blocks of 512 queries, products in
+    // the inputs' dtype, softmax and sums in f32) against burn's autodiff through its own
+    // attention in f32: to f32 precision from f32 inputs; from bf16 inputs, at most twice
+    // as far as rounding the inputs to bf16 alone puts the f32 computation.
+    use burn::tensor::FloatDType::{BF16, F32};
+    type A = burn::backend::Autodiff<B>;
+    let device = Default::default();
+    <A as Backend>::seed(&device, 11);
+    let rand = || Tensor::<A, 4>::random([2, 6, 700, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let (q, k, v, w) = (rand().require_grad(), rand().require_grad(), rand().require_grad(), rand());
+    let causal = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+    let out = burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, causal);
+    let g = (out.clone() * w.clone()).sum().backward();
+    let reference = [q.grad(&g).unwrap(), k.grad(&g).unwrap(), v.grad(&g).unwrap()];
+    let inputs = [q.inner(), k.inner(), v.inner(), out.inner(), w.inner()];
+    // Max |ours − reference| of dq, dk, dv, each over the reference's max |·|.
+    let errors = |inputs: [Tensor<B, 4>; 5]| -> Vec<f32> {
+        let dtype = inputs[0].dtype();
+        let [q, k, v, out, d_out] = inputs;
+        let ours = model::attention::backward(q, k, v, out, d_out);
+        ours.into_iter().zip(&reference).map(|(a, r)| {
+            assert_eq!(a.dtype(), dtype, "gradients come back in the inputs' dtype");
+            let (a, r) = (a.cast(F32).into_data().to_vec::<f32>().unwrap(), r.clone().into_data().to_vec::<f32>().unwrap());
+            let worst = a.iter().zip(&r).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            worst / r.iter().map(|y| y.abs()).fold(0f32, f32::max)
+        }).collect()
+    };
+    let f32s = errors(inputs.clone());
+    let bf16s = errors(inputs.clone().map(|t| t.cast(BF16)));
+    let rounded = errors(inputs.map(|t| t.cast(BF16).cast(F32)));
+    for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        assert!(f32s[i] <= 2e-6, "{name} from f32: {}", f32s[i]);
+        assert!(bf16s[i] <= 2.0 * rounded[i], "{name} from bf16: {} (rounding the inputs alone: {})", bf16s[i], rounded[i]);
+    }
+}
+
+#[test]
 fn rope_op_matches_the_tensor_ops_and_their_autodiff() {
     // The backend's RoPE (Flex: a pass per position in f32) and its backward (the same op
     // with −sin) against rotate_half in tensor ops under burn's autodiff: output and
