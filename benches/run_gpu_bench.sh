@@ -27,7 +27,11 @@
 # candidate kernel compiled and timed for each new shape), `cuda-untuned` (one default
 # kernel per op), `cuda-fusion` and `cuda-fusion-untuned` (burn's fusion of element-wise
 # ops into fewer kernels), warm-up against steady-state speed. A binary may be
-# xz-compressed (name.xz): a stripped build is 57 MB, 7 MB compressed.
+# xz-compressed (name.xz): a stripped build is 57 MB, 7 MB compressed. FILE@VAR=VALUE runs
+# a build with that variable set (…-untuned.xz@MODEL_PINNED_MATMUL=0: burn's matmul for
+# every product, against the pinned kernel; attempts ours-untuned@MODEL_PINNED_MATMUL=0-*).
+# Each SFT record has the first step's loss and gradient norm, from the same seeded
+# weights in every build: builds that compute the same step agree to bf16 rounding.
 # Limits: STEP_TIMEOUT (150 s) per attempt, OURS_TIMEOUT (300 s) for ours, whose first
 # step on a fresh machine compiles and autotunes its kernels (on an H200 the autotuned
 # build's first prefill took 117 s and its first SFT step over 200 s; the untuned one's
@@ -47,8 +51,16 @@ unpack() {
 }
 bins=()
 for given in ${GPU_BENCH:-target-cuda/release/trainer-bench}; do
-  b=$(unpack "$given")
-  [ -n "$b" ] && [ -x "$b" ] || { echo "run_gpu_bench: no runnable trainer-bench at '$given' (GPU_BENCH=${GPU_BENCH:-})" >&2; exit 2; }
+  file=${given%%@*}
+  b=$(unpack "$file")
+  [ -n "$b" ] && [ -x "$b" ] || { echo "run_gpu_bench: no runnable trainer-bench at '$file' (GPU_BENCH=${GPU_BENCH:-})" >&2; exit 2; }
+  if [ "$given" != "$file" ]; then
+    # FILE@VAR=VALUE: that build run with VAR=VALUE, through a wrapper whose name carries it.
+    setting=${given#*@}
+    [[ $setting == *=* ]] || { echo "run_gpu_bench: '$given': expected FILE@VAR=VALUE" >&2; exit 2; }
+    w=$(mktemp -d)/$(basename "${file%.xz}")@$setting
+    printf '#!/usr/bin/env bash\nexec env %q %q "$@"\n' "$setting" "$b" > "$w" && chmod +x "$w" && b=$w
+  fi
   bins+=("$b")
 done
 # label BIN: its attempts' name, ours plus what the file's name adds to trainer-bench.

@@ -122,12 +122,15 @@ def report(a):
         print()
     sft_rows = [r for r in rows if r["check"] == "sft"]
     if sft_rows:
-        print("| SFT step | compute | seq x batch | tokens/s | MFU | peak memory | first step |\n|---|---|---|---:|---:|---:|---:|")
+        print("| SFT step | compute | seq x batch | tokens/s | MFU | peak memory | first step | its loss / grad norm |\n|---|---|---|---:|---:|---:|---:|---:|")
         for r in sft_rows:
             flops = train_flops_per_token(shape_cfg(r["shape_path"]), r["seq"]) * r["tokens_per_s"] / 1e12 if "shape_path" in r else None
             mfu = f"{100 * flops / peak:.1f}%" if flops and peak else "-"
             mem = f"{r['peak_mem_mb'] / 1024:.1f} GiB" if r.get("peak_mem_mb") else "-"
-            print(f"| {r['impl']} | {r['compute']} | {r['seq']} x {r['batch']} | {r['tokens_per_s']:.0f} | {mfu} | {mem} | {warm(r)} |")
+            # Ours: the first step's loss and gradient norm, from the same seeded weights in
+            # every build (builds computing the same step agree to bf16 rounding).
+            first = f"{r['first_loss']:.5f} / {r['first_grad_norm']:.5f}" if r.get("first_loss") is not None else "-"
+            print(f"| {r['impl']} | {r['compute']} | {r['seq']} x {r['batch']} | {r['tokens_per_s']:.0f} | {mfu} | {mem} | {warm(r)} | {first} |")
         ratio(sft_rows, "SFT")
     gen_rows = [r for r in rows if r["check"] == "generate"]
     if gen_rows:

@@ -203,6 +203,11 @@ pub struct StepTiming {
     pub step_s: f64,
     /// The last step's loss.
     pub loss: f64,
+    /// The warm-up step's loss and gradient norm (before clipping): from the same seeded
+    /// weights and rows on any build, so that builds' forwards and backwards can be
+    /// compared on one device.
+    pub first_loss: f64,
+    pub first_grad_norm: f64,
 }
 
 /// Times `steps` optimizer steps (after a warm-up step) over `micro_batches`, as the SFT
@@ -215,21 +220,23 @@ pub fn time_step(c: &Qwen3Config, compute: Compute, micro_batches: &[Vec<PackedS
     let mut model = model::Qwen3::<B>::init(c, &Default::default()).with_stable_ids().with_compute(compute);
     let mut optim = crate::step::Optim::<B>::new(&toml::from_str("lr = 1e-4\nweight_decay = 0.1\nclip = 1.0")?);
     let mbs: Vec<&[PackedSeq]> = micro_batches.iter().map(Vec::as_slice).collect();
-    let (mut warmup_s, mut total, mut loss) = (0.0, 0.0, f64::NAN);
+    let (mut warmup_s, mut total, mut loss, mut first) = (0.0, 0.0, f64::NAN, (f64::NAN, f64::NAN));
     for i in 0..=steps {
         let t = std::time::Instant::now();
         let (m, s) = optim.step(model, &mbs, 1e-4, devices);
         model = m;
-        loss = s.map_err(|e| anyhow::anyhow!("the timed step: {} is {}", e.what, e.value))?.loss;
+        let stats = s.map_err(|e| anyhow::anyhow!("the timed step: {} is {}", e.what, e.value))?;
+        loss = stats.loss;
         let secs = t.elapsed().as_secs_f64();
         on_step(i, secs);
         if i == 0 {
             warmup_s = secs;
+            first = (stats.loss, stats.grad_norm);
         } else {
             total += secs;
         }
     }
-    Ok(StepTiming { warmup_s, step_s: total / steps.max(1) as f64, loss })
+    Ok(StepTiming { warmup_s, step_s: total / steps.max(1) as f64, loss, first_loss: first.0, first_grad_norm: first.1 })
 }
 
 /// `rows` sequences of `seq` random tokens, each made of documents of `doc` tokens (the

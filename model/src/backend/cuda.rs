@@ -4,7 +4,8 @@
 //! a general tensor-core kernel (~26 TFLOP/s there); with it, a fresh machine first
 //! compiles and times some 30 candidates per shape. Where that kernel cannot run (no TMA
 //! before Hopper, a layout or alignment it refuses) the product falls back to burn's, and
-//! the shape is remembered so the refusal is not paid again.
+//! the shape is remembered so the refusal is not paid again. `MODEL_PINNED_MATMUL=0` turns
+//! it off ([`crate::pinned_matmul`]).
 use burn::tensor::DType;
 use burn_cubecl::kernel::matmul::init_matmul_output;
 use burn_cubecl::tensor::CubeTensor;
@@ -16,9 +17,10 @@ use cubek::std::InputBinding;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-/// Smallest m, n and k a product needs to take the pinned kernel: below it (decoding's
-/// few rows, attention's short blocks) burn's choice stays.
-const MIN_SIDE: usize = 256;
+/// Smallest m, n and k a product needs to take the pinned kernel (128: the attention
+/// backward's products have a head's 128 as a side; autotune gave those to TMA kernels
+/// too): below it (decoding's few rows, short prompts) burn's choice stays.
+const MIN_SIDE: usize = 128;
 
 /// Products the pinned kernel refused: (dtype, shapes, strides) as text.
 static REFUSED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
@@ -30,7 +32,7 @@ pub(super) fn pinned_matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<
     let rank = ls.len();
     let (m, k, n) = (ls[rank - 2], ls[rank - 1], rs[rank - 1]);
     let half = matches!(dtype, DType::BF16 | DType::F16) && rhs.dtype == dtype;
-    if !half || m.min(n).min(k) < MIN_SIDE || lhs.qparams.is_some() || rhs.qparams.is_some() {
+    if !half || m.min(n).min(k) < MIN_SIDE || lhs.qparams.is_some() || rhs.qparams.is_some() || !crate::pinned_matmul() {
         return Err((lhs, rhs));
     }
     let key = format!("{dtype:?} {ls:?}x{rs:?} {:?} {:?}", lhs.meta.strides(), rhs.meta.strides());
