@@ -1,8 +1,13 @@
-//! Causal self-attention with a memory-lean backward. The forward is the backend's own
-//! `attention` (burn-cuda autotunes a flash kernel); under autodiff the backward
-//! recomputes the probabilities one block of queries at a time from the saved q, k, v
-//! and output, so no len² tensor outlives a block. burn 0.21's autodiff attention instead
-//! keeps the len² scores and probabilities of every layer until the backward.
+//! Causal self-attention in O(length) memory. The forward and the backward both go a block
+//! of queries at a time: the block's scores against the keys up to its last query (later
+//! blocks of keys are all masked and left out), an f32 softmax, products in the inputs'
+//! dtype through [`crate::matmul`] (on a GPU bf16 tensor cores, on the kernel the backend
+//! picks). Under autodiff the backward recomputes each block's probabilities from the
+//! saved q, k, v and output, so no len² tensor outlives a block; burn 0.21's autodiff
+//! attention keeps the len² scores and probabilities of every layer until the backward,
+//! and its forward (burn-cuda's: the unfused fallback, which autotune picked on the H200)
+//! forms all len² scores of a call at once, the future half too, and takes its softmax in
+//! the inputs' dtype. On a CPU, f32 training has kernels of its own (`backend/flash.rs`).
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -14,12 +19,39 @@ use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{FloatDType, TensorPrimitive};
 
-/// Queries per block of the backward: a block's scores and probabilities, `[batch, heads,
-/// block, keys]` each in f32, kept under 1 GiB (512 queries up to 8192 keys at 32 heads,
-/// fewer for longer rows: 128 at 32768), between 64 and 512.
-pub fn backward_block(batch: usize, heads: usize, keys: usize) -> usize {
+/// Queries per block: a block's scores and probabilities, `[batch, heads, block, keys]`
+/// each in f32, kept under 1 GiB (512 queries up to 8192 keys at 32 heads, fewer for
+/// longer rows: 128 at 32768), between 64 and 512.
+pub fn query_block(batch: usize, heads: usize, keys: usize) -> usize {
     const BUDGET: usize = 1 << 30;
     (BUDGET / (batch * heads * keys * 8).max(1)).clamp(64, 512)
+}
+
+/// softmax(q kᵀ·scale) in f32 for the queries `start..end` (`qb`) over the keys `0..end`
+/// (`kb`), the future keys of the block's diagonal masked.
+fn block_probs<B: ModelBackend>(qb: Tensor<B, 4>, kb: Tensor<B, 4>, start: usize, scale: f64) -> Tensor<B, 4> {
+    let [b, h, rows, _] = qb.dims();
+    let end = kb.dims()[2];
+    let future = Tensor::<B, 2, Bool>::tril_mask([rows, end], start as i64, &qb.device()); // key > query
+    let s = matmul(qb, kb.swap_dims(2, 3)).cast(FloatDType::F32).mul_scalar(scale);
+    let s = s.mask_fill(future.unsqueeze::<4>().expand([b, h, rows, end]), f32::NEG_INFINITY);
+    Tensor::from_primitive(TensorPrimitive::Float(B::softmax_last(s.into_primitive().tensor())))
+}
+
+/// Causal attention of `q`, `k`, `v` (`[batch, heads, len, head_dim]`, the same positions)
+/// by blocks of queries ([`query_block`]): the output in the inputs' dtype.
+pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dtype = q.dtype();
+    let [b, h, len, d] = q.dims();
+    let scale = 1.0 / (d as f64).sqrt();
+    let block = query_block(b, h, len);
+    let blocks = (0..len).step_by(block).map(|start| {
+        let end = (start + block).min(len);
+        let keys = [0..b, 0..h, 0..end, 0..d];
+        let p = block_probs(q.clone().slice([0..b, 0..h, start..end, 0..d]), k.clone().slice(keys.clone()), start, scale);
+        matmul(p.cast(dtype), v.clone().slice(keys))
+    });
+    Tensor::cat(blocks.collect(), 2)
 }
 
 /// [`ModelBackend::causal_attention`] on tensors.
@@ -67,7 +99,7 @@ pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 
     let scale = 1.0 / (d as f64).sqrt();
     let device = q.device();
     let (mut dq, mut dk, mut dv) = (Vec::new(), Tensor::<B, 4>::zeros([b, h, len, d], &device), Tensor::<B, 4>::zeros([b, h, len, d], &device));
-    let block = backward_block(b, h, len);
+    let block = query_block(b, h, len);
     for start in (0..len).step_by(block) {
         let end = (start + block).min(len);
         let (rows, keys) = ([0..b, 0..h, start..end, 0..d], [0..b, 0..h, 0..end, 0..d]);
@@ -76,11 +108,7 @@ pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 
         // block's scores would take Flex's scalar strided path (12% of a tiny SFT step).
         let delta = (wide(ob.clone()) * wide(out.clone().slice(rows.clone()))).sum_dim(3); // [b, h, block, 1]
         let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys.clone()));
-        // Keys after the block's last query are masked for every row: left out.
-        let future = Tensor::<B, 2, Bool>::tril_mask([end - start, end], start as i64, &device); // key > query
-        let s = wide(matmul(qb.clone(), kb.clone().swap_dims(2, 3))).mul_scalar(scale);
-        let s = s.mask_fill(future.unsqueeze::<4>().expand([b, h, end - start, end]), f32::NEG_INFINITY);
-        let p = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::softmax_last(s.into_primitive().tensor())));
+        let p = block_probs(qb.clone(), kb.clone(), start, scale);
         dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + wide(matmul(narrow(p.clone()).swap_dims(2, 3), ob.clone())));
         let dp = wide(matmul(ob, vb.swap_dims(2, 3)));
         let ds = narrow(p * (dp - delta));

@@ -9,15 +9,15 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{AttentionModuleOptions, BoolTensor, FloatTensor, IntTensor, ModuleOps};
+use burn::tensor::ops::{AttentionModuleOptions, BoolTensor, FloatTensor, IntTensor};
 use burn::tensor::TensorPrimitive;
 
 pub trait ModelBackend: Backend {
     /// softmax(q kᵀ / √d, causal) v over `[batch, heads, len, head_dim]`, queries and keys
-    /// at the same positions.
+    /// at the same positions: by blocks of queries ([`crate::attention::forward`]).
     fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
-        let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        <Self as ModuleOps<Self>>::attention(q, k, v, None, None, causal)
+        let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
+        crate::attention::forward(f(q), f(k), f(v)).into_primitive().tensor()
     }
 
     /// Causal attention of the last `t` positions (`q` `[batch, heads, t, head_dim]`) over

@@ -778,11 +778,11 @@ fn matmul_op_gradients_equal_burns_autodiff() {
 }
 
 #[test]
-fn blockwise_attention_backward_matches_burns_autodiff_in_f32_and_bf16() {
-    // The backward the GPU runs (`attention::backward`: blocks of 512 queries, products in
-    // the inputs' dtype, softmax and sums in f32) against burn's autodiff through its own
-    // attention in f32: to f32 precision from f32 inputs; from bf16 inputs, at most twice
-    // as far as rounding the inputs to bf16 alone puts the f32 computation.
+fn blockwise_attention_matches_burns_autodiff_in_f32_and_bf16() {
+    // What the GPU runs (`attention::forward` and `backward`: blocks of 512 queries,
+    // products in the inputs' dtype, softmax and sums in f32) against burn's attention and
+    // its autodiff in f32: to f32 precision from f32 inputs; from bf16 inputs, at most
+    // twice as far as rounding the inputs and the results to bf16 puts the f32 computation.
     use burn::tensor::FloatDType::{BF16, F32};
     type A = burn::backend::Autodiff<B>;
     let device = Default::default();
@@ -792,26 +792,29 @@ fn blockwise_attention_backward_matches_burns_autodiff_in_f32_and_bf16() {
     let causal = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
     let out = burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, causal);
     let g = (out.clone() * w.clone()).sum().backward();
-    let reference = [q.grad(&g).unwrap(), k.grad(&g).unwrap(), v.grad(&g).unwrap()];
+    let reference = [out.clone().inner(), q.grad(&g).unwrap(), k.grad(&g).unwrap(), v.grad(&g).unwrap()];
     let inputs = [q.inner(), k.inner(), v.inner(), out.inner(), w.inner()];
-    // Max |ours − reference| of dq, dk, dv, each over the reference's max |·|.
-    let errors = |inputs: [Tensor<B, 4>; 5]| -> Vec<f32> {
+    // Max |ours − reference| of the output, dq, dk, dv, each over the reference's max |·|;
+    // the results rounded to bf16 first when `round`.
+    let errors = |inputs: [Tensor<B, 4>; 5], round: bool| -> Vec<f32> {
         let dtype = inputs[0].dtype();
         let [q, k, v, out, d_out] = inputs;
-        let ours = model::attention::backward(q, k, v, out, d_out);
-        ours.into_iter().zip(&reference).map(|(a, r)| {
-            assert_eq!(a.dtype(), dtype, "gradients come back in the inputs' dtype");
+        let forward = model::attention::forward(q.clone(), k.clone(), v.clone());
+        let ours = std::iter::once(forward).chain(model::attention::backward(q, k, v, out, d_out));
+        ours.zip(&reference).map(|(a, r)| {
+            assert_eq!(a.dtype(), dtype, "results come back in the inputs' dtype");
+            let a = if round { a.cast(BF16) } else { a };
             let (a, r) = (a.cast(F32).into_data().to_vec::<f32>().unwrap(), r.clone().into_data().to_vec::<f32>().unwrap());
             let worst = a.iter().zip(&r).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             worst / r.iter().map(|y| y.abs()).fold(0f32, f32::max)
         }).collect()
     };
-    let f32s = errors(inputs.clone());
-    let bf16s = errors(inputs.clone().map(|t| t.cast(BF16)));
-    let rounded = errors(inputs.map(|t| t.cast(BF16).cast(F32)));
-    for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+    let f32s = errors(inputs.clone(), false);
+    let bf16s = errors(inputs.clone().map(|t| t.cast(BF16)), false);
+    let rounded = errors(inputs.map(|t| t.cast(BF16).cast(F32)), true);
+    for (i, name) in ["output", "dq", "dk", "dv"].iter().enumerate() {
         assert!(f32s[i] <= 2e-6, "{name} from f32: {}", f32s[i]);
-        assert!(bf16s[i] <= 2.0 * rounded[i], "{name} from bf16: {} (rounding the inputs alone: {})", bf16s[i], rounded[i]);
+        assert!(bf16s[i] <= 2.0 * rounded[i], "{name} from bf16: {} (rounding inputs and results alone: {})", bf16s[i], rounded[i]);
     }
 }
 

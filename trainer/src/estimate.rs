@@ -72,8 +72,8 @@ impl Memory {
 
 /// Training memory of one device for forwards of `rows` sequences of `seq` tokens: the
 /// model state (`model_state`), the activations autodiff keeps (every layer's, or with
-/// checkpointing the layer inputs and one layer's), the lean attention backward's block of
-/// scores, and the LM head's chunk (`model::lm_head`).
+/// checkpointing the layer inputs and one layer's), the attention's block of scores, and
+/// the LM head's chunk (`model::lm_head`).
 pub fn training(c: &Qwen3Config, compute: Compute, rows: usize, seq: usize, devices: usize) -> Memory {
     let (h, l) = (c.hidden_size as f64, c.num_hidden_layers as f64);
     let tokens = (rows * seq) as f64;
@@ -90,7 +90,7 @@ pub fn training(c: &Qwen3Config, compute: Compute, rows: usize, seq: usize, devi
     } else {
         m.add("activations", l * tokens * floats * bytes, Phase::Update);
     }
-    let block = model::attention::backward_block(rows, c.num_attention_heads, seq).min(seq) as f64;
+    let block = model::attention::query_block(rows, c.num_attention_heads, seq).min(seq) as f64;
     // Scores and probabilities of a block of queries.
     m.add("attention backward block", rows as f64 * c.num_attention_heads as f64 * block * seq as f64 * 4.0 * 2.0, Phase::Update);
     let v = c.vocab_size as f64;
