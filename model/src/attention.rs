@@ -38,9 +38,19 @@ fn block_probs<B: ModelBackend>(qb: Tensor<B, 4>, kb: Tensor<B, 4>, start: usize
     Tensor::from_primitive(TensorPrimitive::Float(B::softmax_last(s.into_primitive().tensor())))
 }
 
+/// `x` stored in its `[batch, heads, len, head_dim]` order: the model's q (and k, v without
+/// GQA) are views with heads and positions swapped, which a GPU's TMA matmul cannot read
+/// and burn's matmul copies for every product, a block's worth each time. One copy here
+/// instead; none when `x` is already so (the reshapes then only relabel).
+fn in_order<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, t, d] = x.dims();
+    x.reshape([b * h, t, d]).reshape([b, h, t, d])
+}
+
 /// Causal attention of `q`, `k`, `v` (`[batch, heads, len, head_dim]`, the same positions)
 /// by blocks of queries ([`query_block`]): the output in the inputs' dtype.
 pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    let (q, k, v) = (in_order(q), in_order(k), in_order(v));
     let dtype = q.dtype();
     let [b, h, len, d] = q.dims();
     let scale = 1.0 / (d as f64).sqrt();
@@ -93,6 +103,7 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Au
 /// slower) and the softmax, its gradient and the sums over blocks in f32, as FlashAttention
 /// does; transformers' eager attention keeps even dS in bf16.
 pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
+    let [q, k, v, out, d_out] = [q, k, v, out, d_out].map(in_order);
     let dtype = q.dtype();
     let (wide, narrow) = (|x: Tensor<B, 4>| x.cast(FloatDType::F32), |x: Tensor<B, 4>| x.cast(dtype));
     let [b, h, len, d] = q.dims();

@@ -781,18 +781,23 @@ fn matmul_op_gradients_equal_burns_autodiff() {
 fn blockwise_attention_matches_burns_autodiff_in_f32_and_bf16() {
     // What the GPU runs (`attention::forward` and `backward`: blocks of 512 queries,
     // products in the inputs' dtype, softmax and sums in f32) against burn's attention and
-    // its autodiff in f32: to f32 precision from f32 inputs; from bf16 inputs, at most
-    // twice as far as rounding the inputs and the results to bf16 puts the f32 computation.
+    // its autodiff in f32: to f32 precision from f32 inputs; from bf16 inputs, at most three
+    // times as far as rounding the inputs and the results to bf16 puts the f32 computation
+    // (the probabilities rounded to bf16 for their products, as FlashAttention's, are the
+    // rest: measured 0.9-2.3x).
+    // q a view with heads and positions swapped, as the model's.
     use burn::tensor::FloatDType::{BF16, F32};
     type A = burn::backend::Autodiff<B>;
     let device = Default::default();
     <A as Backend>::seed(&device, 11);
-    let rand = || Tensor::<A, 4>::random([2, 6, 700, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let (q, k, v, w) = (rand().require_grad(), rand().require_grad(), rand().require_grad(), rand());
+    let rand = |shape| Tensor::<A, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let q_rows = rand([2, 700, 6, 16]).require_grad();
+    let (k, v, w) = (rand([2, 6, 700, 16]).require_grad(), rand([2, 6, 700, 16]).require_grad(), rand([2, 6, 700, 16]));
+    let q = q_rows.clone().swap_dims(1, 2);
     let causal = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
     let out = burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, causal);
     let g = (out.clone() * w.clone()).sum().backward();
-    let reference = [out.clone().inner(), q.grad(&g).unwrap(), k.grad(&g).unwrap(), v.grad(&g).unwrap()];
+    let reference = [out.clone().inner(), q_rows.grad(&g).unwrap().swap_dims(1, 2), k.grad(&g).unwrap(), v.grad(&g).unwrap()];
     let inputs = [q.inner(), k.inner(), v.inner(), out.inner(), w.inner()];
     // Max |ours − reference| of the output, dq, dk, dv, each over the reference's max |·|;
     // the results rounded to bf16 first when `round`.
@@ -814,7 +819,7 @@ fn blockwise_attention_matches_burns_autodiff_in_f32_and_bf16() {
     let rounded = errors(inputs.map(|t| t.cast(BF16).cast(F32)), true);
     for (i, name) in ["output", "dq", "dk", "dv"].iter().enumerate() {
         assert!(f32s[i] <= 2e-6, "{name} from f32: {}", f32s[i]);
-        assert!(bf16s[i] <= 2.0 * rounded[i], "{name} from bf16: {} (rounding inputs and results alone: {})", bf16s[i], rounded[i]);
+        assert!(bf16s[i] <= 3.0 * rounded[i], "{name} from bf16: {} (rounding inputs and results alone: {})", bf16s[i], rounded[i]);
     }
 }
 

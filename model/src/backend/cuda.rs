@@ -11,7 +11,7 @@ use burn_cubecl::kernel::matmul::init_matmul_output;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
-use cubek::matmul::launch::{launch_ref, Strategy};
+use cubek::matmul::launch::{launch_ref, MatmulAutotuneKey, Strategy};
 use cubek::matmul::routines::BlueprintStrategy;
 use cubek::std::InputBinding;
 use std::collections::HashSet;
@@ -33,6 +33,13 @@ pub(super) fn pinned_matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<
     let (m, k, n) = (ls[rank - 2], ls[rank - 1], rs[rank - 1]);
     let half = matches!(dtype, DType::BF16 | DType::F16) && rhs.dtype == dtype;
     if !half || m.min(n).min(k) < MIN_SIDE || lhs.qparams.is_some() || rhs.qparams.is_some() || !crate::pinned_matmul() {
+        return Err((lhs, rhs));
+    }
+    // As burn's autotune, which tries TMA kernels only where every stride but the
+    // contiguous one is a multiple of 16 bytes and the batches are contiguous (TMA takes
+    // nothing else: a transposed view or a slice of keys qualifies, a head-swapped one not).
+    let tune_key = MatmulAutotuneKey::generate(&lhs.client, lhs.meta.shape(), rhs.meta.shape(), lhs.meta.strides(), rhs.meta.strides(), dtype.into(), dtype.into(), dtype.into(), None, None);
+    if tune_key.definition.lhs_stride_factor < 4 || tune_key.definition.rhs_stride_factor < 4 {
         return Err((lhs, rhs));
     }
     let key = format!("{dtype:?} {ls:?}x{rs:?} {:?} {:?}", lhs.meta.strides(), rhs.meta.strides());
