@@ -1,11 +1,11 @@
 //! burn-cuda's large half-precision products on one kernel chosen in advance: cubek's
 //! warp-specialized TMA matmul, the kernel burn's autotune picked for every large product
-//! of a Qwen3-0.6B SFT step on an H200 (its log in the README). Without autotune burn runs
-//! a general tensor-core kernel (~26 TFLOP/s there); with it, a fresh machine first
-//! compiles and times some 30 candidates per shape. Where that kernel cannot run (no TMA
-//! before Hopper, a layout or alignment it refuses) the product falls back to burn's, and
-//! the shape is remembered so the refusal is not paid again. `MODEL_PINNED_MATMUL=0` turns
-//! it off ([`crate::pinned_matmul`]).
+//! of a Qwen3-0.6B SFT step on an H200 (2026-12-04, README "Measured on an H200"). Without
+//! autotune burn runs a general tensor-core kernel (~26 TFLOP/s there); with it, a fresh
+//! machine first compiles and times some 30 candidates per shape. Where that kernel cannot
+//! run (no TMA before Hopper, a layout or alignment it refuses) the product falls back to
+//! burn's, and the shape is remembered so the refusal is not paid again.
+//! `MODEL_PINNED_MATMUL=0` turns it off ([`crate::pinned_matmul`]).
 use burn::tensor::DType;
 use burn_cubecl::kernel::matmul::init_matmul_output;
 use burn_cubecl::tensor::CubeTensor;
