@@ -53,6 +53,9 @@ pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4
     let (q, k, v) = (in_order(q), in_order(k), in_order(v));
     let dtype = q.dtype();
     let [b, h, len, d] = q.dims();
+    if len == 0 {
+        return q; // as empty as the output
+    }
     let scale = 1.0 / (d as f64).sqrt();
     let block = query_block(b, h, len);
     let blocks = (0..len).step_by(block).map(|start| {
@@ -107,6 +110,9 @@ pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 
     let dtype = q.dtype();
     let (wide, narrow) = (|x: Tensor<B, 4>| x.cast(FloatDType::F32), |x: Tensor<B, 4>| x.cast(dtype));
     let [b, h, len, d] = q.dims();
+    if len == 0 {
+        return [q, k, v]; // as empty as the gradients
+    }
     let scale = 1.0 / (d as f64).sqrt();
     let device = q.device();
     let (mut dq, mut dk, mut dv) = (Vec::new(), Tensor::<B, 4>::zeros([b, h, len, d], &device), Tensor::<B, 4>::zeros([b, h, len, d], &device));

@@ -299,6 +299,7 @@ impl<B: ModelBackend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let x = to(x, dt); // once for the three projections (each would cast its own copy)
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]);
         // QK-norm and RoPE on [b, t, heads, d], as the projections lay it out (elementwise
         // work on a contiguous tensor; after the swap it would be a strided walk on CPU).
@@ -368,6 +369,7 @@ pub(crate) fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 
 
 impl<B: ModelBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, dt: FloatDType) -> Tensor<B, 3> {
+        let x = to(x, dt); // once for both projections
         proj(&self.down_proj, silu(proj(&self.gate_proj, x.clone(), dt)) * proj(&self.up_proj, x, dt), dt)
     }
 }
