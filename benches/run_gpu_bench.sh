@@ -21,6 +21,7 @@
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p benches --bin trainer-bench \
 #       --no-default-features --features cuda --target-dir target-cuda
 #   benches/run_gpu_bench.sh            # GPU_BENCH=path/to/trainer-bench PYTHON=python3
+#   (or benches/build_gpu_bench.sh: the cuda, cuda-untuned and cuda-fusion-untuned builds, stripped and xz-compressed into .gpu/)
 # GPU_BENCH may name several builds (space-separated), each of our attempts running with
 # each in turn, named after the file past "trainer-bench" (trainer-bench-untuned: the
 # ours-untuned-* attempts): the A/B of benches' features `cuda` (burn's autotune: every
