@@ -85,12 +85,6 @@ enum Cmd {
     },
 }
 
-/// The build in words (with "burn matmul" when MODEL_PINNED_MATMUL=0 turns the pinned
-/// CUDA matmul off).
-fn impl_name() -> String {
-    model::backend_label()
-}
-
 fn main() -> Result<()> {
     model::init_runtime().map_err(anyhow::Error::msg)?;
     match Args::parse().cmd {
@@ -148,7 +142,7 @@ fn parity(fixtures: &std::path::Path) -> Result<()> {
         let (ba_mean, ba_max) = gap(&bf16_lp, &autocast);
         let ok = f_mean < tol_mean && f_max < tol_max && b_mean < 1.5 * tol_mean && b_max < 2.0 * tol_max;
         failed += usize::from(!ok);
-        println!("{}", json!({"check": "parity", "impl": impl_name(), "case": case, "ok": ok,
+        println!("{}", json!({"check": "parity", "impl": model::backend_label(), "case": case, "ok": ok,
                                "f32_mean_abs_vs_f32": f_mean, "f32_max_abs_vs_f32": f_max, "bf16_mean_abs_vs_f32": b_mean, "bf16_max_abs_vs_f32": b_max,
                                "autocast_mean_abs_vs_f32": tol_mean, "autocast_max_abs_vs_f32": tol_max,
                                "bf16_mean_abs_vs_autocast": ba_mean, "bf16_max_abs_vs_autocast": ba_max}));
@@ -171,7 +165,7 @@ fn sft(shape: &std::path::Path, seq: usize, batch: usize, steps: usize, precisio
     let t = trainer::estimate::time_step(&cfg, compute, &micro, steps, &devices, |i, secs| {
         eprintln!("sft step {i}{}: {secs:.1} s ({:.0} s in all)", match (i, model::ON_GPU) { (0, true) => " (warm-up: kernel compiles, autotune)", (0, false) => " (warm-up)", _ => "" }, clock.elapsed().as_secs_f64())
     })?;
-    println!("{}", json!({"check": "sft", "impl": impl_name(), "compute": compute.to_string(), "shape": shape.file_stem().unwrap().to_string_lossy(),
+    println!("{}", json!({"check": "sft", "impl": model::backend_label(), "compute": compute.to_string(), "shape": shape.file_stem().unwrap().to_string_lossy(),
                            "seq": seq, "doc": doc, "batch": batch, "micro_batches": micro.len(), "devices": devices.len(), "step_s": t.step_s, "tokens_per_s": (seq * batch) as f64 / t.step_s,
                            "warmup_s": t.warmup_s, "loss": t.loss, "first_loss": t.first_loss, "first_grad_norm": t.first_grad_norm, "peak_rss_mb": trainer::estimate::peak_rss() / (1u64 << 20) as f64}));
     Ok(())
@@ -197,7 +191,7 @@ fn gen(shape: &std::path::Path, batch: usize, prompt: usize, new_tokens: usize, 
     // new autotune).
     let warmup = run(1).0 + run(new_tokens).0;
     let (secs, generated) = run(new_tokens);
-    println!("{}", json!({"check": "generate", "impl": impl_name(), "precision": format!("{precision:?}").to_lowercase(),
+    println!("{}", json!({"check": "generate", "impl": model::backend_label(), "precision": format!("{precision:?}").to_lowercase(),
                            "shape": shape.file_stem().unwrap().to_string_lossy(), "batch": batch, "prompt": prompt,
                            "new_tokens": new_tokens, "generated": generated, "secs": secs, "tokens_per_s": generated as f64 / secs,
                            "warmup_s": warmup}));

@@ -47,17 +47,20 @@ pub const BACKEND_NAME: &str = match (ON_GPU, cfg!(feature = "fusion"), cfg!(fea
     (false, _, _) => "burn-flex",
 };
 
+/// Whether this build has the pinned CUDA matmul (`backend/cuda.rs`).
+const PINS: bool = cfg!(all(feature = "cuda", not(feature = "fusion")));
+
 /// Whether CUDA's large bf16/f16 products run the kernel chosen in advance
 /// (`backend/cuda.rs`; not under fusion, whose tensors are its own): yes unless
 /// `MODEL_PINNED_MATMUL=0` (burn's matmul for every product, to A/B that kernel).
 pub fn pinned_matmul() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    cfg!(all(feature = "cuda", not(feature = "fusion"))) && *ON.get_or_init(|| std::env::var("MODEL_PINNED_MATMUL").map_or(true, |v| v.trim() != "0"))
+    PINS && *ON.get_or_init(|| std::env::var("MODEL_PINNED_MATMUL").map_or(true, |v| v.trim() != "0"))
 }
 
 /// [`BACKEND_NAME`], and "burn matmul" when [`pinned_matmul`] is turned off in a build that has it.
 pub fn backend_label() -> String {
-    match cfg!(all(feature = "cuda", not(feature = "fusion"))) && !pinned_matmul() {
+    match PINS && !pinned_matmul() {
         true => format!("{BACKEND_NAME}, burn matmul"),
         false => BACKEND_NAME.to_string(),
     }

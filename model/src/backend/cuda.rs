@@ -43,8 +43,7 @@ pub(super) fn pinned_matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<
         return Err((lhs, rhs));
     }
     let key = format!("{dtype:?} {ls:?}x{rs:?} {:?} {:?}", lhs.meta.strides(), rhs.meta.strides());
-    let refused = |key: &String| REFUSED.lock().unwrap().as_ref().is_some_and(|set| set.contains(key));
-    if refused(&key) {
+    if REFUSED.lock().unwrap().as_ref().is_some_and(|set| set.contains(&key)) {
         return Err((lhs, rhs));
     }
     let out = init_matmul_output(&lhs, &rhs, dtype);
