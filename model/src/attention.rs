@@ -19,6 +19,10 @@ use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{FloatDType, TensorPrimitive};
 
+fn float<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
 /// Queries per block: a block's scores and probabilities, `[batch, heads, block, keys]`
 /// each in f32, kept under 1 GiB (512 queries up to 8192 keys at 32 heads, fewer for
 /// longer rows: 128 at 32768), between 64 and 512.
@@ -27,15 +31,30 @@ pub fn query_block(batch: usize, heads: usize, keys: usize) -> usize {
     (BUDGET / (batch * heads * keys * 8).max(1)).clamp(64, 512)
 }
 
-/// softmax(q kᵀ·scale) in f32 for the queries `start..end` (`qb`) over the keys `0..end`
-/// (`kb`), the future keys of the block's diagonal masked.
-fn block_probs<B: ModelBackend>(qb: Tensor<B, 4>, kb: Tensor<B, 4>, start: usize, scale: f64) -> Tensor<B, 4> {
-    let [b, h, rows, _] = qb.dims();
-    let end = kb.dims()[2];
-    let future = Tensor::<B, 2, Bool>::tril_mask([rows, end], start as i64, &qb.device()); // key > query
-    let s = matmul(qb, kb.swap_dims(2, 3)).cast(FloatDType::F32).mul_scalar(scale);
-    let s = s.mask_fill(future.unsqueeze::<4>().expand([b, h, rows, end]), f32::NEG_INFINITY);
+/// The scores `q kᵀ` (in the inputs' dtype) of the queries `start..start + rows` (`qb`)
+/// over the keys `0..start + rows` (`kb`).
+fn block_scores<B: ModelBackend>(qb: Tensor<B, 4>, kb: Tensor<B, 4>) -> FloatTensor<B> {
+    matmul(qb, kb.swap_dims(2, 3)).into_primitive().tensor()
+}
+
+/// softmax(s·scale) in f32 over a block of scores `s` (`[batch, heads, rows, keys]`, any
+/// dtype) of the queries `start..start + rows`, the future keys of the block's diagonal
+/// masked: burn's ops ([`ModelBackend::causal_softmax`]'s default).
+pub fn causal_softmax_by_ops<B: ModelBackend>(s: Tensor<B, 4>, start: usize, scale: f64) -> Tensor<B, 4> {
+    let [b, h, rows, keys] = s.dims();
+    let future = Tensor::<B, 2, Bool>::tril_mask([rows, keys], start as i64, &s.device()); // key > query
+    let s = s.cast(FloatDType::F32).mul_scalar(scale);
+    let s = s.mask_fill(future.unsqueeze::<4>().expand([b, h, rows, keys]), f32::NEG_INFINITY);
     Tensor::from_primitive(TensorPrimitive::Float(B::softmax_last(s.into_primitive().tensor())))
+}
+
+/// [`ModelBackend::causal_softmax_grad`] by burn's ops: p and p ∘ (dp − Δ), both in the
+/// scores' dtype, the arithmetic in f32.
+pub fn causal_softmax_grad_by_ops<B: ModelBackend>(s: Tensor<B, 4>, dp: Tensor<B, 4>, delta: Tensor<B, 4>, start: usize, scale: f64) -> [Tensor<B, 4>; 2] {
+    let dtype = s.dtype();
+    let p = causal_softmax_by_ops(s, start, scale);
+    let ds = p.clone() * (dp.cast(FloatDType::F32) - delta);
+    [p.cast(dtype), ds.cast(dtype)]
 }
 
 /// `x` stored in its `[batch, heads, len, head_dim]` order: the model's q (and k, v without
@@ -51,7 +70,6 @@ fn in_order<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// by blocks of queries ([`query_block`]): the output in the inputs' dtype.
 pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
     let (q, k, v) = (in_order(q), in_order(k), in_order(v));
-    let dtype = q.dtype();
     let [b, h, len, d] = q.dims();
     if len == 0 {
         return q; // as empty as the output
@@ -61,8 +79,8 @@ pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4
     let blocks = (0..len).step_by(block).map(|start| {
         let end = (start + block).min(len);
         let keys = [0..b, 0..h, 0..end, 0..d];
-        let p = block_probs(q.clone().slice([0..b, 0..h, start..end, 0..d]), k.clone().slice(keys.clone()), start, scale);
-        matmul(p.cast(dtype), v.clone().slice(keys))
+        let s = block_scores(q.clone().slice([0..b, 0..h, start..end, 0..d]), k.clone().slice(keys.clone()));
+        matmul(float(B::causal_softmax(s, start, scale)), v.clone().slice(keys))
     });
     Tensor::cat(blocks.collect(), 2)
 }
@@ -125,10 +143,9 @@ pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 
         // block's scores would take Flex's scalar strided path (12% of a tiny SFT step).
         let delta = (wide(ob.clone()) * wide(out.clone().slice(rows.clone()))).sum_dim(3); // [b, h, block, 1]
         let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys.clone()));
-        let p = block_probs(qb.clone(), kb.clone(), start, scale);
-        dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + wide(matmul(narrow(p.clone()).swap_dims(2, 3), ob.clone())));
-        let dp = wide(matmul(ob, vb.swap_dims(2, 3)));
-        let ds = narrow(p * (dp - delta));
+        let dp = matmul(ob.clone(), vb.swap_dims(2, 3)).into_primitive().tensor();
+        let [p, ds] = B::causal_softmax_grad(block_scores(qb.clone(), kb.clone()), dp, delta.into_primitive().tensor(), start, scale).map(float);
+        dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + wide(matmul(p.swap_dims(2, 3), ob)));
         dq.push(wide(matmul(ds.clone(), kb)).mul_scalar(scale));
         dk = dk.clone().slice_assign(keys.clone(), dk.slice(keys) + wide(matmul(ds.swap_dims(2, 3), qb)).mul_scalar(scale));
     }

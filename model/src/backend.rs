@@ -47,6 +47,20 @@ pub trait ModelBackend: Backend {
         Self::float_matmul(lhs, rhs)
     }
 
+    /// softmax(s·scale) of a block of attention scores `s` (`[batch, heads, rows, keys]`) of
+    /// the queries `start..start + rows` over the keys `0..keys`, each query's future keys
+    /// masked: the probabilities in `s`'s dtype, computed in f32.
+    fn causal_softmax(s: FloatTensor<Self>, start: usize, scale: f64) -> FloatTensor<Self> {
+        by_ops::causal_softmax::<Self>(s, start, scale)
+    }
+
+    /// [`Self::causal_softmax`]'s p and the scores' gradient p ∘ (dp − Δ) from the
+    /// probabilities' gradient `dp` (as `s`) and `delta` (`[batch, heads, rows, 1]`, f32:
+    /// rowsum(dO ∘ O)), both in `s`'s dtype.
+    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, delta: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+        by_ops::causal_softmax_grad::<Self>(s, dp, delta, start, scale)
+    }
+
     /// softmax over the last dimension (the attention backward's probabilities).
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let x = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
@@ -169,6 +183,23 @@ impl ModelBackend for burn::backend::Flex {
     }
 }
 
+/// [`ModelBackend`]'s attention softmax by burn's ops ([`crate::attention`]), which a
+/// backend's own kernels may fall back to.
+mod by_ops {
+    use super::*;
+
+    pub fn causal_softmax<B: ModelBackend>(s: FloatTensor<B>, start: usize, scale: f64) -> FloatTensor<B> {
+        let s = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(s));
+        let dtype = s.dtype();
+        crate::attention::causal_softmax_by_ops(s, start, scale).cast(dtype).into_primitive().tensor()
+    }
+
+    pub fn causal_softmax_grad<B: ModelBackend>(s: FloatTensor<B>, dp: FloatTensor<B>, delta: FloatTensor<B>, start: usize, scale: f64) -> [FloatTensor<B>; 2] {
+        let f = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+        crate::attention::causal_softmax_grad_by_ops(f(s), f(dp), f(delta), start, scale).map(|x| x.into_primitive().tensor())
+    }
+}
+
 /// [`ModelBackend::kv_write`] with burn's slice_assign.
 fn kv_write_by_slice_assign<B: Backend>(cache: FloatTensor<B>, new: FloatTensor<B>, at: usize) -> FloatTensor<B> {
     let f = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
@@ -208,10 +239,29 @@ impl ModelBackend for burn::backend::Cuda<f32> {
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         cuda::pinned_matmul(lhs, rhs).unwrap_or_else(|(lhs, rhs)| <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_matmul(lhs, rhs))
     }
+
+    /// A kernel a block ([`kernels::causal_softmax`]) rather than ten of burn's.
+    fn causal_softmax(s: FloatTensor<Self>, start: usize, scale: f64) -> FloatTensor<Self> {
+        match crate::attention_kernels() {
+            true => kernels::causal_softmax(s, start, scale as f32),
+            false => by_ops::causal_softmax::<Self>(s, start, scale),
+        }
+    }
+
+    /// A kernel a block ([`kernels::causal_softmax_grad`]) rather than fourteen of burn's.
+    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, delta: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+        match crate::attention_kernels() {
+            true => kernels::causal_softmax_grad(s, dp, delta, start, scale as f32),
+            false => by_ops::causal_softmax_grad::<Self>(s, dp, delta, start, scale),
+        }
+    }
 }
 
 #[cfg(all(feature = "cuda", not(feature = "fusion")))]
 mod cuda;
+
+#[cfg(any(feature = "cuda", feature = "wgpu-kernels"))]
+pub mod kernels;
 
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {

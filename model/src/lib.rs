@@ -47,23 +47,34 @@ pub const BACKEND_NAME: &str = match (ON_GPU, cfg!(feature = "fusion"), cfg!(fea
     (false, _, _) => "burn-flex",
 };
 
-/// Whether this build has the pinned CUDA matmul (`backend/cuda.rs`).
-const PINS: bool = cfg!(all(feature = "cuda", not(feature = "fusion")));
+/// Whether this build has CUDA kernels of its own (`backend/cuda.rs`, `backend/kernels.rs`;
+/// not under fusion, whose tensors are its own).
+const OWN_KERNELS: bool = cfg!(all(feature = "cuda", not(feature = "fusion")));
 
-/// Whether CUDA's large bf16/f16 products run the kernel chosen in advance
-/// (`backend/cuda.rs`; not under fusion, whose tensors are its own): yes unless
-/// `MODEL_PINNED_MATMUL=0` (burn's matmul for every product, to A/B that kernel).
-pub fn pinned_matmul() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    PINS && *ON.get_or_init(|| std::env::var("MODEL_PINNED_MATMUL").map_or(true, |v| v.trim() != "0"))
+/// Unless the variable is `0` (to A/B a kernel in one build).
+fn unless_off(var: &str, on: &'static std::sync::OnceLock<bool>) -> bool {
+    OWN_KERNELS && *on.get_or_init(|| std::env::var(var).map_or(true, |v| v.trim() != "0"))
 }
 
-/// [`BACKEND_NAME`], and "burn matmul" when [`pinned_matmul`] is turned off in a build that has it.
+/// Whether CUDA's large bf16/f16 products run the kernel chosen in advance
+/// (`backend/cuda.rs`): yes unless `MODEL_PINNED_MATMUL=0` (burn's matmul for every product).
+pub fn pinned_matmul() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    unless_off("MODEL_PINNED_MATMUL", &ON)
+}
+
+/// Whether CUDA's training attention takes its softmax by rows in a kernel each way
+/// (`backend/kernels.rs`): yes unless `MODEL_ATTENTION_KERNELS=0` (burn's ops).
+pub fn attention_kernels() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    unless_off("MODEL_ATTENTION_KERNELS", &ON)
+}
+
+/// [`BACKEND_NAME`], and which of this build's own kernels are turned off.
 pub fn backend_label() -> String {
-    match PINS && !pinned_matmul() {
-        true => format!("{BACKEND_NAME}, burn matmul"),
-        false => BACKEND_NAME.to_string(),
-    }
+    let off = [(pinned_matmul(), ", burn matmul"), (attention_kernels(), ", burn softmax")];
+    let off: String = off.iter().filter(|(on, _)| OWN_KERNELS && !on).map(|(_, what)| *what).collect();
+    format!("{BACKEND_NAME}{off}")
 }
 
 /// Call first thing in a binary that computes on the default backend. On CUDA it checks

@@ -1002,3 +1002,84 @@ fn chunked_lm_head_matches_autodiff_through_the_full_logits() {
     let worst = (a - b).abs().max().into_scalar();
     assert!(worst <= 1e-2, "split sum: max |Δ| {worst}");
 }
+
+/// Attention's softmax of a block of queries `start..start + rows` over keys
+/// `0..start + rows`, computed directly in f64 from `s` (`[batch·heads, rows, keys]` flat):
+/// p and p ∘ (dp − Δ) per row.
+fn direct_causal_softmax(s: &[f32], dp: &[f32], delta: &[f32], rows: usize, start: usize, scale: f64) -> (Vec<f64>, Vec<f64>) {
+    let keys = start + rows;
+    let (mut p, mut ds) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+    for (at, row) in s.chunks(keys).enumerate() {
+        let seen = &row[..start + at % rows + 1];
+        let max = seen.iter().map(|&x| x as f64 * scale).fold(f64::MIN, f64::max);
+        let sum: f64 = seen.iter().map(|&x| (x as f64 * scale - max).exp()).sum();
+        for (i, &x) in seen.iter().enumerate() {
+            let j = at * keys + i;
+            p[j] = (x as f64 * scale - max).exp() / sum;
+            ds[j] = p[j] * (dp[j] as f64 - delta[at] as f64);
+        }
+    }
+    (p, ds)
+}
+
+#[test]
+fn attention_softmax_by_ops_matches_a_direct_softmax() {
+    // The default of the attention softmax op (burn's ops: cast, scale, mask, softmax),
+    // which CPU backends run and a GPU kernel replaces, against the softmax written out.
+    let device = Default::default();
+    B::seed(&device, 3);
+    let (b, h, rows, start, scale) = (2, 3, 37, 45, 0.37);
+    let keys = start + rows;
+    let normal = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 3.0), &device);
+    let (s, dp, delta) = (normal([b, h, rows, keys]), normal([b, h, rows, keys]), normal([b, h, rows, 1]));
+    let data = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
+    let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(delta.clone()), rows, start, scale);
+    let p = model::attention::causal_softmax_by_ops(s.clone(), start, scale);
+    let [p2, ds] = model::attention::causal_softmax_grad_by_ops(s, dp, delta, start, scale);
+    let worst = |got: Vec<f32>, want: &[f64]| got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+    for (name, got, want) in [("p", data(p), &p_want), ("p (grad)", data(p2), &p_want), ("ds", data(ds), &ds_want)] {
+        let err = worst(got, want);
+        assert!(err <= 1e-5, "{name}: max |Δ| {err}");
+    }
+}
+
+#[cfg(feature = "wgpu-kernels")]
+#[test]
+fn attention_softmax_kernels_match_a_direct_softmax() {
+    // The CUDA build's attention softmax kernels (`backend/kernels.rs`), run here on wgpu
+    // (Mesa's lavapipe, a Vulkan driver on the CPU): rows shorter and longer than a cube's
+    // 128 threads, blocks that start at 0 and past it; every future key exactly 0. In f32 to
+    // f32 precision; from f16 scores (the kernels read and write the scores' dtype, bf16 on
+    // CUDA, and compute in f32) within f16's rounding of the results.
+    use burn::tensor::FloatDType::{F16, F32};
+    softmax_kernels_in(F32, 1e-5);
+    softmax_kernels_in(F16, 1e-3);
+}
+
+#[cfg(feature = "wgpu-kernels")]
+fn softmax_kernels_in(dtype: burn::tensor::FloatDType, tolerance: f64) {
+    use burn::tensor::TensorPrimitive;
+    use model::backend::kernels;
+    type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+    let device = cubecl::wgpu::WgpuDevice::default();
+    W::seed(&device, 9);
+    for (b, h, rows, start) in [(2, 3, 37, 45), (1, 2, 5, 300), (1, 1, 130, 0)] {
+        let (keys, scale) = (start + rows, 0.37);
+        let normal = |shape: [usize; 4]| Tensor::<W, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 3.0), &device).cast(dtype);
+        let (s, dp) = (normal([b, h, rows, keys]), normal([b, h, rows, keys]));
+        let delta = normal([b, h, rows, 1]).cast(burn::tensor::FloatDType::F32);
+        let data = |t: Tensor<W, 4>| t.cast(burn::tensor::FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+        let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(delta.clone()), rows, start, scale);
+        let prim = |t: Tensor<W, 4>| t.into_primitive().tensor();
+        let tensor = |x| data(Tensor::<W, 4>::from_primitive(TensorPrimitive::Float(x)));
+        let p = tensor(kernels::causal_softmax(prim(s.clone()), start, scale as f32));
+        let [p2, ds] = kernels::causal_softmax_grad(prim(s), prim(dp), prim(delta), start, scale as f32).map(tensor);
+        for (name, got, want) in [("p", &p, &p_want), ("p (grad)", &p2, &p_want), ("ds", &ds, &ds_want)] {
+            let scale = want.iter().fold(1f64, |m, w| m.max(w.abs()));
+            let err = got.iter().zip(want.iter()).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+            assert!(err <= tolerance * scale, "{name}, block {rows} x {keys} from {start}: max |Δ| {err} (max |want| {scale})");
+            let future = got.iter().zip(want.iter()).filter(|(_, &w)| w == 0.0).all(|(&g, _)| g == 0.0);
+            assert!(future, "{name}: a future key is not 0");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Causal attention's softmax by rows of a block of queries, one kernel each way, for the
+//! cubecl backends (CUDA; wgpu in the tests). burn's ops take ten kernels a block forward
+//! and fourteen backward over the block's `[batch, heads, rows, keys]` scores (casts, scale,
+//! mask, max, sub, exp, sum, div, ...), each a pass through memory; on the H200 their
+//! reductions ran one thread a 4096-key row. Here a cube (128 threads) takes a row: two
+//! reductions in shared memory, then one pass that writes the output. The arithmetic is f32
+//! whatever the dtype of the scores (the products' output, bf16 on a GPU), as
+//! [`crate::attention`]'s ops do it.
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use burn::tensor::TensorMetadata;
+use cubecl::prelude::*;
+
+/// Threads a row (a power of two, for the tree reductions).
+const THREADS: usize = 128;
+
+/// Below every score (the causal mask leaves each row key 0, so a row's max is a score;
+/// WGSL takes no infinite literal).
+const LOWEST: f32 = -3.0e38;
+
+/// Max and sum of exp(x − max) of row `base..base + seen` of `s` times `scale`, reduced
+/// over the cube in `shared`.
+#[cube]
+fn row_stats<F: Float>(s: &Tensor<F>, base: usize, seen: usize, scale: f32, shared: &mut SharedMemory<f32>) -> (f32, f32) {
+    let unit = UNIT_POS_X as usize;
+    let mut m = f32::new(LOWEST);
+    let mut i = unit;
+    while i < seen {
+        m = max(m, f32::cast_from(s[base + i]) * scale);
+        i += THREADS;
+    }
+    shared[unit] = m;
+    sync_cube();
+    let mut half = CUBE_DIM_X as usize / 2;
+    while half > 0 {
+        if unit < half {
+            shared[unit] = max(shared[unit], shared[unit + half]);
+        }
+        sync_cube();
+        half /= 2;
+    }
+    let m = shared[0];
+    sync_cube();
+    let mut l = 0.0f32;
+    let mut i = unit;
+    while i < seen {
+        l += (f32::cast_from(s[base + i]) * scale - m).exp();
+        i += THREADS;
+    }
+    shared[unit] = l;
+    sync_cube();
+    let mut half = CUBE_DIM_X as usize / 2;
+    while half > 0 {
+        if unit < half {
+            shared[unit] += shared[unit + half];
+        }
+        sync_cube();
+        half /= 2;
+    }
+    let l = shared[0];
+    (m, l)
+}
+
+/// p = softmax(s·scale) over each row's keys `0..=start + row`, 0 past them. A cube a row:
+/// x the row in the block, y the (batch, head).
+#[cube(launch)]
+fn causal_softmax_kernel<F: Float>(s: &Tensor<F>, p: &mut Tensor<F>, start: u32, scale: f32, #[define(F)] _dtype: StorageType) {
+    let (rows, keys) = (s.shape(2), s.shape(3));
+    let row = CUBE_POS_X as usize;
+    let base = (CUBE_POS_Y as usize * rows + row) * keys;
+    let seen = start as usize + row + 1;
+    let mut shared = SharedMemory::<f32>::new(THREADS);
+    let (m, l) = row_stats::<F>(s, base, seen, scale, &mut shared);
+    let mut i = UNIT_POS_X as usize;
+    while i < keys {
+        let mut x = 0.0f32;
+        if i < seen {
+            x = (f32::cast_from(s[base + i]) * scale - m).exp() / l;
+        }
+        p[base + i] = F::cast_from(x);
+        i += THREADS;
+    }
+}
+
+/// p as [`causal_softmax_kernel`], and ds = p ∘ (dp − Δ) (`delta` one f32 a row).
+#[cube(launch)]
+fn causal_softmax_grad_kernel<F: Float>(s: &Tensor<F>, dp: &Tensor<F>, delta: &Tensor<f32>, p: &mut Tensor<F>, ds: &mut Tensor<F>, start: u32, scale: f32, #[define(F)] _dtype: StorageType) {
+    let (rows, keys) = (s.shape(2), s.shape(3));
+    let row = CUBE_POS_X as usize;
+    let at = CUBE_POS_Y as usize * rows + row;
+    let base = at * keys;
+    let seen = start as usize + row + 1;
+    let mut shared = SharedMemory::<f32>::new(THREADS);
+    let (m, l) = row_stats::<F>(s, base, seen, scale, &mut shared);
+    let d = delta[at];
+    let mut i = UNIT_POS_X as usize;
+    while i < keys {
+        let mut x = 0.0f32;
+        if i < seen {
+            x = (f32::cast_from(s[base + i]) * scale - m).exp() / l;
+        }
+        p[base + i] = F::cast_from(x);
+        ds[base + i] = F::cast_from(x * (f32::cast_from(dp[base + i]) - d));
+        i += THREADS;
+    }
+}
+
+/// Grid and threads for a `[batch, heads, rows, keys]` block: a cube a row.
+fn launch_dims<R: CubeRuntime>(s: &CubeTensor<R>) -> (CubeCount, CubeDim) {
+    let shape = s.meta.shape();
+    let (bh, rows) = (shape[0] * shape[1], shape[2]);
+    (CubeCount::Static(rows as u32, bh as u32, 1), CubeDim::new_1d(THREADS as u32))
+}
+
+/// softmax(s·scale) of a block of queries starting at position `start` over the keys
+/// `0..keys` (`s` `[batch, heads, rows, keys]`, query `start + r` sees keys `0..=start + r`),
+/// in `s`'s dtype.
+pub fn causal_softmax<R: CubeRuntime>(s: CubeTensor<R>, start: usize, scale: f32) -> CubeTensor<R> {
+    let s = into_contiguous(s);
+    let p = empty_device_dtype::<R>(s.client.clone(), s.device.clone(), s.shape(), s.dtype);
+    let (count, dim) = launch_dims(&s);
+    let dtype = s.dtype;
+    causal_softmax_kernel::launch::<R>(&s.client.clone(), count, dim, s.into_tensor_arg(), p.clone().into_tensor_arg(), start as u32, scale, dtype.into());
+    p
+}
+
+/// [`causal_softmax`]'s `p` and the scores' gradient p ∘ (dp − Δ) from the probabilities'
+/// gradient `dp` (as `s`) and `delta` (`[batch, heads, rows, 1]` f32: rowsum(dO ∘ O)),
+/// both in `s`'s dtype.
+pub fn causal_softmax_grad<R: CubeRuntime>(s: CubeTensor<R>, dp: CubeTensor<R>, delta: CubeTensor<R>, start: usize, scale: f32) -> [CubeTensor<R>; 2] {
+    let (s, dp, delta) = (into_contiguous(s), into_contiguous(dp), into_contiguous(delta));
+    let empty = || empty_device_dtype::<R>(s.client.clone(), s.device.clone(), s.shape(), s.dtype);
+    let (p, ds) = (empty(), empty());
+    let (count, dim) = launch_dims(&s);
+    let dtype = s.dtype;
+    let client = s.client.clone();
+    causal_softmax_grad_kernel::launch::<R>(&client, count, dim, s.into_tensor_arg(), dp.into_tensor_arg(), delta.into_tensor_arg(), p.clone().into_tensor_arg(), ds.clone().into_tensor_arg(), start as u32, scale, dtype.into());
+    [p, ds]
+}
