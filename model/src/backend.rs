@@ -61,6 +61,28 @@ pub trait ModelBackend: Backend {
         by_ops::causal_softmax_grad::<Self>(s, dp, delta, start, scale)
     }
 
+    /// RMSNorm of each row of `x` (`[rows, n]`, any dtype) with gain `gain` (`[n]`, f32):
+    /// f32 ([`crate::norm`]).
+    fn rms_norm(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        by_ops::rms_norm::<Self>(x, gain, eps)
+    }
+
+    /// [`Self::rms_norm`]'s gradients of `x` (in its dtype) and of the gain (`[n]`, f32)
+    /// from the output's gradient `dy` (f32).
+    fn rms_norm_backward(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
+        by_ops::rms_norm_backward::<Self>(x, gain, eps, dy)
+    }
+
+    /// silu(gate) ∘ up over `[rows, n]`, in their dtype ([`crate::swiglu`]).
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        by_ops::swiglu::<Self>(gate, up)
+    }
+
+    /// [`Self::swiglu`]'s gradients of `gate` and `up` from the output's `d_out`.
+    fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
+        by_ops::swiglu_backward::<Self>(gate, up, d_out)
+    }
+
     /// softmax over the last dimension (the attention backward's probabilities).
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let x = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
@@ -103,8 +125,7 @@ pub trait ModelBackend: Backend {
     /// `cos`, `sin` `[batch, seq, 1, head_dim]` (their halves equal, as [`crate::rope::Rope`]
     /// makes them).
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
-        let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
-        crate::rope::apply_rotary(f(x), f(cos), f(sin)).into_primitive().tensor()
+        by_ops::rotary::<Self>(x, cos, sin)
     }
 
     /// log p(target) and the entropy of p for each row of `hidden` (`[n, hidden]`), p =
@@ -183,10 +204,35 @@ impl ModelBackend for burn::backend::Flex {
     }
 }
 
-/// [`ModelBackend`]'s attention softmax by burn's ops ([`crate::attention`]), which a
-/// backend's own kernels may fall back to.
+/// The defaults of [`ModelBackend`]'s element-wise ops, by burn's ops, which a backend's
+/// own kernels may fall back to.
 mod by_ops {
     use super::*;
+
+    fn f<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(x))
+    }
+
+    pub fn rms_norm<B: ModelBackend>(x: FloatTensor<B>, gain: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+        crate::norm::forward_by_ops::<B>(f(x), f(gain), eps).into_primitive().tensor()
+    }
+
+    pub fn rms_norm_backward<B: ModelBackend>(x: FloatTensor<B>, gain: FloatTensor<B>, eps: f64, dy: FloatTensor<B>) -> [FloatTensor<B>; 2] {
+        let (dx, dgain) = crate::norm::backward_by_ops::<B>(f(x), f(gain), eps, f(dy));
+        [dx.into_primitive().tensor(), dgain.into_primitive().tensor()]
+    }
+
+    pub fn swiglu<B: ModelBackend>(gate: FloatTensor<B>, up: FloatTensor<B>) -> FloatTensor<B> {
+        crate::swiglu::forward_by_ops::<B, 2>(f(gate), f(up)).into_primitive().tensor()
+    }
+
+    pub fn swiglu_backward<B: ModelBackend>(gate: FloatTensor<B>, up: FloatTensor<B>, d_out: FloatTensor<B>) -> [FloatTensor<B>; 2] {
+        crate::swiglu::backward_by_ops::<B, 2>(f(gate), f(up), f(d_out)).map(|t| t.into_primitive().tensor())
+    }
+
+    pub fn rotary<B: ModelBackend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTensor<B>) -> FloatTensor<B> {
+        crate::rope::apply_rotary::<B>(f(x), f(cos), f(sin)).into_primitive().tensor()
+    }
 
     pub fn causal_softmax<B: ModelBackend>(s: FloatTensor<B>, start: usize, scale: f64) -> FloatTensor<B> {
         let s = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(s));
@@ -242,7 +288,7 @@ impl ModelBackend for burn::backend::Cuda<f32> {
 
     /// A kernel a block ([`kernels::causal_softmax`]) rather than ten of burn's.
     fn causal_softmax(s: FloatTensor<Self>, start: usize, scale: f64) -> FloatTensor<Self> {
-        match crate::attention_kernels() {
+        match crate::own_kernels() {
             true => kernels::causal_softmax(s, start, scale as f32),
             false => by_ops::causal_softmax::<Self>(s, start, scale),
         }
@@ -250,9 +296,44 @@ impl ModelBackend for burn::backend::Cuda<f32> {
 
     /// A kernel a block ([`kernels::causal_softmax_grad`]) rather than fourteen of burn's.
     fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, delta: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {
-        match crate::attention_kernels() {
+        match crate::own_kernels() {
             true => kernels::causal_softmax_grad(s, dp, delta, start, scale as f32),
             false => by_ops::causal_softmax_grad::<Self>(s, dp, delta, start, scale),
+        }
+    }
+
+    fn rms_norm(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        match crate::own_kernels() {
+            true => kernels::rms_norm(x, gain, eps as f32),
+            false => by_ops::rms_norm::<Self>(x, gain, eps),
+        }
+    }
+
+    fn rms_norm_backward(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
+        match crate::own_kernels() {
+            true => kernels::rms_norm_backward(x, gain, eps as f32, dy),
+            false => by_ops::rms_norm_backward::<Self>(x, gain, eps, dy),
+        }
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        match crate::own_kernels() {
+            true => kernels::swiglu(gate, up),
+            false => by_ops::swiglu::<Self>(gate, up),
+        }
+    }
+
+    fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
+        match crate::own_kernels() {
+            true => kernels::swiglu_backward(gate, up, d_out),
+            false => by_ops::swiglu_backward::<Self>(gate, up, d_out),
+        }
+    }
+
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        match crate::own_kernels() {
+            true => kernels::rotary(x, cos, sin),
+            false => by_ops::rotary::<Self>(x, cos, sin),
         }
     }
 }
@@ -262,6 +343,7 @@ mod cuda;
 
 #[cfg(any(feature = "cuda", feature = "wgpu-kernels"))]
 pub mod kernels;
+
 
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -278,6 +360,14 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
 
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::rope::autodiff::<B, C>(x, cos, sin)
+    }
+
+    fn rms_norm(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        crate::norm::autodiff::<B, C>(x, gain, eps)
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::swiglu::autodiff::<B, C>(gate, up)
     }
 }
 

@@ -10,9 +10,11 @@ pub mod generate;
 mod lanes;
 pub mod lm_head;
 pub mod matmul;
+pub mod norm;
 pub mod qwen3;
 pub mod rope;
 pub mod sampling;
+pub mod swiglu;
 pub mod tokenizer;
 
 pub use backend::{ModelBackend, TrainingBackend};
@@ -47,7 +49,7 @@ pub const BACKEND_NAME: &str = match (ON_GPU, cfg!(feature = "fusion"), cfg!(fea
     (false, _, _) => "burn-flex",
 };
 
-/// Whether this build has CUDA kernels of its own (`backend/cuda.rs`, `backend/kernels.rs`;
+/// Whether this build has CUDA kernels of its own (`backend/cuda.rs`, `backend/kernels/`;
 /// not under fusion, whose tensors are its own).
 const OWN_KERNELS: bool = cfg!(all(feature = "cuda", not(feature = "fusion")));
 
@@ -63,16 +65,16 @@ pub fn pinned_matmul() -> bool {
     unless_off("MODEL_PINNED_MATMUL", &ON)
 }
 
-/// Whether CUDA's training attention takes its softmax by rows in a kernel each way
-/// (`backend/kernels.rs`): yes unless `MODEL_ATTENTION_KERNELS=0` (burn's ops).
-pub fn attention_kernels() -> bool {
+/// Whether CUDA runs attention's softmax, RMSNorm, silu(gate) ∘ up and RoPE on kernels of
+/// its own, one each way (`backend/kernels/`): yes unless `MODEL_OWN_KERNELS=0` (burn's ops).
+pub fn own_kernels() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    unless_off("MODEL_ATTENTION_KERNELS", &ON)
+    unless_off("MODEL_OWN_KERNELS", &ON)
 }
 
 /// [`BACKEND_NAME`], and which of this build's own kernels are turned off.
 pub fn backend_label() -> String {
-    let off = [(pinned_matmul(), ", burn matmul"), (attention_kernels(), ", burn softmax")];
+    let off = [(pinned_matmul(), ", burn matmul"), (own_kernels(), ", burn ops")];
     let off: String = off.iter().filter(|(on, _)| OWN_KERNELS && !on).map(|(_, what)| *what).collect();
     format!("{BACKEND_NAME}{off}")
 }

@@ -9,7 +9,8 @@ use burn::module::{AutodiffModule, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, silu};
+use crate::swiglu::swiglu;
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{FloatDType, TensorPrimitive};
 
 /// Precision of the matmuls and attention. `Bf16` follows `torch.autocast(bfloat16)`:
@@ -88,10 +89,8 @@ fn proj<B: ModelBackend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>, dtype: 
 }
 
 /// RMSNorm in f32 whatever the input's and the gain's dtypes (Qwen3RMSNorm's upcast).
-fn norm<B: Backend, const D: usize>(n: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    let x = to(x, FloatDType::F32);
-    let rms = (x.clone().square().mean_dim(D - 1) + n.epsilon).sqrt();
-    (x / rms) * to(n.gamma.val(), FloatDType::F32).unsqueeze()
+fn norm<B: ModelBackend, const D: usize>(n: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    crate::norm::rms_norm(x, n.gamma.val(), n.epsilon)
 }
 
 #[derive(Module, Debug)]
@@ -370,7 +369,7 @@ pub(crate) fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 
 impl<B: ModelBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, dt: FloatDType) -> Tensor<B, 3> {
         let x = to(x, dt); // once for both projections
-        proj(&self.down_proj, silu(proj(&self.gate_proj, x.clone(), dt)) * proj(&self.up_proj, x, dt), dt)
+        proj(&self.down_proj, swiglu(proj(&self.gate_proj, x.clone(), dt), proj(&self.up_proj, x, dt)), dt)
     }
 }
 

@@ -1083,3 +1083,111 @@ fn softmax_kernels_in(dtype: burn::tensor::FloatDType, tolerance: f64) {
         }
     }
 }
+
+#[test]
+fn norm_and_swiglu_ops_match_burns_autodiff() {
+    // RMSNorm and silu(gate) ∘ up as ops with their backward written out (which a backend
+    // may run as one kernel each way) against burn's autodiff through the plain
+    // expressions: outputs and every input's gradient; the norm also from a bf16 input (q
+    // and k are normed from the bf16 projections; its gradient comes back in bf16).
+    use burn::tensor::activation::silu;
+    use burn::tensor::FloatDType::{BF16, F32};
+    type A = burn::backend::Autodiff<B>;
+    let device = Default::default();
+    <A as Backend>::seed(&device, 13);
+    let normal = |shape: [usize; 4]| Tensor::<A, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let data = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
+    let close = |name: &str, a: &[f32], b: &[f32], tol: f32| {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0f32, f32::max);
+        assert!(a.len() == b.len() && worst <= tol, "{name}: max relative |Δ| {worst}");
+    };
+    let (x, w) = (normal([2, 5, 3, 16]).require_grad(), normal([2, 5, 3, 16]));
+    let gain = (Tensor::<A, 1>::random([16], burn::tensor::Distribution::Normal(1.0, 0.3), &device)).require_grad();
+    for (dtype, tol) in [(F32, 1e-5), (BF16, 1e-5)] {
+        let eps = 1e-6;
+        let norms: [&dyn Fn(Tensor<A, 4>) -> Tensor<A, 4>; 2] = [&|x| model::norm::rms_norm(x, gain.clone(), eps), &|x| {
+            let x = x.cast(F32);
+            let rms = (x.clone().square().mean_dim(3) + eps).sqrt();
+            (x / rms) * gain.clone().unsqueeze::<4>()
+        }];
+        let [ours, burns] = norms.map(|f| {
+            let out = f(x.clone().cast(dtype));
+            let g = (out.clone() * w.clone()).sum().backward();
+            (data(out.inner()), data(x.grad(&g).unwrap()), gain.grad(&g).unwrap().into_data().to_vec::<f32>().unwrap())
+        });
+        close(&format!("norm {dtype:?}: output"), &ours.0, &burns.0, tol);
+        close(&format!("norm {dtype:?}: d x"), &ours.1, &burns.1, if dtype == BF16 { 8e-3 } else { tol });
+        close(&format!("norm {dtype:?}: d gain"), &ours.2, &burns.2, 1e-4);
+    }
+    let (gate, up) = (normal([2, 5, 3, 16]).mul_scalar(3.0).require_grad(), normal([2, 5, 3, 16]).require_grad());
+    let acts: [&dyn Fn(Tensor<A, 4>, Tensor<A, 4>) -> Tensor<A, 4>; 2] = [&|g, u| model::swiglu::swiglu(g, u), &|g, u| silu(g) * u];
+    let [ours, burns] = acts.map(|f| {
+        let out = f(gate.clone(), up.clone());
+        let g = (out.clone() * w.clone()).sum().backward();
+        [data(out.inner()), data(gate.grad(&g).unwrap()), data(up.grad(&g).unwrap())]
+    });
+    for (name, (a, b)) in ["swiglu: output", "swiglu: d gate", "swiglu: d up"].iter().zip(ours.iter().zip(&burns)) {
+        close(name, a, b, 1e-5);
+    }
+}
+
+#[cfg(feature = "wgpu-kernels")]
+#[test]
+fn norm_swiglu_and_rope_kernels_match_the_ops_they_replace() {
+    // The CUDA build's kernels for RMSNorm (forward, backward), silu(gate) ∘ up (forward,
+    // backward) and RoPE, run on wgpu (lavapipe), against the ops they replace
+    // (`model::norm`, `model::swiglu`, `model::rope`: tested against burn's autodiff above)
+    // on Flex from the same values: f32 to f32 precision, f16 within f16's rounding of the
+    // results. Rows shorter and longer than a cube's 128 threads, and more rows than a grid
+    // dimension holds (65,535).
+    use burn::tensor::FloatDType::{self, F16, F32};
+    use burn::tensor::TensorPrimitive;
+    use model::backend::kernels;
+    type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+    let (gpu, cpu) = (cubecl::wgpu::WgpuDevice::default(), Default::default());
+    W::seed(&gpu, 17);
+    let normal = |shape: Vec<usize>, dtype: FloatDType| Tensor::<W, 1>::random([shape.iter().product::<usize>()], burn::tensor::Distribution::Normal(0.0, 2.0), &gpu).cast(dtype);
+    let host = |t: Tensor<W, 1>| t.cast(F32).into_data().to_vec::<f32>().unwrap();
+    let on_cpu = |v: &[f32], _: &[usize]| Tensor::<B, 1>::from_floats(v, &cpu);
+    let kernel_out = |x: burn::tensor::ops::FloatTensor<W>| host(Tensor::<W, 1>::from_primitive(TensorPrimitive::Float(x)).reshape([-1]));
+    let check = |name: String, got: Vec<f32>, want: Vec<f32>, tol: f32| {
+        let scale = want.iter().fold(1f32, |m, w| m.max(w.abs()));
+        let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+        assert!(got.len() == want.len() && err <= tol * scale, "{name}: max |Δ| {err} (max |want| {scale})");
+    };
+    let prim = |t: Tensor<W, 1>, shape: &[usize]| <W as burn::tensor::ops::FloatTensorOps<W>>::float_reshape(t.into_primitive().tensor(), shape.to_vec().into());
+    for (dtype, tol) in [(F32, 2e-6), (F16, 1e-3)] {
+        for [rows, n] in [[300, 96], [5, 1030], [70_000, 4]] {
+            let (x, dy) = (normal(vec![rows * n], dtype), normal(vec![rows * n], F32));
+            let gain = normal(vec![n], F32).add_scalar(1.0);
+            let (xv, dyv, gv) = (host(x.clone()), host(dy.clone()), host(gain.clone()));
+            let x2 = |v: &[f32]| on_cpu(v, &[]).reshape([rows, n]);
+            let want_y = model::norm::forward_by_ops(x2(&xv), on_cpu(&gv, &[]), 1e-6);
+            let (want_dx, want_dgain) = model::norm::backward_by_ops(x2(&xv), on_cpu(&gv, &[]), 1e-6, x2(&dyv));
+            let flat = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().unwrap();
+            let y = kernel_out(kernels::rms_norm(prim(x.clone(), &[rows, n]), gain.clone().into_primitive().tensor(), 1e-6));
+            let [dx, dgain] = kernels::rms_norm_backward(prim(x, &[rows, n]), gain.into_primitive().tensor(), 1e-6, prim(dy, &[rows, n])).map(kernel_out);
+            let what = format!("norm {dtype:?} {rows} x {n}");
+            check(format!("{what}: y"), y, flat(want_y), 2e-6);
+            check(format!("{what}: dx"), dx, flat(want_dx), tol);
+            check(format!("{what}: d gain"), dgain, want_dgain.into_data().to_vec::<f32>().unwrap(), 1e-4);
+        }
+        let shape = [37, 1000];
+        let (gate, up, d_out) = (normal(shape.to_vec(), dtype), normal(shape.to_vec(), dtype), normal(shape.to_vec(), dtype));
+        let (gv, uv, dv) = (host(gate.clone()), host(up.clone()), host(d_out.clone()));
+        let c = |v: &[f32]| on_cpu(v, &[]).reshape(shape);
+        let flat = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().unwrap();
+        let want = flat(model::swiglu::forward_by_ops(c(&gv), c(&uv)));
+        let [want_dg, want_du] = model::swiglu::backward_by_ops(c(&gv), c(&uv), c(&dv)).map(flat);
+        check(format!("swiglu {dtype:?}"), kernel_out(kernels::swiglu(prim(gate.clone(), &shape), prim(up.clone(), &shape))), want, tol);
+        let [dg, du] = kernels::swiglu_backward(prim(gate, &shape), prim(up, &shape), prim(d_out, &shape)).map(kernel_out);
+        check(format!("swiglu {dtype:?}: d gate"), dg, want_dg, tol);
+        check(format!("swiglu {dtype:?}: d up"), du, want_du, tol);
+        let (xs, cs) = ([2, 7, 3, 16], [2, 7, 1, 16]);
+        let (x, cos, sin) = (normal(xs.to_vec(), dtype), normal(cs.to_vec(), dtype), normal(cs.to_vec(), dtype));
+        let (xv, cv, sv) = (host(x.clone()), host(cos.clone()), host(sin.clone()));
+        let want = model::rope::apply_rotary(on_cpu(&xv, &[]).reshape(xs), on_cpu(&cv, &[]).reshape(cs), on_cpu(&sv, &[]).reshape(cs));
+        let got = kernel_out(kernels::rotary(prim(x, &xs), prim(cos, &cs), prim(sin, &cs)));
+        check(format!("rope {dtype:?}"), got, want.into_data().to_vec::<f32>().unwrap(), tol);
+    }
+}

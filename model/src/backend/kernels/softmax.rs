@@ -1,66 +1,33 @@
-//! Causal attention's softmax by rows of a block of queries, one kernel each way, for the
-//! cubecl backends (CUDA; wgpu in the tests). burn's ops take ten kernels a block forward
-//! and fourteen backward over the block's `[batch, heads, rows, keys]` scores (casts, scale,
-//! mask, max, sub, exp, sum, div, ...), each a pass through memory; on the H200 their
-//! reductions ran one thread a 4096-key row. Here a cube (128 threads) takes a row: two
-//! reductions in shared memory, then one pass that writes the output. The arithmetic is f32
-//! whatever the dtype of the scores (the products' output, bf16 on a GPU), as
-//! [`crate::attention`]'s ops do it.
+//! Causal attention's softmax by rows of a block of queries, one kernel each way. burn's
+//! ops take ten kernels a block forward and fourteen backward over the block's `[batch,
+//! heads, rows, keys]` scores (casts, scale, mask, max, sub, exp, sum, div, ...); on the
+//! H200 their reductions ran a thread a 4096-key row. Here a cube a row: two reductions,
+//! then one pass that writes the output.
+use super::{cube_max, cube_sum, LOWEST, THREADS};
+use burn::tensor::TensorMetadata;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
-use burn::tensor::TensorMetadata;
 use cubecl::prelude::*;
 
-/// Threads a row (a power of two, for the tree reductions).
-const THREADS: usize = 128;
-
-/// Below every score (the causal mask leaves each row key 0, so a row's max is a score;
-/// WGSL takes no infinite literal).
-const LOWEST: f32 = -3.0e38;
-
-/// Max and sum of exp(x − max) of row `base..base + seen` of `s` times `scale`, reduced
-/// over the cube in `shared`.
+/// Max and sum of exp(x − max) of row `base..base + seen` of `s` times `scale`.
 #[cube]
 fn row_stats<F: Float>(s: &Tensor<F>, base: usize, seen: usize, scale: f32, shared: &mut SharedMemory<f32>) -> (f32, f32) {
-    let unit = UNIT_POS_X as usize;
     let mut m = f32::new(LOWEST);
-    let mut i = unit;
+    let mut i = UNIT_POS_X as usize;
     while i < seen {
         m = max(m, f32::cast_from(s[base + i]) * scale);
         i += THREADS;
     }
-    shared[unit] = m;
-    sync_cube();
-    let mut half = CUBE_DIM_X as usize / 2;
-    while half > 0 {
-        if unit < half {
-            shared[unit] = max(shared[unit], shared[unit + half]);
-        }
-        sync_cube();
-        half /= 2;
-    }
-    let m = shared[0];
-    sync_cube();
+    let m = cube_max(m, shared);
     let mut l = 0.0f32;
-    let mut i = unit;
+    let mut i = UNIT_POS_X as usize;
     while i < seen {
         l += (f32::cast_from(s[base + i]) * scale - m).exp();
         i += THREADS;
     }
-    shared[unit] = l;
-    sync_cube();
-    let mut half = CUBE_DIM_X as usize / 2;
-    while half > 0 {
-        if unit < half {
-            shared[unit] += shared[unit + half];
-        }
-        sync_cube();
-        half /= 2;
-    }
-    let l = shared[0];
-    (m, l)
+    (m, cube_sum(l, shared))
 }
 
 /// p = softmax(s·scale) over each row's keys `0..=start + row`, 0 past them. A cube a row:
