@@ -174,6 +174,25 @@ impl ModelBackend for burn::backend::Flex {
         flex::rotary(x, cos, sin)
     }
 
+    /// f32: a row a task ([`flex::rms_norm`]); else burn's ops.
+    fn rms_norm(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        flex::rms_norm(x, gain, eps)
+    }
+
+    /// f32: blocks of rows a task ([`flex::rms_norm_backward`]); else burn's ops.
+    fn rms_norm_backward(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
+        flex::rms_norm_backward(x, gain, eps, dy)
+    }
+
+    /// f32: an element at a time on every core with the vectorized exp; else burn's ops.
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex::swiglu(gate, up)
+    }
+
+    fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
+        flex::swiglu_backward(gate, up, d_out)
+    }
+
     /// A row a pass, with an exp the compiler vectorizes (Flex's calls libm's, one value
     /// at a time: a tenth of a tiny SFT step).
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -343,7 +362,6 @@ mod cuda;
 
 #[cfg(any(feature = "cuda", feature = "wgpu-kernels"))]
 pub mod kernels;
-
 
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {

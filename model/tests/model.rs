@@ -1087,9 +1087,10 @@ fn softmax_kernels_in(dtype: burn::tensor::FloatDType, tolerance: f64) {
 #[test]
 fn norm_and_swiglu_ops_match_burns_autodiff() {
     // RMSNorm and silu(gate) ∘ up as ops with their backward written out (which a backend
-    // may run as one kernel each way) against burn's autodiff through the plain
-    // expressions: outputs and every input's gradient; the norm also from a bf16 input (q
-    // and k are normed from the bf16 projections; its gradient comes back in bf16).
+    // may run as one kernel each way: Flex does in f32) against burn's autodiff through the
+    // plain expressions: outputs and every input's gradient, through the model's ops and
+    // by the default tensor ops; the norm also from a bf16 input (q and k are normed from
+    // the bf16 projections; its gradient comes back in bf16).
     use burn::tensor::activation::silu;
     use burn::tensor::FloatDType::{BF16, F32};
     type A = burn::backend::Autodiff<B>;
@@ -1118,6 +1119,14 @@ fn norm_and_swiglu_ops_match_burns_autodiff() {
         close(&format!("norm {dtype:?}: output"), &ours.0, &burns.0, tol);
         close(&format!("norm {dtype:?}: d x"), &ours.1, &burns.1, if dtype == BF16 { 8e-3 } else { tol });
         close(&format!("norm {dtype:?}: d gain"), &ours.2, &burns.2, 1e-4);
+        // The ops by burn's tensor ops (the default; Flex runs kernels of its own in f32).
+        let rows = |t: Tensor<A, 4>| t.inner().cast(dtype).reshape([30, 16]);
+        let by_ops = model::norm::forward_by_ops(rows(x.clone()), gain.clone().inner(), eps);
+        let (dx, dgain) = model::norm::backward_by_ops(rows(x.clone()), gain.clone().inner(), eps, w.clone().inner().reshape([30, 16]));
+        let flat = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        close(&format!("norm by ops {dtype:?}: output"), &flat(by_ops), &burns.0, tol);
+        close(&format!("norm by ops {dtype:?}: d x"), &flat(dx), &burns.1, if dtype == BF16 { 8e-3 } else { tol });
+        close(&format!("norm by ops {dtype:?}: d gain"), &dgain.into_data().to_vec::<f32>().unwrap(), &burns.2, 1e-4);
     }
     let (gate, up) = (normal([2, 5, 3, 16]).mul_scalar(3.0).require_grad(), normal([2, 5, 3, 16]).require_grad());
     let acts: [&dyn Fn(Tensor<A, 4>, Tensor<A, 4>) -> Tensor<A, 4>; 2] = [&|g, u| model::swiglu::swiglu(g, u), &|g, u| silu(g) * u];
@@ -1126,7 +1135,13 @@ fn norm_and_swiglu_ops_match_burns_autodiff() {
         let g = (out.clone() * w.clone()).sum().backward();
         [data(out.inner()), data(gate.grad(&g).unwrap()), data(up.grad(&g).unwrap())]
     });
+    let by_ops = model::swiglu::forward_by_ops(gate.clone().inner(), up.clone().inner());
+    let [d_gate, d_up] = model::swiglu::backward_by_ops(gate.clone().inner(), up.clone().inner(), w.clone().inner());
+    let by_ops = [data(by_ops), data(d_gate), data(d_up)];
     for (name, (a, b)) in ["swiglu: output", "swiglu: d gate", "swiglu: d up"].iter().zip(ours.iter().zip(&burns)) {
+        close(name, a, b, 1e-5);
+    }
+    for (name, (a, b)) in ["swiglu by ops: output", "swiglu by ops: d gate", "swiglu by ops: d up"].iter().zip(by_ops.iter().zip(&burns)) {
         close(name, a, b, 1e-5);
     }
 }

@@ -281,3 +281,98 @@ pub(super) fn rotary(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTen
     });
     FlexTensor::from_data(TensorData::new(out, [b, t, h, d]))
 }
+
+/// The rows of `x` and `gain` as f32 slices' owners, when both are f32 (`[rows, n]`, `[n]`).
+fn f32_rows(x: &FlexTensor, gain: &FlexTensor) -> bool {
+    x.dtype() == DType::F32 && gain.dtype() == DType::F32
+}
+
+/// 1 / rms of a row (eps as the ops add it, in f32).
+fn inverse_rms(x: &[f32], eps: f64) -> f32 {
+    1.0 / (dot(x, x) / x.len() as f32 + eps as f32).sqrt()
+}
+
+/// [`super::ModelBackend::rms_norm`] for f32: a row a task, one pass for its sum of
+/// squares and one to write (burn's ops: six passes, each op on one thread).
+pub(super) fn rms_norm(x: FlexTensor, gain: FlexTensor, eps: f64) -> FlexTensor {
+    if !f32_rows(&x, &gain) {
+        return super::by_ops::rms_norm::<Flex>(x, gain, eps);
+    }
+    let [rows, n] = x.layout().shape().dims();
+    let (x, gain) = (x.to_contiguous(), gain.to_contiguous());
+    let (xs, g) = (x.storage::<f32>(), gain.storage::<f32>());
+    let mut out = vec![0f32; rows * n];
+    out.par_chunks_mut(n.max(1)).zip(xs.par_chunks(n.max(1))).for_each(|(o, x)| {
+        let r = inverse_rms(x, eps);
+        o.iter_mut().zip(x).zip(g).for_each(|((o, x), g)| *o = x * r * g);
+    });
+    FlexTensor::from_data(TensorData::new(out, [rows, n]))
+}
+
+/// [`super::ModelBackend::rms_norm_backward`] for f32: blocks of rows a task, each
+/// writing its rows' dx and summing its own part of the gain's gradient; the parts are
+/// added in order, so the numbers do not depend on the thread count.
+pub(super) fn rms_norm_backward(x: FlexTensor, gain: FlexTensor, eps: f64, dy: FlexTensor) -> [FlexTensor; 2] {
+    if !f32_rows(&x, &gain) || dy.dtype() != DType::F32 {
+        return super::by_ops::rms_norm_backward::<Flex>(x, gain, eps, dy);
+    }
+    const ROWS: usize = 64;
+    let [rows, n] = x.layout().shape().dims();
+    let (x, gain, dy) = (x.to_contiguous(), gain.to_contiguous(), dy.to_contiguous());
+    let (xs, g, dys) = (x.storage::<f32>(), gain.storage::<f32>(), dy.storage::<f32>());
+    let block = (ROWS * n).max(1);
+    let mut dx = vec![0f32; rows * n];
+    let parts: Vec<Vec<f32>> = dx.par_chunks_mut(block).zip(xs.par_chunks(block)).zip(dys.par_chunks(block)).map(|((dx, x), dy)| {
+        let mut dg = vec![0f32; n];
+        for ((dx, x), dy) in dx.chunks_mut(n).zip(x.chunks(n)).zip(dy.chunks(n)) {
+            let r = inverse_rms(x, eps);
+            let mean = x.iter().zip(dy).zip(g).map(|((x, dy), g)| dy * g * x * r).sum::<f32>() / n as f32;
+            for i in 0..n {
+                let xhat = x[i] * r;
+                dx[i] = r * (dy[i] * g[i] - xhat * mean);
+                dg[i] += dy[i] * xhat;
+            }
+        }
+        dg
+    }).collect();
+    let dgain = parts.iter().fold(vec![0f32; n], |mut sum, part| {
+        sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+        sum
+    });
+    [FlexTensor::from_data(TensorData::new(dx, [rows, n])), FlexTensor::from_data(TensorData::new(dgain, [n]))]
+}
+
+/// silu(gate) ∘ up for f32, an element at a time on every core (burn's ops: three passes,
+/// libm's exp).
+pub(super) fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+    if gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
+        return super::by_ops::swiglu::<Flex>(gate, up);
+    }
+    let shape = gate.layout().shape().clone();
+    let (gate, up) = (gate.to_contiguous(), up.to_contiguous());
+    let mut out = vec![0f32; shape.num_elements()];
+    out.par_chunks_mut(4096).zip(gate.storage::<f32>().par_chunks(4096)).zip(up.storage::<f32>().par_chunks(4096)).for_each(|((o, g), u)| {
+        o.iter_mut().zip(g).zip(u).for_each(|((o, g), u)| *o = g / (1.0 + lanes::exp(-g)) * u);
+    });
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// [`super::ModelBackend::swiglu_backward`] for f32, as [`swiglu`].
+pub(super) fn swiglu_backward(gate: FlexTensor, up: FlexTensor, d_out: FlexTensor) -> [FlexTensor; 2] {
+    if [&gate, &up, &d_out].iter().any(|t| t.dtype() != DType::F32) {
+        return super::by_ops::swiglu_backward::<Flex>(gate, up, d_out);
+    }
+    let shape = gate.layout().shape().clone();
+    let (gate, up, d_out) = (gate.to_contiguous(), up.to_contiguous(), d_out.to_contiguous());
+    let n = shape.num_elements();
+    let (mut d_gate, mut d_up) = (vec![0f32; n], vec![0f32; n]);
+    let inputs = gate.storage::<f32>().par_chunks(4096).zip(up.storage::<f32>().par_chunks(4096)).zip(d_out.storage::<f32>().par_chunks(4096));
+    d_gate.par_chunks_mut(4096).zip(d_up.par_chunks_mut(4096)).zip(inputs).for_each(|((dg, du), ((g, u), d))| {
+        for i in 0..g.len() {
+            let s = 1.0 / (1.0 + lanes::exp(-g[i]));
+            dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+            du[i] = d[i] * g[i] * s;
+        }
+    });
+    [FlexTensor::from_data(TensorData::new(d_gate, shape.clone())), FlexTensor::from_data(TensorData::new(d_up, shape))]
+}

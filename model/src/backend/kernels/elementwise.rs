@@ -57,6 +57,9 @@ fn empty_like<R: CubeRuntime>(t: &CubeTensor<R>) -> CubeTensor<R> {
 pub fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
     let (gate, up) = (into_contiguous(gate), into_contiguous(up));
     let out = empty_like(&gate);
+    if out.meta.num_elements() == 0 {
+        return out;
+    }
     let (count, dim) = element_grid(&out, out.meta.num_elements());
     let (client, dtype) = (out.client.clone(), out.dtype);
     swiglu_kernel::launch::<R>(&client, count, dim, gate.into_tensor_arg(), up.into_tensor_arg(), out.clone().into_tensor_arg(), dtype.into());
@@ -67,6 +70,9 @@ pub fn swiglu<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTen
 pub fn swiglu_backward<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>, d_out: CubeTensor<R>) -> [CubeTensor<R>; 2] {
     let (gate, up, d_out) = (into_contiguous(gate), into_contiguous(up), into_contiguous(d_out));
     let (d_gate, d_up) = (empty_like(&gate), empty_like(&gate));
+    if gate.meta.num_elements() == 0 {
+        return [d_gate, d_up];
+    }
     let (count, dim) = element_grid(&gate, gate.meta.num_elements());
     let (client, dtype) = (gate.client.clone(), gate.dtype);
     swiglu_grad_kernel::launch::<R>(&client, count, dim, gate.into_tensor_arg(), up.into_tensor_arg(), d_out.into_tensor_arg(), d_gate.clone().into_tensor_arg(), d_up.clone().into_tensor_arg(), dtype.into());
@@ -78,6 +84,9 @@ pub fn swiglu_backward<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>, d
 pub fn rotary<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>) -> CubeTensor<R> {
     let (x, cos, sin) = (into_contiguous(x), into_contiguous(cos), into_contiguous(sin));
     let out = empty_like(&x);
+    if out.meta.num_elements() == 0 {
+        return out;
+    }
     let (count, dim) = element_grid(&out, out.meta.num_elements());
     let (client, dtype) = (out.client.clone(), out.dtype);
     rotary_kernel::launch::<R>(&client, count, dim, x.into_tensor_arg(), cos.into_tensor_arg(), sin.into_tensor_arg(), out.clone().into_tensor_arg(), dtype.into());

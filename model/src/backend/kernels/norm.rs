@@ -118,6 +118,9 @@ pub fn column_sums<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
 pub fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, gain: CubeTensor<R>, eps: f32) -> CubeTensor<R> {
     let (x, gain) = (into_contiguous(x), into_contiguous(gain));
     let y = empty_device_dtype::<R>(x.client.clone(), x.device.clone(), x.shape(), DType::F32);
+    if y.meta.num_elements() == 0 {
+        return y;
+    }
     let (count, dim) = row_grid(&x, x.meta.shape()[0]);
     let (client, dtype) = (x.client.clone(), x.dtype);
     rms_norm_kernel::launch::<R>(&client, count, dim, x.into_tensor_arg(), gain.into_tensor_arg(), y.clone().into_tensor_arg(), eps, dtype.into());
@@ -130,6 +133,10 @@ pub fn rms_norm_backward<R: CubeRuntime>(x: CubeTensor<R>, gain: CubeTensor<R>, 
     let shape: Shape = x.shape();
     let dx = empty_device_dtype::<R>(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
     let dy_xhat = empty_device_dtype::<R>(x.client.clone(), x.device.clone(), shape, DType::F32);
+    if dx.meta.num_elements() == 0 {
+        let dgain = burn_cubecl::ops::numeric::zeros_client::<R>(x.client.clone(), x.device.clone(), gain.shape(), DType::F32);
+        return [dx, dgain];
+    }
     let (count, dim) = row_grid(&x, x.meta.shape()[0]);
     let (client, dtype) = (x.client.clone(), x.dtype);
     rms_norm_grad_kernel::launch::<R>(&client, count, dim, x.into_tensor_arg(), gain.into_tensor_arg(), dy.into_tensor_arg(), dx.clone().into_tensor_arg(), dy_xhat.clone().into_tensor_arg(), eps, dtype.into());

@@ -87,6 +87,9 @@ fn launch_dims<R: CubeRuntime>(s: &CubeTensor<R>) -> (CubeCount, CubeDim) {
 pub fn causal_softmax<R: CubeRuntime>(s: CubeTensor<R>, start: usize, scale: f32) -> CubeTensor<R> {
     let s = into_contiguous(s);
     let p = empty_device_dtype::<R>(s.client.clone(), s.device.clone(), s.shape(), s.dtype);
+    if p.meta.num_elements() == 0 {
+        return p;
+    }
     let (count, dim) = launch_dims(&s);
     let dtype = s.dtype;
     causal_softmax_kernel::launch::<R>(&s.client.clone(), count, dim, s.into_tensor_arg(), p.clone().into_tensor_arg(), start as u32, scale, dtype.into());
@@ -100,6 +103,9 @@ pub fn causal_softmax_grad<R: CubeRuntime>(s: CubeTensor<R>, dp: CubeTensor<R>, 
     let (s, dp, delta) = (into_contiguous(s), into_contiguous(dp), into_contiguous(delta));
     let empty = || empty_device_dtype::<R>(s.client.clone(), s.device.clone(), s.shape(), s.dtype);
     let (p, ds) = (empty(), empty());
+    if p.meta.num_elements() == 0 {
+        return [p, ds];
+    }
     let (count, dim) = launch_dims(&s);
     let dtype = s.dtype;
     let client = s.client.clone();
