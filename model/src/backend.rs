@@ -24,14 +24,13 @@ pub trait ModelBackend: Backend {
     /// `k`, `v` (`[batch, kv_heads, keys, head_dim]`, the queries' own positions last; each
     /// KV head serves `heads / kv_heads` query heads): a prefill, a KV cache's earlier
     /// positions in front. `mask` (`[batch, 1, t, keys]`, true = masked) hides padding keys
-    /// as well as future ones.
+    /// as well as future ones. By blocks of queries ([`prefill_by_blocks`]).
     fn prefill_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>) -> FloatTensor<Self> {
         let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
         let (q, k, v) = (f(q), f(k), f(v));
-        let n_rep = q.dims()[1] / k.dims()[1];
-        let (k, v) = (crate::qwen3::repeat_kv(k, n_rep), crate::qwen3::repeat_kv(v, n_rep));
-        let is_causal = mask.is_none();
-        burns_attention(q, k, v, mask, is_causal)
+        let [b, h, _, _] = q.dims();
+        let block = crate::attention::query_block(b, h, k.dims()[2]);
+        prefill_by_blocks(q, k, v, mask.map(Tensor::from_primitive), block).into_primitive().tensor()
     }
 
     /// Gradients of [`Self::causal_attention`] for `q`, `k`, `v` from its output `out` and
@@ -271,6 +270,32 @@ fn kv_write_by_slice_assign<B: Backend>(cache: FloatTensor<B>, new: FloatTensor<
     let (cache, new) = (f(cache), f(new));
     let [b, h, t, d] = new.dims();
     cache.slice_assign([0..b, 0..h, at..at + t, 0..d], new).into_primitive().tensor()
+}
+
+/// [`ModelBackend::prefill_attention`]'s default: burn's attention by blocks of `block`
+/// queries, each against the keys up to its last query (the mask sliced with it), so that
+/// no more than a block's scores exist at once (burn's fallback forms all `t × keys` of a
+/// call: 9 GB for an 8B model's 4K-token prompt on 8 rows) and the keys after a block,
+/// masked anyway, are left out.
+pub fn prefill_by_blocks<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>, block: usize) -> Tensor<B, 4> {
+    let [b, h, t, d] = q.dims();
+    let [keys, dv] = [k.dims()[2], v.dims()[3]];
+    let past = keys - t;
+    let n_rep = h / k.dims()[1];
+    let (k, v) = (crate::qwen3::repeat_kv(k, n_rep), crate::qwen3::repeat_kv(v, n_rep));
+    let float = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+    if t <= block {
+        let is_causal = mask.is_none();
+        return float(burns_attention(q, k, v, mask.map(Tensor::into_primitive), is_causal));
+    }
+    let blocks = (0..t).step_by(block).map(|start| {
+        let (end, seen) = ((start + block).min(t), past + (start + block).min(t));
+        let part = |x: &Tensor<B, 4>, rows: std::ops::Range<usize>, w: usize| x.clone().slice([0..b, 0..h, rows, 0..w]);
+        let mask = mask.as_ref().map(|m| m.clone().slice([0..b, 0..1, start..end, 0..seen]).into_primitive());
+        let is_causal = mask.is_none(); // the block's queries are the last of the keys it sees
+        float(burns_attention(part(&q, start..end, d), part(&k, 0..seen, d), part(&v, 0..seen, dv), mask, is_causal))
+    });
+    Tensor::cat(blocks.collect(), 2)
 }
 
 /// [`ModelBackend::decode_attention`] with burn's attention over every key, the mask

@@ -1206,3 +1206,31 @@ fn norm_swiglu_and_rope_kernels_match_the_ops_they_replace() {
         check(format!("rope {dtype:?}"), got, want.into_data().to_vec::<f32>().unwrap(), tol);
     }
 }
+
+#[test]
+fn prefill_by_blocks_equals_one_attention_call() {
+    // The default prefill (what CUDA runs): burn's attention a block of 64 queries at a
+    // time against the keys up to its last query, against the same over all queries at
+    // once: a prompt after a cache of 37 positions with left padding (true = masked) and
+    // GQA (2 query heads a KV head), and a plain causal prompt; same numbers to rounding.
+    use model::backend::prefill_by_blocks;
+    let device = Default::default();
+    B::seed(&device, 19);
+    let normal = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let (b, h, kvh, t, past, d) = (2, 4, 2, 150, 37, 16);
+    let keys = past + t;
+    let (q, k, v) = (normal([b, h, t, d]), normal([b, kvh, keys, d]), normal([b, kvh, keys, d]));
+    let first = [0usize, 20]; // each row's first real key (left padding before it)
+    let masked: Vec<bool> = (0..b).flat_map(|r| (0..t).flat_map(move |i| (0..keys).map(move |j| j > past + i || j < first[r]))).collect();
+    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(masked, [b, 1, t, keys]), &device);
+    let data = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
+    let same = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(a.len() == b.len() && worst <= 1e-5, "{what}: max |Δ| {worst}");
+    };
+    let whole = prefill_by_blocks(q.clone(), k.clone(), v.clone(), Some(mask.clone()), t);
+    same(data(prefill_by_blocks(q.clone(), k.clone(), v.clone(), Some(mask), 64)), data(whole), "left padding after a cache");
+    let (k, v) = (k.slice([0..b, 0..kvh, past..keys, 0..d]), v.slice([0..b, 0..kvh, past..keys, 0..d]));
+    let whole = prefill_by_blocks(q.clone(), k.clone(), v.clone(), None, t);
+    same(data(prefill_by_blocks(q, k, v, None, 64)), data(whole), "causal");
+}
