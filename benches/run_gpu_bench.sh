@@ -30,7 +30,9 @@
 # ops into fewer kernels), warm-up against steady-state speed. A binary may be
 # xz-compressed (name.xz): a stripped build is 57 MB, 7 MB compressed. FILE@VAR=VALUE runs
 # a build with that variable set (…-untuned.xz@MODEL_PINNED_MATMUL=0: burn's matmul for
-# every product, against the pinned kernel; attempts ours-untuned@MODEL_PINNED_MATMUL=0-*).
+# every product, against the pinned kernel; attempts ours-untuned@MODEL_PINNED_MATMUL=0-*;
+# …@MODEL_OWN_KERNELS=0: burn's ops for attention's softmax, RMSNorm, the MLP's activation
+# and RoPE, against model/src/backend/kernels/).
 # Each SFT record has the first step's loss and gradient norm, from the same seeded
 # weights in every build: builds that compute the same step agree to bf16 rounding.
 # Limits: STEP_TIMEOUT (150 s) per attempt, OURS_TIMEOUT (300 s) for ours, whose first
