@@ -322,6 +322,8 @@ mod flex;
 #[cfg(all(feature = "cuda", feature = "fusion"))]
 impl ModelBackend for burn::backend::Cuda<f32> {}
 
+/// Each of our kernels where the dtypes are those it reads (say an f32 gradient, a gain
+/// in f32); burn's ops otherwise.
 #[cfg(all(feature = "cuda", not(feature = "fusion")))]
 impl ModelBackend for burn::backend::Cuda<f32> {
     /// Large bf16/f16 products on a kernel chosen in advance ([`cuda::pinned_matmul`]),
@@ -340,42 +342,42 @@ impl ModelBackend for burn::backend::Cuda<f32> {
 
     /// A kernel a block ([`kernels::causal_softmax_grad`]) rather than fourteen of burn's.
     fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, delta: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {
-        match crate::own_kernels() {
+        match crate::own_kernels() && dp.dtype == s.dtype && delta.dtype == DType::F32 {
             true => kernels::causal_softmax_grad(s, dp, delta, start, scale as f32),
             false => by_ops::causal_softmax_grad::<Self>(s, dp, delta, start, scale),
         }
     }
 
     fn rms_norm(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        match crate::own_kernels() {
+        match crate::own_kernels() && gain.dtype == DType::F32 {
             true => kernels::rms_norm(x, gain, eps as f32),
             false => by_ops::rms_norm::<Self>(x, gain, eps),
         }
     }
 
     fn rms_norm_backward(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
-        match crate::own_kernels() {
+        match crate::own_kernels() && gain.dtype == DType::F32 && dy.dtype == DType::F32 {
             true => kernels::rms_norm_backward(x, gain, eps as f32, dy),
             false => by_ops::rms_norm_backward::<Self>(x, gain, eps, dy),
         }
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        match crate::own_kernels() {
+        match crate::own_kernels() && up.dtype == gate.dtype {
             true => kernels::swiglu(gate, up),
             false => by_ops::swiglu::<Self>(gate, up),
         }
     }
 
     fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
-        match crate::own_kernels() {
+        match crate::own_kernels() && up.dtype == gate.dtype && d_out.dtype == gate.dtype {
             true => kernels::swiglu_backward(gate, up, d_out),
             false => by_ops::swiglu_backward::<Self>(gate, up, d_out),
         }
     }
 
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
-        match crate::own_kernels() {
+        match crate::own_kernels() && cos.dtype == x.dtype && sin.dtype == x.dtype {
             true => kernels::rotary(x, cos, sin),
             false => by_ops::rotary::<Self>(x, cos, sin),
         }
@@ -384,6 +386,8 @@ impl ModelBackend for burn::backend::Cuda<f32> {
 
 #[cfg(all(feature = "cuda", not(feature = "fusion")))]
 mod cuda;
+#[cfg(all(feature = "cuda", not(feature = "fusion")))]
+use burn::tensor::DType;
 
 #[cfg(any(feature = "cuda", feature = "wgpu-kernels"))]
 pub mod kernels;
