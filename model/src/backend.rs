@@ -4,6 +4,7 @@
 //! grows with length² or with length × vocabulary. Generation's attention and KV cache
 //! writes are ops too, so that a backend can do them its own way (Flex: in place, on every
 //! core).
+use crate::adamw::AdamWStep;
 use crate::lm_head::{self, Head};
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
@@ -80,6 +81,12 @@ pub trait ModelBackend: Backend {
     /// [`Self::swiglu`]'s gradients of `gate` and `up` from the output's `d_out`.
     fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
         by_ops::swiglu_backward::<Self>(gate, up, d_out)
+    }
+
+    /// One AdamW step of an f32 parameter `p` from its gradient `g` and moments `m`, `v`
+    /// (all one shape): the new weight and moments ([`crate::adamw`]).
+    fn adamw(p: FloatTensor<Self>, g: FloatTensor<Self>, m: FloatTensor<Self>, v: FloatTensor<Self>, step: AdamWStep) -> [FloatTensor<Self>; 3] {
+        by_ops::adamw::<Self>(p, g, m, v, step)
     }
 
     /// softmax over the last dimension (the attention backward's probabilities).
@@ -192,6 +199,11 @@ impl ModelBackend for burn::backend::Flex {
         flex::swiglu_backward(gate, up, d_out)
     }
 
+    /// f32: one pass on every core, in place where the weight and moments are not shared.
+    fn adamw(p: FloatTensor<Self>, g: FloatTensor<Self>, m: FloatTensor<Self>, v: FloatTensor<Self>, step: AdamWStep) -> [FloatTensor<Self>; 3] {
+        flex::adamw(p, g, m, v, step)
+    }
+
     /// A row a pass, with an exp the compiler vectorizes (Flex's calls libm's, one value
     /// at a time: a tenth of a tiny SFT step).
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -229,6 +241,14 @@ mod by_ops {
 
     fn f<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
         Tensor::from_primitive(TensorPrimitive::Float(x))
+    }
+
+    pub fn adamw<B: ModelBackend>(p: FloatTensor<B>, g: FloatTensor<B>, m: FloatTensor<B>, v: FloatTensor<B>, s: AdamWStep) -> [FloatTensor<B>; 3] {
+        // Element-wise: any shape, as one dimension.
+        use burn::tensor::TensorMetadata;
+        let shape = p.shape();
+        let flat = |x: FloatTensor<B>| f::<B, 1>(B::float_reshape(x, [shape.num_elements()].into()));
+        crate::adamw::step_by_ops::<B, 1>(flat(p), flat(g), flat(m), flat(v), s).map(|t| B::float_reshape(t.into_primitive().tensor(), shape.clone()))
     }
 
     pub fn rms_norm<B: ModelBackend>(x: FloatTensor<B>, gain: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
@@ -373,6 +393,13 @@ impl ModelBackend for burn::backend::Cuda<f32> {
         match crate::own_kernels() && up.dtype == gate.dtype && d_out.dtype == gate.dtype {
             true => kernels::swiglu_backward(gate, up, d_out),
             false => by_ops::swiglu_backward::<Self>(gate, up, d_out),
+        }
+    }
+
+    fn adamw(p: FloatTensor<Self>, g: FloatTensor<Self>, m: FloatTensor<Self>, v: FloatTensor<Self>, step: AdamWStep) -> [FloatTensor<Self>; 3] {
+        match crate::own_kernels() && [&p, &g, &m, &v].iter().all(|t| t.dtype == DType::F32) {
+            true => kernels::adamw(p, g, m, v, step),
+            false => by_ops::adamw::<Self>(p, g, m, v, step),
         }
     }
 

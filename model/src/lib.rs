@@ -1,5 +1,6 @@
 //! The `model` crate: the Qwen3 decoder in burn, Hugging Face checkpoint folders in and
 //! out, the checkpoint's tokenizer and chat template, and batched generation.
+pub mod adamw;
 pub mod attention;
 pub mod backend;
 pub mod chat;
@@ -65,7 +66,7 @@ pub fn pinned_matmul() -> bool {
     unless_off("MODEL_PINNED_MATMUL", &ON)
 }
 
-/// Whether CUDA runs attention's softmax, RMSNorm, silu(gate) ∘ up and RoPE on kernels of
+/// Whether CUDA runs attention's softmax, RMSNorm, silu(gate) ∘ up, RoPE and AdamW on kernels of
 /// its own, one each way (`backend/kernels/`): yes unless `MODEL_OWN_KERNELS=0` (burn's ops).
 pub fn own_kernels() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -1207,6 +1207,46 @@ fn norm_swiglu_and_rope_kernels_match_the_ops_they_replace() {
     }
 }
 
+#[cfg(feature = "wgpu-kernels")]
+#[test]
+fn adamw_kernel_matches_the_ops_it_replaces() {
+    // The CUDA build's AdamW step (`backend/kernels/adamw.rs`), run on wgpu (lavapipe),
+    // against burn's AdamW arithmetic as tensor ops (`model::adamw::step_by_ops`, which the
+    // trainer's tests hold to burn's AdamW bit for bit) on Flex from the same values: three
+    // steps, with and without weight decay, a weight of more elements than a grid dimension
+    // holds cubes. Within f32 rounding (a GPU may fuse a product and a sum).
+    use burn::tensor::TensorPrimitive;
+    use model::adamw::{step_by_ops, AdamWStep};
+    use model::backend::kernels;
+    type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+    let (gpu, cpu) = (cubecl::wgpu::WgpuDevice::default(), Default::default());
+    W::seed(&gpu, 23);
+    let n = 300_001;
+    let host = |t: &Tensor<W, 1>| t.to_data().to_vec::<f32>().unwrap();
+    let on_cpu = |t: &Tensor<W, 1>| Tensor::<B, 1>::from_floats(host(t).as_slice(), &cpu);
+    let prim = |t: Tensor<W, 1>| t.into_primitive().tensor();
+    let tensor = |x| Tensor::<W, 1>::from_primitive(TensorPrimitive::Float(x));
+    for wd in [0.0, 0.1] {
+        let p = Tensor::<W, 1>::random([n], burn::tensor::Distribution::Normal(0.0, 1.0), &gpu);
+        let (mut gpu_state, mut cpu_state) = ([p.clone(), p.zeros_like(), p.zeros_like()], [on_cpu(&p), Tensor::zeros([n], &cpu), Tensor::zeros([n], &cpu)]);
+        for t in 1..=3 {
+            let g = Tensor::<W, 1>::random([n], burn::tensor::Distribution::Normal(0.0, 10f64.powi(1 - t as i32)), &gpu);
+            let s = AdamWStep::new(1e-3 * t as f64, 0.9, 0.95, 1e-8, wd, t);
+            let [p, m, v] = gpu_state;
+            gpu_state = kernels::adamw(prim(p), prim(g.clone()), prim(m), prim(v), s).map(tensor);
+            let [p, m, v] = cpu_state;
+            cpu_state = step_by_ops(p, on_cpu(&g), m, v, s);
+            for (what, got, want) in [("weight", 0, 0), ("m", 1, 1), ("v", 2, 2)].map(|(w, a, b)| (w, host(&gpu_state[a]), cpu_state[b].to_data().to_vec::<f32>().unwrap())) {
+                let scale = want.iter().fold(0f32, |m, w| m.max(w.abs()));
+                let bad = got.iter().zip(&want).filter(|(g, w)| (*g - *w).abs() > 2e-6 * w.abs() + 1e-7 * scale).count();
+                let exact = got.iter().zip(&want).filter(|(g, w)| g.to_bits() == w.to_bits()).count();
+                eprintln!("weight decay {wd}, step {t}: {what}: {exact} of {n} the same bits");
+                assert!(got.len() == want.len() && bad == 0, "weight decay {wd}, step {t}: {what}: {bad} of {n} past f32 rounding");
+            }
+        }
+    }
+}
+
 #[test]
 fn prefill_by_blocks_equals_one_attention_call() {
     // The default prefill (what CUDA runs): burn's attention a block of 64 queries at a

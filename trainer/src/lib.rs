@@ -1,6 +1,7 @@
 //! The trainer library behind the `trainer` binary: stage configs, the SFT step and loop,
 //! the rollout engine, rewards and the GRPO stage, resumable checkpoints, metrics and
 //! plots. (The binary's commands live in src/main.rs and the files beside it.)
+pub mod adamw;
 pub mod cluster;
 pub mod estimate;
 pub mod evaluate;

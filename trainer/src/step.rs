@@ -1,10 +1,12 @@
 //! One optimizer step on packed sequences: the masked next-token loss, gradient
 //! accumulation normalized by the step's trained-token count, global-norm clipping, and
-//! AdamW (two instances: with weight decay for matrices, without for norm gains).
+//! AdamW (two instances: with weight decay for matrices, without for norm gains; burn's
+//! arithmetic and state, in one pass a parameter: [`crate::adamw`]).
 use crate::stage_config::OptimSpec;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use crate::adamw::AdamW;
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{BinFileRecorder, BurnRecord, FullPrecisionSettings, Record, Recorder};
 use std::collections::HashMap;
@@ -133,7 +135,7 @@ pub struct StepStats {
     pub trained_tokens: usize,
 }
 
-pub struct Optim<B: AutodiffBackend> {
+pub struct Optim<B: TrainingBackend> {
     decay: OptimizerAdaptor<AdamW, Qwen3<B>, B>,
     no_decay: OptimizerAdaptor<AdamW, Qwen3<B>, B>,
     clip: Option<f64>,
@@ -150,14 +152,7 @@ pub struct NonFinite {
 
 impl<B: TrainingBackend> Optim<B> {
     pub fn new(o: &OptimSpec) -> Self {
-        let adamw = |wd: f64| {
-            AdamWConfig::new()
-                .with_beta_1(o.betas[0] as f32)
-                .with_beta_2(o.betas[1] as f32)
-                .with_epsilon(o.eps as f32)
-                .with_weight_decay(wd as f32)
-                .init()
-        };
+        let adamw = |wd: f64| OptimizerAdaptor::from(AdamW { beta_1: o.betas[0] as f32, beta_2: o.betas[1] as f32, eps: o.eps as f32, weight_decay: wd as f32 });
         let no_decay_wd = if o.decay_norms { o.weight_decay } else { 0.0 };
         Self { decay: adamw(o.weight_decay), no_decay: adamw(no_decay_wd), clip: o.clip, decay_norms: o.decay_norms }
     }

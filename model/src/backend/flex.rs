@@ -376,3 +376,30 @@ pub(super) fn swiglu_backward(gate: FlexTensor, up: FlexTensor, d_out: FlexTenso
     });
     [FlexTensor::from_data(TensorData::new(d_gate, shape.clone())), FlexTensor::from_data(TensorData::new(d_up, shape))]
 }
+
+/// [`super::ModelBackend::adamw`] for f32: one pass over the four tensors on every core
+/// (burn's `AdamW` makes fifteen, each on one thread), writing the weight and moments in
+/// place where nothing else holds them (else into copies).
+pub(super) fn adamw(p: FlexTensor, g: FlexTensor, m: FlexTensor, v: FlexTensor, s: crate::adamw::AdamWStep) -> [FlexTensor; 3] {
+    if [&p, &g, &m, &v].iter().any(|t| t.dtype() != DType::F32) {
+        return super::by_ops::adamw::<Flex>(p, g, m, v, s);
+    }
+    let own = |t: FlexTensor| match writable(&t) {
+        true => t,
+        false => {
+            let shape = t.layout().shape().clone();
+            FlexTensor::from_data(TensorData::new(t.to_contiguous().storage::<f32>().to_vec(), shape))
+        }
+    };
+    let g = g.to_contiguous();
+    let (mut p, mut m, mut v) = (own(p), own(m), own(v));
+    const CHUNK: usize = 1 << 14;
+    let (ps, ms, vs) = (p.try_storage_mut::<f32>().expect("unique"), m.try_storage_mut::<f32>().expect("unique"), v.try_storage_mut::<f32>().expect("unique"));
+    let chunks = ps.par_chunks_mut(CHUNK).zip(ms.par_chunks_mut(CHUNK)).zip(vs.par_chunks_mut(CHUNK));
+    chunks.zip(g.storage::<f32>().par_chunks(CHUNK)).for_each(|(((p, m), v), g)| {
+        for i in 0..p.len() {
+            (p[i], m[i], v[i]) = s.apply(p[i], g[i], m[i], v[i]);
+        }
+    });
+    [p, m, v]
+}

@@ -178,3 +178,69 @@ fn owners_add_gradients_in_micro_batch_order_whatever_order_they_arrive_in() {
         assert!(wrong.is_empty(), "{name}: sums {:?} (and {} more) instead of 1e8 - 1e8 + 1 + 5 = 6", &wrong[..1], wrong.len() - 1);
     }
 }
+
+#[test]
+fn one_pass_adamw_gives_burns_adamw_bits_and_resumes_from_its_state() {
+    // trainer::adamw::AdamW (one pass a parameter: on Flex a kernel on every core, in place
+    // or on a copy when the weight is shared; the tensor-op default elsewhere, here through
+    // Autodiff<Flex>) against burn's own AdamW from the same weights and gradients: the same
+    // bits for the weight and both moments, step after step, with and without weight decay
+    // (burn's operations in burn's order). Then the optimizer state of a model trained with
+    // burn's AdamW (what checkpoints of earlier builds hold) saved, loaded into ours and
+    // stepped again: the same weights as burn's going on.
+    use burn::optim::{AdamWConfig, AdamWState, SimpleOptimizer};
+    use burn::prelude::*;
+    fn steps<B: model::ModelBackend>(wd: f32) {
+        let device = Default::default();
+        B::seed(&device, 5);
+        let burns = AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.95).with_epsilon(1e-8).with_weight_decay(wd).build();
+        let ours = trainer::adamw::AdamW { beta_1: 0.9, beta_2: 0.95, eps: 1e-8, weight_decay: wd };
+        let normal = |s: f64| Tensor::<B, 2>::random([37, 1000], burn::tensor::Distribution::Normal(0.0, s), &device);
+        let (mut p_burn, mut p_ours) = (normal(1.0), None::<Tensor<B, 2>>);
+        let (mut s_burn, mut s_ours): (Option<AdamWState<B, 2>>, Option<AdamWState<B, 2>>) = (None, None);
+        let bits = |t: &Tensor<B, 2>| t.to_data().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        for step in 0..4 {
+            let g = normal(10f64.powi(-step));
+            let lr = 1e-3 * (step + 1) as f64;
+            // The first step from a weight burn's side holds too: our kernel's copy path.
+            let p = p_ours.take().unwrap_or_else(|| p_burn.clone());
+            let (p, s) = SimpleOptimizer::<B>::step(&ours, lr, p, g.clone(), s_ours.take());
+            (p_ours, s_ours) = (Some(p), s);
+            let (p, s) = SimpleOptimizer::<B>::step(&burns, lr, p_burn, g, s_burn.take());
+            (p_burn, s_burn) = (p, s);
+            let (a, b) = (s_ours.as_ref().unwrap(), s_burn.as_ref().unwrap());
+            assert_eq!(a.momentum.time, b.momentum.time);
+            for (what, x, y) in [("weight", p_ours.as_ref().unwrap(), &p_burn), ("m", &a.momentum.moment_1, &b.momentum.moment_1), ("v", &a.momentum.moment_2, &b.momentum.moment_2)] {
+                assert!(bits(x) == bits(y), "{}, weight decay {wd}, step {step}: {what} differs from burn's AdamW", std::any::type_name::<B>());
+            }
+        }
+    }
+    for wd in [0.0, 0.1] {
+        steps::<burn::backend::Flex>(wd);
+        steps::<TrainBackend>(wd);
+    }
+
+    use burn::optim::adaptor::OptimizerAdaptor;
+    use burn::optim::{GradientsParams, Optimizer};
+    use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+    use model::Qwen3;
+    type Adaptor<O> = OptimizerAdaptor<O, Qwen3<TrainBackend>, TrainBackend>;
+    let (dir, batches, _) = fixture();
+    let device = Default::default();
+    let model = Checkpoint::<TrainBackend>::load(&dir.join("model"), &device).unwrap().model.with_stable_ids();
+    let grads = |m: &Qwen3<TrainBackend>, i: usize| -> GradientsParams { trainer::step::trained_loss_grads(m, &batches[i], 1.0, |lp, _| lp.sum().neg()).unwrap().1 };
+    let mut burns: Adaptor<burn::optim::AdamW> = AdamWConfig::new().with_weight_decay(0.1).init();
+    let model = burns.step(1e-3, model.clone(), grads(&model, 0));
+    let saved = tempfile::tempdir().unwrap();
+    let rec = BinFileRecorder::<FullPrecisionSettings>::new();
+    rec.record(burns.to_record(), saved.path().join("optimizer")).unwrap();
+    let ours: Adaptor<trainer::adamw::AdamW> = OptimizerAdaptor::from(trainer::adamw::AdamW { beta_1: 0.9, beta_2: 0.999, eps: 1e-5, weight_decay: 0.1 });
+    let mut ours = ours.load_record(rec.load(saved.path().join("optimizer"), &device).unwrap());
+    let (by_burn, by_ours) = (burns.step(2e-3, model.clone(), grads(&model, 1)), ours.step(2e-3, model.clone(), grads(&model, 1)));
+    let bits = |t: Tensor<TrainBackend, 2>| t.into_data().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    assert!(bits(by_burn.embed_tokens.weight.val()) == bits(by_ours.embed_tokens.weight.val()), "embedding after a resumed step");
+    for (x, y) in by_burn.layers.iter().zip(&by_ours.layers) {
+        assert!(bits(x.mlp.down_proj.weight.val()) == bits(y.mlp.down_proj.weight.val()), "down_proj after a resumed step");
+        assert!(bits(x.self_attn.q_proj.weight.val()) == bits(y.self_attn.q_proj.weight.val()), "q_proj after a resumed step");
+    }
+}
