@@ -323,22 +323,53 @@ impl<B: ModelBackend> Attention<B> {
         }
         let out = match mask {
             LayerMask::Causal(m) => float(B::prefill_attention(prim(q), prim(k), prim(v), m.clone().map(Tensor::into_primitive))),
-            LayerMask::Documents(rows) => {
-                let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-                let rows = rows.iter().enumerate().map(|(r, docs)| {
-                    let mut start = 0;
-                    let parts = docs.iter().map(|&n| {
-                        let s = [r..r + 1, 0..h, start..start + n, 0..d];
-                        start += n;
-                        causal_attention(q.clone().slice(s.clone()), k.clone().slice(s.clone()), v.clone().slice(s))
-                    });
-                    Tensor::cat(parts.collect(), 2)
-                });
-                Tensor::cat(rows.collect(), 0)
-            }
+            LayerMask::Documents(rows) => documents_attention(q, repeat_kv(k, h / kvh), repeat_kv(v, h / kvh), rows),
         };
         proj(&self.o_proj, out.swap_dims(1, 2).reshape([b, t, h * d]), dt)
     }
+}
+
+/// Causal attention within each document of packed rows (`q`, `k`, `v` `[batch, heads,
+/// len, head_dim]`, `rows` each row's document lengths). Rows of the same lengths go
+/// together, a call a document for all of them (one document a row, as most batches and
+/// every benchmark: one call a layer instead of one a row), then back in their order.
+fn documents_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, rows: &[Vec<usize>]) -> Tensor<B, 4> {
+    let [b, h, _, d] = q.dims();
+    let mut groups: Vec<(&[usize], Vec<usize>)> = vec![];
+    for (r, docs) in rows.iter().enumerate() {
+        match groups.iter_mut().find(|(lens, _)| *lens == docs.as_slice()) {
+            Some((_, members)) => members.push(r),
+            None => groups.push((docs, vec![r])),
+        }
+    }
+    let device = q.device();
+    let pick = |x: &Tensor<B, 4>, members: &[usize]| match members.len() == b {
+        true => x.clone(),
+        false => x.clone().select(0, Tensor::from_data(TensorData::new(members.iter().map(|&r| r as i64).collect(), [members.len()]), &device)),
+    };
+    let outs: Vec<Tensor<B, 4>> = groups
+        .iter()
+        .map(|(lens, members)| {
+            let (q, k, v) = (pick(&q, members), pick(&k, members), pick(&v, members));
+            let mut start = 0;
+            let parts = lens.iter().map(|&n| {
+                let s = [0..members.len(), 0..h, start..start + n, 0..d];
+                start += n;
+                causal_attention(q.clone().slice(s.clone()), k.clone().slice(s.clone()), v.clone().slice(s))
+            });
+            Tensor::cat(parts.collect(), 2)
+        })
+        .collect();
+    if groups.len() == 1 {
+        return outs.into_iter().next().expect("a group");
+    }
+    // Row r sits at its place in the groups' order.
+    let order: Vec<usize> = groups.iter().flat_map(|(_, members)| members.iter().copied()).collect();
+    let mut place = vec![0i64; b];
+    for (i, &r) in order.iter().enumerate() {
+        place[r] = i as i64;
+    }
+    Tensor::cat(outs, 0).select(0, Tensor::from_data(TensorData::new(place, [b]), &device))
 }
 
 /// Casts 2-D parameters (matrices) to a dtype; norm gains and biases stay. A parameter

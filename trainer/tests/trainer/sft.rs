@@ -140,6 +140,35 @@ fn a_packed_sequence_scores_like_its_documents_alone() {
 }
 
 #[test]
+fn rows_of_a_batch_score_as_they_do_alone_whatever_their_document_layouts() {
+    // Rows with the same document lengths go through attention together, the others apart,
+    // and come back in their order (model::qwen3's documents_attention): a batch of rows of
+    // three layouts, one of them twice and apart, has the summed loss and gradients of its rows one by one.
+    let (dir, steps, _) = fixture();
+    let model = Checkpoint::<TrainBackend>::load(&dir.join("model"), &Default::default()).unwrap().model;
+    let (a, b, c) = (steps[0][0].clone(), steps[0][1].clone(), steps[1][0].clone());
+    let a2 = PackedSeq { ids: b.ids.clone(), ..a.clone() }; // a's layout, other tokens
+    assert!(a.doc_lens != b.doc_lens && a.doc_lens != c.doc_lens && b.doc_lens != c.doc_lens);
+    let batch = [a, b, c, a2];
+    let id = model.layers[0].self_attn.q_proj.weight.id;
+    let run = |rows: &[PackedSeq]| {
+        let (loss, grads) = trainer::step::trained_loss_grads(&model, rows, 1.0, |lp, _| lp.sum().neg()).unwrap();
+        (loss, grads.get::<model::DefaultBackend, 2>(id).unwrap().into_data().to_vec::<f32>().unwrap())
+    };
+    let (loss, grad) = run(&batch);
+    let (mut loss_alone, mut grad_alone) = (0.0, vec![0f32; grad.len()]);
+    for row in &batch {
+        let (l, g) = run(std::slice::from_ref(row));
+        loss_alone += l;
+        grad_alone.iter_mut().zip(g).for_each(|(s, x)| *s += x);
+    }
+    assert!(rel(loss, loss_alone) < 1e-6, "batch {loss} vs rows alone {loss_alone}");
+    let scale = grad_alone.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = grad.iter().zip(&grad_alone).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-5 * scale, "q_proj gradient: batch vs rows alone max |Δ| {worst} (max {scale})");
+}
+
+#[test]
 fn owners_add_gradients_in_micro_batch_order_whatever_order_they_arrive_in() {
     // Each device emits its gradients the moment its backward has them; the owner must still
     // add them in micro-batch order, or the sums would not be the one-device step's. With
