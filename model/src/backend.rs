@@ -342,14 +342,20 @@ mod flex;
 #[cfg(all(feature = "cuda", feature = "fusion"))]
 impl ModelBackend for burn::backend::Cuda<f32> {}
 
-/// Each of our kernels where the dtypes are those it reads (say an f32 gradient, a gain
-/// in f32); burn's ops otherwise.
-#[cfg(all(feature = "cuda", not(feature = "fusion")))]
-impl ModelBackend for burn::backend::Cuda<f32> {
-    /// Large bf16/f16 products on a kernel chosen in advance ([`cuda::pinned_matmul`]),
-    /// the rest burn's (autotuned in the `autotune` build).
+/// burn's cubecl backends (CUDA; wgpu for the tests, on lavapipe): each of our kernels
+/// where the dtypes are those it reads (say an f32 gradient, a gain in f32); burn's ops
+/// otherwise.
+#[cfg(any(all(feature = "cuda", not(feature = "fusion")), feature = "wgpu-kernels"))]
+impl<R: burn_cubecl::CubeRuntime, I: burn_cubecl::IntElement, BT: burn_cubecl::BoolElement> ModelBackend for burn_cubecl::CubeBackend<R, f32, I, BT> {
+    /// On CUDA large bf16/f16 products on a kernel chosen in advance
+    /// ([`cuda::pinned_matmul`]), the rest burn's (autotuned in the `autotune` build).
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
-        cuda::pinned_matmul(lhs, rhs).unwrap_or_else(|(lhs, rhs)| <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_matmul(lhs, rhs))
+        #[cfg(all(feature = "cuda", not(feature = "fusion")))]
+        let (lhs, rhs) = match cuda::pinned_matmul(lhs, rhs) {
+            Ok(out) => return out,
+            Err(operands) => operands,
+        };
+        <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_matmul(lhs, rhs)
     }
 
     /// A kernel a block ([`kernels::causal_softmax`]) rather than ten of burn's.
@@ -413,7 +419,7 @@ impl ModelBackend for burn::backend::Cuda<f32> {
 
 #[cfg(all(feature = "cuda", not(feature = "fusion")))]
 mod cuda;
-#[cfg(all(feature = "cuda", not(feature = "fusion")))]
+#[cfg(any(all(feature = "cuda", not(feature = "fusion")), feature = "wgpu-kernels"))]
 use burn::tensor::DType;
 
 #[cfg(any(feature = "cuda", feature = "wgpu-kernels"))]

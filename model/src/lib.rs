@@ -50,9 +50,9 @@ pub const BACKEND_NAME: &str = match (ON_GPU, cfg!(feature = "fusion"), cfg!(fea
     (false, _, _) => "burn-flex",
 };
 
-/// Whether this build has CUDA kernels of its own (`backend/cuda.rs`, `backend/kernels/`;
-/// not under fusion, whose tensors are its own).
-const OWN_KERNELS: bool = cfg!(all(feature = "cuda", not(feature = "fusion")));
+/// Whether this build has GPU kernels of its own (`backend/cuda.rs`, `backend/kernels/`:
+/// CUDA, not under fusion, whose tensors are its own; wgpu in the tests).
+const OWN_KERNELS: bool = cfg!(any(all(feature = "cuda", not(feature = "fusion")), feature = "wgpu-kernels"));
 
 /// Unless the variable is `0` (to A/B a kernel in one build).
 fn unless_off(var: &str, on: &'static std::sync::OnceLock<bool>) -> bool {

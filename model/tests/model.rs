@@ -1247,6 +1247,65 @@ fn adamw_kernel_matches_the_ops_it_replaces() {
     }
 }
 
+#[cfg(feature = "wgpu-kernels")]
+#[test]
+fn a_training_step_on_the_gpu_backend_matches_the_cpu_one() {
+    // The CUDA build's backend as a whole (burn's cubecl backend with our ops and kernels:
+    // training attention by blocks with its softmax kernels, RMSNorm, silu(gate) ∘ up, RoPE,
+    // the LM head's chunked ops), run on wgpu (lavapipe) against Flex from the same saved
+    // checkpoint (the demo's shape cut to two layers, GQA): the loss of two packed rows of 600 tokens (more than
+    // a block of queries; two documents in one, one in the other) and every parameter's
+    // gradient, with and without checkpointing. In f32, to f32 precision.
+    use burn::backend::Autodiff;
+    use burn::module::{ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
+    use model::AttnMask;
+    type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+    struct Grads<'a>(&'a GradientsParams, Vec<Vec<f32>>);
+    impl<Ab: burn::tensor::backend::AutodiffBackend> ModuleVisitor<Ab> for Grads<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ab, D>>) {
+            let g = self.0.get::<Ab::InnerBackend, D>(p.id).expect("every parameter has a gradient");
+            self.1.push(g.into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    fn step<Ab: model::TrainingBackend>(dir: &Path, checkpointing: bool, device: &Ab::Device) -> (f32, Vec<Vec<f32>>) {
+        let compute = model::Compute { gradient_checkpointing: checkpointing, ..Default::default() };
+        let model = Checkpoint::<Ab>::load(dir, device).unwrap().model.with_compute(compute);
+        let (t, vocab) = (600, model.vocab_size() as i64);
+        let ids: Vec<i64> = (0..2 * t as i64).map(|i| (i * 7919 + 13) % vocab).collect();
+        let tokens = Tensor::<Ab, 2, Int>::from_data(TensorData::new(ids.clone(), [2, t]), device);
+        let positions = vec![(0..350).chain(0..250).collect::<Vec<usize>>(), (0..t).collect()];
+        let mask = AttnMask::Documents(vec![vec![350, 250], vec![t]]);
+        let targets = Tensor::<Ab, 1, Int>::from_data(TensorData::new(ids.iter().map(|x| (x * 31 + 5) % vocab).collect::<Vec<i64>>(), [2 * t]), device);
+        let (loss, grads) = model.loss_and_grads(tokens, &positions, &mask, |m, hidden| {
+            let h = hidden.dims()[2];
+            m.token_logprobs(hidden.reshape([2 * t, h]), targets, 1.0).0.sum().neg()
+        });
+        let mut all = Grads(&grads, vec![]);
+        model.visit(&mut all);
+        (loss.into_scalar().elem::<f32>(), all.1)
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut json = read_json(&root().join("configs/tiny-default.json"));
+    json["num_hidden_layers"] = 2.into();
+    std::fs::write(dir.path().join("shape.json"), json.to_string()).unwrap();
+    let cfg = Qwen3Config::from_file(&dir.path().join("shape.json")).unwrap();
+    let (cpu, gpu) = (Default::default(), cubecl::wgpu::WgpuDevice::default());
+    B::seed(&cpu, 29);
+    model::checkpoint::save(&Qwen3::<B>::init(&cfg, &cpu), &cfg, dir.path(), 1 << 30).unwrap();
+    for checkpointing in [false, true] {
+        let (want_loss, want) = step::<Autodiff<B>>(dir.path(), checkpointing, &cpu);
+        let (loss, got) = step::<Autodiff<W>>(dir.path(), checkpointing, &gpu);
+        assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "checkpointing {checkpointing}: loss {loss} vs Flex {want_loss}");
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let err = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(g.len() == w.len() && err <= 1e-4 * scale, "checkpointing {checkpointing}: parameter {i}'s gradient: max |Δ| {err} (max {scale})");
+        }
+    }
+}
+
 #[test]
 fn prefill_by_blocks_equals_one_attention_call() {
     // The default prefill (what CUDA runs): burn's attention a block of 64 queries at a
