@@ -343,8 +343,9 @@ fn documents_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
         }
     }
     let device = q.device();
-    let pick = |x: &Tensor<B, 4>, members: &[usize]| match members.len() == b {
-        true => x.clone(),
+    // Consecutive rows as a view, others gathered.
+    let pick = |x: &Tensor<B, 4>, members: &[usize]| match members.windows(2).all(|w| w[1] == w[0] + 1) {
+        true => x.clone().slice([members[0]..members[0] + members.len()]),
         false => x.clone().select(0, Tensor::from_data(TensorData::new(members.iter().map(|&r| r as i64).collect(), [members.len()]), &device)),
     };
     let outs: Vec<Tensor<B, 4>> = groups
@@ -360,11 +361,12 @@ fn documents_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
             Tensor::cat(parts.collect(), 2)
         })
         .collect();
-    if groups.len() == 1 {
-        return outs.into_iter().next().expect("a group");
-    }
-    // Row r sits at its place in the groups' order.
+    // Row r sits at its place in the groups' order (in order already where no two rows
+    // apart share their lengths).
     let order: Vec<usize> = groups.iter().flat_map(|(_, members)| members.iter().copied()).collect();
+    if order.iter().enumerate().all(|(i, &r)| i == r) {
+        return Tensor::cat(outs, 0);
+    }
     let mut place = vec![0i64; b];
     for (i, &r) in order.iter().enumerate() {
         place[r] = i as i64;

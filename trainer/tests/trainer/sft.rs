@@ -149,23 +149,25 @@ fn rows_of_a_batch_score_as_they_do_alone_whatever_their_document_layouts() {
     let (a, b, c) = (steps[0][0].clone(), steps[0][1].clone(), steps[1][0].clone());
     let a2 = PackedSeq { ids: b.ids.clone(), ..a.clone() }; // a's layout, other tokens
     assert!(a.doc_lens != b.doc_lens && a.doc_lens != c.doc_lens && b.doc_lens != c.doc_lens);
-    let batch = [a, b, c, a2];
     let id = model.layers[0].self_attn.q_proj.weight.id;
     let run = |rows: &[PackedSeq]| {
         let (loss, grads) = trainer::step::trained_loss_grads(&model, rows, 1.0, |lp, _| lp.sum().neg()).unwrap();
         (loss, grads.get::<model::DefaultBackend, 2>(id).unwrap().into_data().to_vec::<f32>().unwrap())
     };
-    let (loss, grad) = run(&batch);
-    let (mut loss_alone, mut grad_alone) = (0.0, vec![0f32; grad.len()]);
-    for row in &batch {
-        let (l, g) = run(std::slice::from_ref(row));
-        loss_alone += l;
-        grad_alone.iter_mut().zip(g).for_each(|(s, x)| *s += x);
+    // The same layout apart (gathered, put back in order), then side by side (a view).
+    for batch in [[a.clone(), b.clone(), c.clone(), a2.clone()], [a.clone(), a2.clone(), b.clone(), c.clone()]] {
+        let (loss, grad) = run(&batch);
+        let (mut loss_alone, mut grad_alone) = (0.0, vec![0f32; grad.len()]);
+        for row in &batch {
+            let (l, g) = run(std::slice::from_ref(row));
+            loss_alone += l;
+            grad_alone.iter_mut().zip(g).for_each(|(s, x)| *s += x);
+        }
+        assert!(rel(loss, loss_alone) < 1e-6, "batch {loss} vs rows alone {loss_alone}");
+        let scale = grad_alone.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = grad.iter().zip(&grad_alone).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-5 * scale, "q_proj gradient: batch vs rows alone max |Δ| {worst} (max {scale})");
     }
-    assert!(rel(loss, loss_alone) < 1e-6, "batch {loss} vs rows alone {loss_alone}");
-    let scale = grad_alone.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let worst = grad.iter().zip(&grad_alone).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    assert!(worst <= 1e-5 * scale, "q_proj gradient: batch vs rows alone max |Δ| {worst} (max {scale})");
 }
 
 #[test]
