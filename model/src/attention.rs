@@ -48,12 +48,12 @@ pub fn causal_softmax_by_ops<B: ModelBackend>(s: Tensor<B, 4>, start: usize, sca
     Tensor::from_primitive(TensorPrimitive::Float(B::softmax_last(s.into_primitive().tensor())))
 }
 
-/// [`ModelBackend::causal_softmax_grad`] by burn's ops: p and p ∘ (dp − Δ), both in the
-/// scores' dtype, the arithmetic in f32.
+/// [`ModelBackend::causal_softmax_grad`] by burn's ops: p and p ∘ (dp − Δ)·scale, both in
+/// the scores' dtype, the arithmetic in f32.
 pub fn causal_softmax_grad_by_ops<B: ModelBackend>(s: Tensor<B, 4>, dp: Tensor<B, 4>, delta: Tensor<B, 4>, start: usize, scale: f64) -> [Tensor<B, 4>; 2] {
     let dtype = s.dtype();
     let p = causal_softmax_by_ops(s, start, scale);
-    let ds = p.clone() * (dp.cast(FloatDType::F32) - delta);
+    let ds = (p.clone() * (dp.cast(FloatDType::F32) - delta)).mul_scalar(scale);
     [p.cast(dtype), ds.cast(dtype)]
 }
 
@@ -118,8 +118,9 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Au
 }
 
 /// Gradients of causal attention (FlashAttention-2's backward, by blocks of queries): with
-/// P = softmax(S), S = q kᵀ·s and Δ = rowsum(dO ∘ O), dV = Pᵀ dO, dS = P ∘ (dO vᵀ − Δ),
-/// dQ = dS k·s, dK = dSᵀ q·s. The products run in the inputs' dtype (bf16 on a GPU: tensor
+/// P = softmax(S), S = q kᵀ·s and Δ = rowsum(dO ∘ O), dV = Pᵀ dO, dS = P ∘ (dO vᵀ − Δ)·s
+/// (the scale folded in where dS is formed, not in a pass over dQ and dK), dQ = dS k,
+/// dK = dSᵀ q. The products run in the inputs' dtype (bf16 on a GPU: tensor
 /// cores, f32 accumulation inside the kernel; an f32 product there is several times
 /// slower) and the softmax, its gradient and the sums over blocks in f32, as FlashAttention
 /// does; transformers' eager attention keeps even dS in bf16.
@@ -146,8 +147,8 @@ pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 
         let dp = matmul(ob.clone(), vb.swap_dims(2, 3)).into_primitive().tensor();
         let [p, ds] = B::causal_softmax_grad(block_scores(qb.clone(), kb.clone()), dp, delta.into_primitive().tensor(), start, scale).map(float);
         dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + wide(matmul(p.swap_dims(2, 3), ob)));
-        dq.push(wide(matmul(ds.clone(), kb)).mul_scalar(scale));
-        dk = dk.clone().slice_assign(keys.clone(), dk.slice(keys) + wide(matmul(ds.swap_dims(2, 3), qb)).mul_scalar(scale));
+        dq.push(wide(matmul(ds.clone(), kb)));
+        dk = dk.clone().slice_assign(keys.clone(), dk.slice(keys) + wide(matmul(ds.swap_dims(2, 3), qb)));
     }
     [narrow(Tensor::cat(dq, 2)), narrow(dk), narrow(dv)]
 }

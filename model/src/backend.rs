@@ -54,7 +54,7 @@ pub trait ModelBackend: Backend {
         by_ops::causal_softmax::<Self>(s, start, scale)
     }
 
-    /// [`Self::causal_softmax`]'s p and the scores' gradient p ∘ (dp − Δ) from the
+    /// [`Self::causal_softmax`]'s p and the scores' gradient p ∘ (dp − Δ)·scale from the
     /// probabilities' gradient `dp` (as `s`) and `delta` (`[batch, heads, rows, 1]`, f32:
     /// rowsum(dO ∘ O)), both in `s`'s dtype.
     fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, delta: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {

@@ -1005,7 +1005,7 @@ fn chunked_lm_head_matches_autodiff_through_the_full_logits() {
 
 /// Attention's softmax of a block of queries `start..start + rows` over keys
 /// `0..start + rows`, computed directly in f64 from `s` (`[batch·heads, rows, keys]` flat):
-/// p and p ∘ (dp − Δ) per row.
+/// p and the scores' gradient p ∘ (dp − Δ)·scale per row.
 fn direct_causal_softmax(s: &[f32], dp: &[f32], delta: &[f32], rows: usize, start: usize, scale: f64) -> (Vec<f64>, Vec<f64>) {
     let keys = start + rows;
     let (mut p, mut ds) = (vec![0.0; s.len()], vec![0.0; s.len()]);
@@ -1016,7 +1016,7 @@ fn direct_causal_softmax(s: &[f32], dp: &[f32], delta: &[f32], rows: usize, star
         for (i, &x) in seen.iter().enumerate() {
             let j = at * keys + i;
             p[j] = (x as f64 * scale - max).exp() / sum;
-            ds[j] = p[j] * (dp[j] as f64 - delta[at] as f64);
+            ds[j] = p[j] * (dp[j] as f64 - delta[at] as f64) * scale;
         }
     }
     (p, ds)

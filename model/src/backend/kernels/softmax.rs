@@ -51,7 +51,7 @@ fn causal_softmax_kernel<F: Float>(s: &Tensor<F>, p: &mut Tensor<F>, start: u32,
     }
 }
 
-/// p as [`causal_softmax_kernel`], and ds = p ∘ (dp − Δ) (`delta` one f32 a row).
+/// p as [`causal_softmax_kernel`], and ds = p ∘ (dp − Δ)·scale (`delta` one f32 a row).
 #[cube(launch)]
 fn causal_softmax_grad_kernel<F: Float>(s: &Tensor<F>, dp: &Tensor<F>, delta: &Tensor<f32>, p: &mut Tensor<F>, ds: &mut Tensor<F>, start: u32, scale: f32, #[define(F)] _dtype: StorageType) {
     let (rows, keys) = (s.shape(2), s.shape(3));
@@ -69,7 +69,7 @@ fn causal_softmax_grad_kernel<F: Float>(s: &Tensor<F>, dp: &Tensor<F>, delta: &T
             x = (f32::cast_from(s[base + i]) * scale - m).exp() / l;
         }
         p[base + i] = F::cast_from(x);
-        ds[base + i] = F::cast_from(x * (f32::cast_from(dp[base + i]) - d));
+        ds[base + i] = F::cast_from(x * (f32::cast_from(dp[base + i]) - d) * scale);
         i += THREADS;
     }
 }
@@ -96,7 +96,7 @@ pub fn causal_softmax<R: CubeRuntime>(s: CubeTensor<R>, start: usize, scale: f32
     p
 }
 
-/// [`causal_softmax`]'s `p` and the scores' gradient p ∘ (dp − Δ) from the probabilities'
+/// [`causal_softmax`]'s `p` and the scores' gradient p ∘ (dp − Δ)·scale from the probabilities'
 /// gradient `dp` (as `s`) and `delta` (`[batch, heads, rows, 1]` f32: rowsum(dO ∘ O)),
 /// both in `s`'s dtype.
 pub fn causal_softmax_grad<R: CubeRuntime>(s: CubeTensor<R>, dp: CubeTensor<R>, delta: CubeTensor<R>, start: usize, scale: f32) -> [CubeTensor<R>; 2] {
