@@ -134,7 +134,11 @@ pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 
     }
     let scale = 1.0 / (d as f64).sqrt();
     let device = q.device();
-    let (mut dq, mut dk, mut dv) = (Vec::new(), Tensor::<B, 4>::zeros([b, h, len, d], &device), Tensor::<B, 4>::zeros([b, h, len, d], &device));
+    let zeros = || Tensor::<B, 4>::zeros([b, h, len, d], &device).into_primitive().tensor();
+    let (mut dq, mut dk, mut dv) = (zeros(), zeros(), zeros());
+    // Each block's products added into the f32 sums where they belong (one op: on a GPU
+    // one kernel, in place, for a cast, a slice, an add and a slice_assign).
+    let add = |sum: FloatTensor<B>, x: Tensor<B, 4>, at: usize| B::add_rows(sum, x.into_primitive().tensor(), at);
     let block = query_block(b, h, len);
     for start in (0..len).step_by(block) {
         let end = (start + block).min(len);
@@ -146,9 +150,9 @@ pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 
         let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys.clone()));
         let dp = matmul(ob.clone(), vb.swap_dims(2, 3)).into_primitive().tensor();
         let [p, ds] = B::causal_softmax_grad(block_scores(qb.clone(), kb.clone()), dp, delta.into_primitive().tensor(), start, scale).map(float);
-        dv = dv.clone().slice_assign(keys.clone(), dv.slice(keys.clone()) + wide(matmul(p.swap_dims(2, 3), ob)));
-        dq.push(wide(matmul(ds.clone(), kb)));
-        dk = dk.clone().slice_assign(keys.clone(), dk.slice(keys) + wide(matmul(ds.swap_dims(2, 3), qb)));
+        dv = add(dv, matmul(p.swap_dims(2, 3), ob), 0);
+        dq = add(dq, matmul(ds.clone(), kb), start);
+        dk = add(dk, matmul(ds.swap_dims(2, 3), qb), 0);
     }
-    [narrow(Tensor::cat(dq, 2)), narrow(dk), narrow(dv)]
+    [dq, dk, dv].map(|g| narrow(float(g)))
 }

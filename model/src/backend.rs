@@ -83,6 +83,13 @@ pub trait ModelBackend: Backend {
         by_ops::swiglu_backward::<Self>(gate, up, d_out)
     }
 
+    /// `sum` (f32, `[batch, heads, len, d]`) with `x` (`[batch, heads, rows, d]`, any
+    /// dtype) added to its positions `at..at + rows`: the attention backward's sums over
+    /// blocks of queries.
+    fn add_rows(sum: FloatTensor<Self>, x: FloatTensor<Self>, at: usize) -> FloatTensor<Self> {
+        by_ops::add_rows::<Self>(sum, x, at)
+    }
+
     /// One AdamW step of an f32 parameter `p` from its gradient `g` and moments `m`, `v`
     /// (all one shape): the new weight and moments ([`crate::adamw`]).
     fn adamw(p: FloatTensor<Self>, g: FloatTensor<Self>, m: FloatTensor<Self>, v: FloatTensor<Self>, step: AdamWStep) -> [FloatTensor<Self>; 3] {
@@ -243,6 +250,13 @@ mod by_ops {
         Tensor::from_primitive(TensorPrimitive::Float(x))
     }
 
+    pub fn add_rows<B: ModelBackend>(sum: FloatTensor<B>, x: FloatTensor<B>, at: usize) -> FloatTensor<B> {
+        let (sum, x) = (f::<B, 4>(sum), f::<B, 4>(x));
+        let [b, h, rows, d] = x.dims();
+        let range = [0..b, 0..h, at..at + rows, 0..d];
+        sum.clone().slice_assign(range.clone(), sum.slice(range) + x.cast(burn::tensor::FloatDType::F32)).into_primitive().tensor()
+    }
+
     pub fn adamw<B: ModelBackend>(p: FloatTensor<B>, g: FloatTensor<B>, m: FloatTensor<B>, v: FloatTensor<B>, s: AdamWStep) -> [FloatTensor<B>; 3] {
         // Element-wise: any shape, as one dimension.
         use burn::tensor::TensorMetadata;
@@ -399,6 +413,14 @@ impl<R: burn_cubecl::CubeRuntime, I: burn_cubecl::IntElement, BT: burn_cubecl::B
         match crate::own_kernels() && up.dtype == gate.dtype && d_out.dtype == gate.dtype {
             true => kernels::swiglu_backward(gate, up, d_out),
             false => by_ops::swiglu_backward::<Self>(gate, up, d_out),
+        }
+    }
+
+    /// In place where nothing else holds the sum.
+    fn add_rows(sum: FloatTensor<Self>, x: FloatTensor<Self>, at: usize) -> FloatTensor<Self> {
+        match crate::own_kernels() && sum.dtype == DType::F32 {
+            true => kernels::add_rows(sum, x, at),
+            false => by_ops::add_rows::<Self>(sum, x, at),
         }
     }
 

@@ -343,8 +343,9 @@ fn documents_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
         }
     }
     let device = q.device();
-    // Consecutive rows as a view, others gathered.
+    // All rows as they are, consecutive rows as a view, others gathered.
     let pick = |x: &Tensor<B, 4>, members: &[usize]| match members.windows(2).all(|w| w[1] == w[0] + 1) {
+        true if members.len() == b => x.clone(),
         true => x.clone().slice([members[0]..members[0] + members.len()]),
         false => x.clone().select(0, Tensor::from_data(TensorData::new(members.iter().map(|&r| r as i64).collect(), [members.len()]), &device)),
     };
@@ -352,6 +353,9 @@ fn documents_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
         .iter()
         .map(|(lens, members)| {
             let (q, k, v) = (pick(&q, members), pick(&k, members), pick(&v, members));
+            if lens.len() == 1 {
+                return causal_attention(q, k, v); // no slices and no cat, nor their backward
+            }
             let mut start = 0;
             let parts = lens.iter().map(|&n| {
                 let s = [0..members.len(), 0..h, start..start + n, 0..d];

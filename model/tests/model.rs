@@ -1209,6 +1209,38 @@ fn norm_swiglu_and_rope_kernels_match_the_ops_they_replace() {
 
 #[cfg(feature = "wgpu-kernels")]
 #[test]
+fn add_rows_kernel_adds_in_place_and_leaves_a_shared_sum_alone() {
+    // The attention backward's sums over blocks of queries on the CUDA build
+    // (`kernels::add_rows`: a cast, a slice, an add and a slice_assign in one kernel), on
+    // wgpu (lavapipe), against the same by burn's ops on Flex: rows added at an offset,
+    // from f32 and f16 blocks; a sum that another tensor shares is left as it was.
+    use burn::tensor::FloatDType::{self, F16, F32};
+    use burn::tensor::TensorPrimitive;
+    use model::backend::kernels;
+    type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+    let (gpu, cpu) = (cubecl::wgpu::WgpuDevice::default(), Default::default());
+    W::seed(&gpu, 31);
+    let host = |t: &Tensor<W, 4>| t.clone().cast(F32).into_data().to_vec::<f32>().unwrap();
+    let normal = |shape: [usize; 4], dtype: FloatDType| Tensor::<W, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &gpu).cast(dtype);
+    for dtype in [F32, F16] {
+        let (sum, x) = (normal([2, 3, 300, 16], F32), normal([2, 3, 70, 16], dtype));
+        let on_cpu = |t: &Tensor<W, 4>| Tensor::<B, 4>::from_data(TensorData::new(host(t), t.dims()), &cpu);
+        let range = [0..2, 0..3, 200..270, 0..16];
+        let want = on_cpu(&sum).slice_assign(range.clone(), on_cpu(&sum).slice(range) + on_cpu(&x)).into_data().to_vec::<f32>().unwrap();
+        let before = host(&sum);
+        let kept = sum.clone(); // shared: the kernel must not write into it
+        let got = Tensor::<W, 4>::from_primitive(TensorPrimitive::Float(kernels::add_rows(sum.into_primitive().tensor(), x.clone().into_primitive().tensor(), 200)));
+        assert_eq!(host(&kept), before, "{dtype:?}: a shared sum was written");
+        assert_eq!(host(&got), want, "{dtype:?}: shared sum, added into a copy");
+        // Alone: in place, the same values.
+        let alone = Tensor::<W, 4>::from_data(TensorData::new(before.clone(), [2, 3, 300, 16]), &gpu);
+        let got = Tensor::<W, 4>::from_primitive(TensorPrimitive::Float(kernels::add_rows(alone.into_primitive().tensor(), x.into_primitive().tensor(), 200)));
+        assert_eq!(host(&got), want, "{dtype:?}: added in place");
+    }
+}
+
+#[cfg(feature = "wgpu-kernels")]
+#[test]
 fn adamw_kernel_matches_the_ops_it_replaces() {
     // The CUDA build's AdamW step (`backend/kernels/adamw.rs`), run on wgpu (lavapipe),
     // against burn's AdamW arithmetic as tensor ops (`model::adamw::step_by_ops`, which the

@@ -92,3 +92,34 @@ pub fn rotary<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTen
     rotary_kernel::launch::<R>(&client, count, dim, x.into_tensor_arg(), cos.into_tensor_arg(), sin.into_tensor_arg(), out.clone().into_tensor_arg(), dtype.into());
     out
 }
+
+/// acc[.., at + r, j] += x[.., r, j] over `x` `[batch, heads, rows, d]` (any dtype) into
+/// `acc` `[batch, heads, len, d]` (f32), in place.
+#[cube(launch)]
+fn add_rows_kernel<F: Float>(acc: &mut Tensor<f32>, x: &Tensor<F>, at: u32, #[define(F)] _dtype: StorageType) {
+    let i = ABSOLUTE_POS;
+    if i >= x.len() {
+        terminate!();
+    }
+    let (rows, d, len) = (x.shape(2), x.shape(3), acc.shape(2));
+    let (bh, r, j) = (i / (rows * d), (i / d) % rows, i % d);
+    acc[(bh * len + at as usize + r) * d + j] += f32::cast_from(x[i]);
+}
+
+/// `sum` (f32) with `x` added to its positions `at..` (dim 2): in place where the sum's
+/// buffer is its own, else into a copy.
+pub fn add_rows<R: CubeRuntime>(sum: CubeTensor<R>, x: CubeTensor<R>, at: usize) -> CubeTensor<R> {
+    let sum = match sum.can_mut() && sum.is_contiguous() && sum.is_contiguous_buffer() {
+        true => sum,
+        false => into_contiguous(sum).copy(),
+    };
+    let x = into_contiguous(x);
+    let n = x.meta.num_elements();
+    if n == 0 {
+        return sum;
+    }
+    let (count, dim) = element_grid(&x, n);
+    let (client, dtype) = (x.client.clone(), x.dtype);
+    add_rows_kernel::launch::<R>(&client, count, dim, sum.clone().into_tensor_arg(), x.into_tensor_arg(), at as u32, dtype.into());
+    sum
+}

@@ -2,7 +2,8 @@
 //! lavapipe): what burn runs as chains of element-wise ops and reductions, each a pass
 //! through memory and a launch (the H200 profile of an untuned SFT step: 16,500 such
 //! launches, a third of the step), in one kernel each way: attention's softmax by rows of
-//! a block of scores, RMSNorm, silu(gate) ∘ up, RoPE, and AdamW's step. A row a cube (128 threads,
+//! a block of scores, RMSNorm, silu(gate) ∘ up, RoPE, the attention backward's sums, and
+//! AdamW's step. A row a cube (128 threads,
 //! reductions in shared memory) or an element a thread; arithmetic in f32 whatever the
 //! tensors' dtype, as the ops they replace (`crate::attention`, `crate::norm`,
 //! `crate::swiglu`, `crate::rope`) compute it.
@@ -17,7 +18,7 @@ mod norm;
 mod softmax;
 
 pub use adamw::adamw;
-pub use elementwise::{rotary, swiglu, swiglu_backward};
+pub use elementwise::{add_rows, rotary, swiglu, swiglu_backward};
 pub use norm::{rms_norm, rms_norm_backward};
 pub use softmax::{causal_softmax, causal_softmax_grad};
 
