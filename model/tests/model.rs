@@ -7,6 +7,11 @@ use model::{generate, Checkpoint, DefaultBackend as B, Error, Finish, Qwen3, Qwe
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+/// burn's cubecl backend on wgpu: the CUDA build's kernels and `ModelBackend`, run on
+/// Mesa's lavapipe.
+#[cfg(feature = "wgpu-kernels")]
+type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
@@ -1060,7 +1065,6 @@ fn attention_softmax_kernels_match_a_direct_softmax() {
 fn softmax_kernels_in(dtype: burn::tensor::FloatDType, tolerance: f64) {
     use burn::tensor::TensorPrimitive;
     use model::backend::kernels;
-    type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
     let device = cubecl::wgpu::WgpuDevice::default();
     W::seed(&device, 9);
     for (b, h, rows, start) in [(2, 3, 37, 45), (1, 2, 5, 300), (1, 1, 130, 0)] {
@@ -1158,7 +1162,6 @@ fn norm_swiglu_and_rope_kernels_match_the_ops_they_replace() {
     use burn::tensor::FloatDType::{self, F16, F32};
     use burn::tensor::TensorPrimitive;
     use model::backend::kernels;
-    type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
     let (gpu, cpu) = (cubecl::wgpu::WgpuDevice::default(), Default::default());
     W::seed(&gpu, 17);
     let normal = |shape: Vec<usize>, dtype: FloatDType| Tensor::<W, 1>::random([shape.iter().product::<usize>()], burn::tensor::Distribution::Normal(0.0, 2.0), &gpu).cast(dtype);
@@ -1217,7 +1220,6 @@ fn add_rows_kernel_adds_in_place_and_leaves_a_shared_sum_alone() {
     use burn::tensor::FloatDType::{self, F16, F32};
     use burn::tensor::TensorPrimitive;
     use model::backend::kernels;
-    type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
     let (gpu, cpu) = (cubecl::wgpu::WgpuDevice::default(), Default::default());
     W::seed(&gpu, 31);
     let host = |t: &Tensor<W, 4>| t.clone().cast(F32).into_data().to_vec::<f32>().unwrap();
@@ -1250,7 +1252,6 @@ fn adamw_kernel_matches_the_ops_it_replaces() {
     use burn::tensor::TensorPrimitive;
     use model::adamw::{step_by_ops, AdamWStep};
     use model::backend::kernels;
-    type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
     let (gpu, cpu) = (cubecl::wgpu::WgpuDevice::default(), Default::default());
     W::seed(&gpu, 23);
     let n = 300_001;
@@ -1292,7 +1293,6 @@ fn a_training_step_on_the_gpu_backend_matches_the_cpu_one() {
     use burn::module::{ModuleVisitor, Param};
     use burn::optim::GradientsParams;
     use model::AttnMask;
-    type W = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
     struct Grads<'a>(&'a GradientsParams, Vec<Vec<f32>>);
     impl<Ab: burn::tensor::backend::AutodiffBackend> ModuleVisitor<Ab> for Grads<'_> {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ab, D>>) {
