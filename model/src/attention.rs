@@ -49,9 +49,16 @@ pub fn causal_softmax_by_ops<B: ModelBackend>(s: Tensor<B, 4>, start: usize, sca
 }
 
 /// [`ModelBackend::causal_softmax_grad`] by burn's ops: p and p ∘ (dp − Δ)·scale, both in
-/// the scores' dtype, the arithmetic in f32.
-pub fn causal_softmax_grad_by_ops<B: ModelBackend>(s: Tensor<B, 4>, dp: Tensor<B, 4>, delta: Tensor<B, 4>, start: usize, scale: f64) -> [Tensor<B, 4>; 2] {
+/// the scores' dtype, the arithmetic in f32; Δ = rowsum(dO ∘ O) over the block's rows of
+/// `out` and `d_out`.
+pub fn causal_softmax_grad_by_ops<B: ModelBackend>(s: Tensor<B, 4>, dp: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>, start: usize, scale: f64) -> [Tensor<B, 4>; 2] {
     let dtype = s.dtype();
+    let [b, h, rows, _] = s.dims();
+    let block = [0..b, 0..h, start..start + rows, 0..out.dims()[3]];
+    // Per block, so Δ is contiguous: a slice of a whole-length Δ broadcast against the
+    // block's scores would take Flex's scalar strided path (12% of a tiny SFT step).
+    let wide = |x: Tensor<B, 4>| x.slice(block.clone()).cast(FloatDType::F32);
+    let delta = (wide(d_out) * wide(out)).sum_dim(3);
     let p = causal_softmax_by_ops(s, start, scale);
     let ds = (p.clone() * (dp.cast(FloatDType::F32) - delta)).mul_scalar(scale);
     [p.cast(dtype), ds.cast(dtype)]
@@ -127,7 +134,7 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Au
 pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
     let [q, k, v, out, d_out] = [q, k, v, out, d_out].map(in_order);
     let dtype = q.dtype();
-    let (wide, narrow) = (|x: Tensor<B, 4>| x.cast(FloatDType::F32), |x: Tensor<B, 4>| x.cast(dtype));
+    let narrow = |x: Tensor<B, 4>| x.cast(dtype);
     let [b, h, len, d] = q.dims();
     if len == 0 {
         return [q, k, v]; // as empty as the gradients
@@ -143,13 +150,11 @@ pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 
     for start in (0..len).step_by(block) {
         let end = (start + block).min(len);
         let (rows, keys) = ([0..b, 0..h, start..end, 0..d], [0..b, 0..h, 0..end, 0..d]);
-        let (qb, ob) = (q.clone().slice(rows.clone()), d_out.clone().slice(rows.clone()));
-        // Per block, so Δ is contiguous: a slice of a whole-length Δ broadcast against the
-        // block's scores would take Flex's scalar strided path (12% of a tiny SFT step).
-        let delta = (wide(ob.clone()) * wide(out.clone().slice(rows.clone()))).sum_dim(3); // [b, h, block, 1]
-        let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys.clone()));
+        let (qb, ob) = (q.clone().slice(rows.clone()), d_out.clone().slice(rows));
+        let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys));
         let dp = matmul(ob.clone(), vb.swap_dims(2, 3)).into_primitive().tensor();
-        let [p, ds] = B::causal_softmax_grad(block_scores(qb.clone(), kb.clone()), dp, delta.into_primitive().tensor(), start, scale).map(float);
+        let (o, g) = (out.clone().into_primitive().tensor(), d_out.clone().into_primitive().tensor());
+        let [p, ds] = B::causal_softmax_grad(block_scores(qb.clone(), kb.clone()), dp, o, g, start, scale).map(float);
         dv = add(dv, matmul(p.swap_dims(2, 3), ob), 0);
         dq = add(dq, matmul(ds.clone(), kb), start);
         dk = add(dk, matmul(ds.swap_dims(2, 3), qb), 0);

@@ -55,10 +55,11 @@ pub trait ModelBackend: Backend {
     }
 
     /// [`Self::causal_softmax`]'s p and the scores' gradient p ∘ (dp − Δ)·scale from the
-    /// probabilities' gradient `dp` (as `s`) and `delta` (`[batch, heads, rows, 1]`, f32:
-    /// rowsum(dO ∘ O)), both in `s`'s dtype.
-    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, delta: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {
-        by_ops::causal_softmax_grad::<Self>(s, dp, delta, start, scale)
+    /// probabilities' gradient `dp` (as `s`), where Δ = rowsum(dO ∘ O) over the block's
+    /// rows `start..start + rows` of the attention's output `out` and its gradient `d_out`
+    /// (`[batch, heads, len, head_dim]`): both in `s`'s dtype.
+    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+        by_ops::causal_softmax_grad::<Self>(s, dp, out, d_out, start, scale)
     }
 
     /// RMSNorm of each row of `x` (`[rows, n]`, any dtype) with gain `gain` (`[n]`, f32):
@@ -292,9 +293,9 @@ mod by_ops {
         crate::attention::causal_softmax_by_ops(s, start, scale).cast(dtype).into_primitive().tensor()
     }
 
-    pub fn causal_softmax_grad<B: ModelBackend>(s: FloatTensor<B>, dp: FloatTensor<B>, delta: FloatTensor<B>, start: usize, scale: f64) -> [FloatTensor<B>; 2] {
+    pub fn causal_softmax_grad<B: ModelBackend>(s: FloatTensor<B>, dp: FloatTensor<B>, out: FloatTensor<B>, d_out: FloatTensor<B>, start: usize, scale: f64) -> [FloatTensor<B>; 2] {
         let f = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-        crate::attention::causal_softmax_grad_by_ops(f(s), f(dp), f(delta), start, scale).map(|x| x.into_primitive().tensor())
+        crate::attention::causal_softmax_grad_by_ops(f(s), f(dp), f(out), f(d_out), start, scale).map(|x| x.into_primitive().tensor())
     }
 }
 
@@ -380,11 +381,12 @@ impl<R: burn_cubecl::CubeRuntime, I: burn_cubecl::IntElement, BT: burn_cubecl::B
         }
     }
 
-    /// A kernel a block ([`kernels::causal_softmax_grad`]) rather than fourteen of burn's.
-    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, delta: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {
-        match crate::own_kernels() && dp.dtype == s.dtype && delta.dtype == DType::F32 {
-            true => kernels::causal_softmax_grad(s, dp, delta, start, scale as f32),
-            false => by_ops::causal_softmax_grad::<Self>(s, dp, delta, start, scale),
+    /// A kernel a block ([`kernels::causal_softmax_grad`], Δ included) rather than
+    /// sixteen of burn's.
+    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+        match crate::own_kernels() && [&dp, &out, &d_out].iter().all(|t| t.dtype == s.dtype) {
+            true => kernels::causal_softmax_grad(s, dp, out, d_out, start, scale as f32),
+            false => by_ops::causal_softmax_grad::<Self>(s, dp, out, d_out, start, scale),
         }
     }
 

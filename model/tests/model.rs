@@ -1010,21 +1010,33 @@ fn chunked_lm_head_matches_autodiff_through_the_full_logits() {
 
 /// Attention's softmax of a block of queries `start..start + rows` over keys
 /// `0..start + rows`, computed directly in f64 from `s` (`[batch·heads, rows, keys]` flat):
-/// p and the scores' gradient p ∘ (dp − Δ)·scale per row.
-fn direct_causal_softmax(s: &[f32], dp: &[f32], delta: &[f32], rows: usize, start: usize, scale: f64) -> (Vec<f64>, Vec<f64>) {
-    let keys = start + rows;
+/// p and the scores' gradient p ∘ (dp − Δ)·scale per row, Δ = rowsum(dO ∘ O) of the row's
+/// query from `out`, `d_out` (`[batch·heads, len, dim]` flat).
+#[allow(clippy::too_many_arguments)]
+fn direct_causal_softmax(s: &[f32], dp: &[f32], out: &[f32], d_out: &[f32], len: usize, rows: usize, start: usize, scale: f64) -> (Vec<f64>, Vec<f64>) {
+    let (keys, dim) = (start + rows, out.len() / (s.len() / (rows * (start + rows))) / len);
     let (mut p, mut ds) = (vec![0.0; s.len()], vec![0.0; s.len()]);
     for (at, row) in s.chunks(keys).enumerate() {
+        let query = (at / rows * len + start + at % rows) * dim;
+        let delta: f64 = (query..query + dim).map(|c| out[c] as f64 * d_out[c] as f64).sum();
         let seen = &row[..start + at % rows + 1];
         let max = seen.iter().map(|&x| x as f64 * scale).fold(f64::MIN, f64::max);
         let sum: f64 = seen.iter().map(|&x| (x as f64 * scale - max).exp()).sum();
         for (i, &x) in seen.iter().enumerate() {
             let j = at * keys + i;
             p[j] = (x as f64 * scale - max).exp() / sum;
-            ds[j] = p[j] * (dp[j] as f64 - delta[at] as f64) * scale;
+            ds[j] = p[j] * (dp[j] as f64 - delta) * scale;
         }
     }
     (p, ds)
+}
+
+/// The attention output and its gradient as the softmax ops get them: `[batch, heads, len,
+/// dim]` views of `[batch, len, heads, dim]` tensors (the model's layout), so that a kernel
+/// that ignores strides reads the wrong rows.
+fn attention_outputs<Bk: Backend>(b: usize, h: usize, len: usize, dim: usize, device: &Bk::Device) -> [Tensor<Bk, 4>; 2] {
+    let normal = || Tensor::<Bk, 4>::random([b, len, h, dim], burn::tensor::Distribution::Normal(0.0, 1.0), device).swap_dims(1, 2);
+    [normal(), normal()]
 }
 
 #[test]
@@ -1033,14 +1045,15 @@ fn attention_softmax_by_ops_matches_a_direct_softmax() {
     // which CPU backends run and a GPU kernel replaces, against the softmax written out.
     let device = Default::default();
     B::seed(&device, 3);
-    let (b, h, rows, start, scale) = (2, 3, 37, 45, 0.37);
+    let (b, h, rows, start, scale, len, dim) = (2, 3, 37, 45, 0.37, 90, 8);
     let keys = start + rows;
     let normal = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 3.0), &device);
-    let (s, dp, delta) = (normal([b, h, rows, keys]), normal([b, h, rows, keys]), normal([b, h, rows, 1]));
+    let (s, dp) = (normal([b, h, rows, keys]), normal([b, h, rows, keys]));
+    let [out, d_out] = attention_outputs::<B>(b, h, len, dim, &device);
     let data = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
-    let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(delta.clone()), rows, start, scale);
+    let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(out.clone()), &data(d_out.clone()), len, rows, start, scale);
     let p = model::attention::causal_softmax_by_ops(s.clone(), start, scale);
-    let [p2, ds] = model::attention::causal_softmax_grad_by_ops(s, dp, delta, start, scale);
+    let [p2, ds] = model::attention::causal_softmax_grad_by_ops(s, dp, out, d_out, start, scale);
     let worst = |got: Vec<f32>, want: &[f64]| got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
     for (name, got, want) in [("p", data(p), &p_want), ("p (grad)", data(p2), &p_want), ("ds", data(ds), &ds_want)] {
         let err = worst(got, want);
@@ -1051,11 +1064,12 @@ fn attention_softmax_by_ops_matches_a_direct_softmax() {
 #[cfg(feature = "wgpu-kernels")]
 #[test]
 fn attention_softmax_kernels_match_a_direct_softmax() {
-    // The CUDA build's attention softmax kernels (`backend/kernels.rs`), run here on wgpu
-    // (Mesa's lavapipe, a Vulkan driver on the CPU): rows shorter and longer than a cube's
-    // 128 threads, blocks that start at 0 and past it; every future key exactly 0. In f32 to
-    // f32 precision; from f16 scores (the kernels read and write the scores' dtype, bf16 on
-    // CUDA, and compute in f32) within f16's rounding of the results.
+    // The CUDA build's attention softmax kernels (`backend/kernels/softmax.rs`), run here on
+    // wgpu (Mesa's lavapipe, a Vulkan driver on the CPU): rows shorter and longer than a
+    // cube's 128 threads, blocks that start at 0 and past it, head dims under and over 128
+    // (the gradient's Δ sums the output's row itself, from strided views); every future key
+    // exactly 0. In f32 to f32 precision; from f16 inputs (the kernels read and write the
+    // scores' dtype, bf16 on CUDA, and compute in f32) within f16's rounding of the results.
     use burn::tensor::FloatDType::{F16, F32};
     softmax_kernels_in(F32, 1e-5);
     softmax_kernels_in(F16, 1e-3);
@@ -1067,17 +1081,17 @@ fn softmax_kernels_in(dtype: burn::tensor::FloatDType, tolerance: f64) {
     use model::backend::kernels;
     let device = cubecl::wgpu::WgpuDevice::default();
     W::seed(&device, 9);
-    for (b, h, rows, start) in [(2, 3, 37, 45), (1, 2, 5, 300), (1, 1, 130, 0)] {
+    for (b, h, rows, start, len, dim) in [(2, 3, 37, 45, 90, 8), (1, 2, 5, 300, 305, 200), (1, 1, 130, 0, 130, 64)] {
         let (keys, scale) = (start + rows, 0.37);
         let normal = |shape: [usize; 4]| Tensor::<W, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 3.0), &device).cast(dtype);
         let (s, dp) = (normal([b, h, rows, keys]), normal([b, h, rows, keys]));
-        let delta = normal([b, h, rows, 1]).cast(burn::tensor::FloatDType::F32);
+        let [out, d_out] = attention_outputs::<W>(b, h, len, dim, &device).map(|t| t.cast(dtype));
         let data = |t: Tensor<W, 4>| t.cast(burn::tensor::FloatDType::F32).into_data().to_vec::<f32>().unwrap();
-        let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(delta.clone()), rows, start, scale);
+        let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(out.clone()), &data(d_out.clone()), len, rows, start, scale);
         let prim = |t: Tensor<W, 4>| t.into_primitive().tensor();
         let tensor = |x| data(Tensor::<W, 4>::from_primitive(TensorPrimitive::Float(x)));
         let p = tensor(kernels::causal_softmax(prim(s.clone()), start, scale as f32));
-        let [p2, ds] = kernels::causal_softmax_grad(prim(s), prim(dp), prim(delta), start, scale as f32).map(tensor);
+        let [p2, ds] = kernels::causal_softmax_grad(prim(s), prim(dp), prim(out), prim(d_out), start, scale as f32).map(tensor);
         for (name, got, want) in [("p", &p, &p_want), ("p (grad)", &p2, &p_want), ("ds", &ds, &ds_want)] {
             let scale = want.iter().fold(1f64, |m, w| m.max(w.abs()));
             let err = got.iter().zip(want.iter()).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);

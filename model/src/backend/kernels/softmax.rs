@@ -51,17 +51,28 @@ fn causal_softmax_kernel<F: Float>(s: &Tensor<F>, p: &mut Tensor<F>, start: u32,
     }
 }
 
-/// p as [`causal_softmax_kernel`], and ds = p ∘ (dp − Δ)·scale (`delta` one f32 a row).
+/// p as [`causal_softmax_kernel`], and ds = p ∘ (dp − Δ)·scale with Δ = rowsum(dO ∘ O) of
+/// the row's query (position `start + row` of `out`, `d_out`: `[batch, heads, len, dim]`,
+/// read at their strides), summed here rather than by two launches a block.
 #[cube(launch)]
-fn causal_softmax_grad_kernel<F: Float>(s: &Tensor<F>, dp: &Tensor<F>, delta: &Tensor<f32>, p: &mut Tensor<F>, ds: &mut Tensor<F>, start: u32, scale: f32, #[define(F)] _dtype: StorageType) {
-    let (rows, keys) = (s.shape(2), s.shape(3));
+fn causal_softmax_grad_kernel<F: Float>(s: &Tensor<F>, dp: &Tensor<F>, out: &Tensor<F>, d_out: &Tensor<F>, p: &mut Tensor<F>, ds: &mut Tensor<F>, start: u32, scale: f32, #[define(F)] _dtype: StorageType) {
+    let (heads, rows, keys) = (s.shape(1), s.shape(2), s.shape(3));
     let row = CUBE_POS_X as usize;
-    let at = CUBE_POS_Y as usize * rows + row;
-    let base = at * keys;
+    let bh = CUBE_POS_Y as usize;
+    let base = (bh * rows + row) * keys;
     let seen = start as usize + row + 1;
     let mut shared = SharedMemory::<f32>::new(THREADS);
     let (m, l) = row_stats::<F>(s, base, seen, scale, &mut shared);
-    let d = delta[at];
+    let (b, h, pos) = (bh / heads, bh % heads, start as usize + row);
+    let o_at = b * out.stride(0) + h * out.stride(1) + pos * out.stride(2);
+    let g_at = b * d_out.stride(0) + h * d_out.stride(1) + pos * d_out.stride(2);
+    let mut part = 0.0f32;
+    let mut c = UNIT_POS_X as usize;
+    while c < out.shape(3) {
+        part += f32::cast_from(d_out[g_at + c * d_out.stride(3)]) * f32::cast_from(out[o_at + c * out.stride(3)]);
+        c += THREADS;
+    }
+    let d = cube_sum(part, &mut shared);
     let mut i = UNIT_POS_X as usize;
     while i < keys {
         let mut x = 0.0f32;
@@ -96,11 +107,12 @@ pub fn causal_softmax<R: CubeRuntime>(s: CubeTensor<R>, start: usize, scale: f32
     p
 }
 
-/// [`causal_softmax`]'s `p` and the scores' gradient p ∘ (dp − Δ)·scale from the probabilities'
-/// gradient `dp` (as `s`) and `delta` (`[batch, heads, rows, 1]` f32: rowsum(dO ∘ O)),
-/// both in `s`'s dtype.
-pub fn causal_softmax_grad<R: CubeRuntime>(s: CubeTensor<R>, dp: CubeTensor<R>, delta: CubeTensor<R>, start: usize, scale: f32) -> [CubeTensor<R>; 2] {
-    let (s, dp, delta) = (into_contiguous(s), into_contiguous(dp), into_contiguous(delta));
+/// [`causal_softmax`]'s `p` and the scores' gradient p ∘ (dp − Δ)·scale from the
+/// probabilities' gradient `dp` (as `s`), Δ = rowsum(dO ∘ O) from the attention's output
+/// `out` and its gradient `d_out` (`[batch, heads, len, dim]`, the block's queries at
+/// `start..start + rows`, any strides), all in `s`'s dtype.
+pub fn causal_softmax_grad<R: CubeRuntime>(s: CubeTensor<R>, dp: CubeTensor<R>, out: CubeTensor<R>, d_out: CubeTensor<R>, start: usize, scale: f32) -> [CubeTensor<R>; 2] {
+    let (s, dp) = (into_contiguous(s), into_contiguous(dp));
     let empty = || empty_device_dtype::<R>(s.client.clone(), s.device.clone(), s.shape(), s.dtype);
     let (p, ds) = (empty(), empty());
     if p.meta.num_elements() == 0 {
@@ -109,6 +121,7 @@ pub fn causal_softmax_grad<R: CubeRuntime>(s: CubeTensor<R>, dp: CubeTensor<R>, 
     let (count, dim) = launch_dims(&s);
     let dtype = s.dtype;
     let client = s.client.clone();
-    causal_softmax_grad_kernel::launch::<R>(&client, count, dim, s.into_tensor_arg(), dp.into_tensor_arg(), delta.into_tensor_arg(), p.clone().into_tensor_arg(), ds.clone().into_tensor_arg(), start as u32, scale, dtype.into());
+    let args = (s.into_tensor_arg(), dp.into_tensor_arg(), out.into_tensor_arg(), d_out.into_tensor_arg());
+    causal_softmax_grad_kernel::launch::<R>(&client, count, dim, args.0, args.1, args.2, args.3, p.clone().into_tensor_arg(), ds.clone().into_tensor_arg(), start as u32, scale, dtype.into());
     [p, ds]
 }
