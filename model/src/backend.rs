@@ -11,7 +11,7 @@ use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{AttentionModuleOptions, BoolTensor, FloatTensor, IntTensor};
-use burn::tensor::TensorPrimitive;
+use burn::tensor::{TensorMetadata, TensorPrimitive};
 
 pub trait ModelBackend: Backend {
     /// softmax(q kᵀ / √d, causal) v over `[batch, heads, len, head_dim]`, queries and keys
@@ -89,6 +89,27 @@ pub trait ModelBackend: Backend {
     /// blocks of queries.
     fn add_rows(sum: FloatTensor<Self>, x: FloatTensor<Self>, at: usize) -> FloatTensor<Self> {
         by_ops::add_rows::<Self>(sum, x, at)
+    }
+
+    /// The rows of the embedding `weight` (`[vocab, hidden]`) at `tokens` (`[batch, seq]`):
+    /// burn's lookup ([`crate::embedding`]).
+    fn token_embedding(weight: FloatTensor<Self>, tokens: IntTensor<Self>) -> FloatTensor<Self> {
+        Self::embedding(weight, tokens)
+    }
+
+    /// The embedding weight's gradient: `grad` (`[vocab, hidden]`, from the weight's other
+    /// uses, a tied LM head) or zeros, with row i of `d_out` (`[n, hidden]`) added to row
+    /// `tokens[i]` (`[n]`; a token that recurs adds each of its rows).
+    fn embedding_grad(grad: Option<FloatTensor<Self>>, vocab: usize, tokens: IntTensor<Self>, d_out: FloatTensor<Self>) -> FloatTensor<Self> {
+        let f = |x| Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
+        crate::embedding::grad_by_ops::<Self>(grad.map(f), vocab, Tensor::from_primitive(tokens), f(d_out)).into_primitive().tensor()
+    }
+
+    /// Σ x² over every element of `x` (a gradient, for global-norm clipping): `[1]`.
+    fn sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let n = x.shape().num_elements();
+        let x = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(Self::float_reshape(x, [n].into())));
+        x.square().sum().into_primitive().tensor()
     }
 
     /// One AdamW step of an f32 parameter `p` from its gradient `g` and moments `m`, `v`
@@ -205,6 +226,18 @@ impl ModelBackend for burn::backend::Flex {
 
     fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
         flex::swiglu_backward(gate, up, d_out)
+    }
+
+    /// f32: in place where the gradient is not shared; zeros from the allocator (pages
+    /// the rows never touch stay unmapped).
+    fn embedding_grad(grad: Option<FloatTensor<Self>>, vocab: usize, tokens: IntTensor<Self>, d_out: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex::embedding_grad(grad, vocab, tokens, d_out)
+    }
+
+    /// f32: blocks on every core, each summed in f32 lanes, the blocks in order in f64
+    /// (burn's `square` writes a whole copy first).
+    fn sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex::sum_of_squares(x)
     }
 
     /// f32: one pass on every core, in place where the weight and moments are not shared.
@@ -468,6 +501,10 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
 
     fn rms_norm(x: FloatTensor<Self>, gain: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         crate::norm::autodiff::<B, C>(x, gain, eps)
+    }
+
+    fn token_embedding(weight: FloatTensor<Self>, tokens: IntTensor<Self>) -> FloatTensor<Self> {
+        crate::embedding::autodiff::<B, C>(weight, tokens)
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod embedding;
 pub mod error;
 pub mod generate;
 mod lanes;

@@ -521,7 +521,7 @@ impl<B: ModelBackend> Qwen3<B> {
     /// The embeddings of `tokens` as the f32 residual stream, rounded to the compute
     /// dtype on the way (as a lookup in the matrix that dtype stores).
     fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let x = self.embed_tokens.forward(tokens);
+        let x = crate::embedding::embedding(self.embed_tokens.weight.val(), tokens);
         to(to(x, self.compute.precision.dtype()), FloatDType::F32)
     }
 

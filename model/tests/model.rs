@@ -783,6 +783,79 @@ fn matmul_op_gradients_equal_burns_autodiff() {
 }
 
 #[test]
+fn embedding_op_gradients_equal_burns_autodiff_tied_or_not() {
+    // The embedding's own op (`model::embedding`: its backward adds the tokens' rows into
+    // the gradient the weight already has, on Flex in place) against burn's autodiff
+    // embedding: alone, and tied to an LM head-like product (the weight's other gradient
+    // registered first); tokens that recur add each of their rows. And the op itself: a
+    // gradient that another tensor shares is added into a copy and left as it was; by
+    // burn's ops (the default other backends run) the same.
+    type A = burn::backend::Autodiff<B>;
+    let device = Default::default();
+    <A as Backend>::seed(&device, 8);
+    let (vocab, hidden) = (50, 8);
+    let tokens = Tensor::<A, 2, Int>::from_data(TensorData::new(vec![3i64, 7, 3, 49, 0, 7, 7, 12, 3, 5, 0, 1], [2, 6]), &device);
+    let rand = |shape: [usize; 3]| Tensor::<A, 3>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let (g, g_head) = (rand([2, 6, hidden]), rand([2, 6, vocab]));
+    let w = Tensor::<A, 2>::random([vocab, hidden], burn::tensor::Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let data = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().unwrap();
+    type Lookup<'a> = &'a dyn Fn(Tensor<A, 2>, Tensor<A, 2, Int>) -> Tensor<A, 3>;
+    let lookups: [Lookup; 2] = [&|w, t| model::embedding::embedding(w, t), &|w, t| burn::tensor::module::embedding(w, t)];
+    for tied in [false, true] {
+        let [ours, burns] = lookups.map(|lookup| {
+            let x = lookup(w.clone(), tokens.clone());
+            let mut loss = (x.clone() * g.clone()).sum();
+            if tied {
+                loss = loss + (x.matmul(w.clone().transpose().unsqueeze::<3>()) * g_head.clone()).sum();
+            }
+            data(w.grad(&loss.backward()).expect("the weight takes a gradient"))
+        });
+        let close = ours.iter().zip(&burns).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+        assert!(close, "tied: {tied}: the embedding's gradient differs from burn's");
+    }
+    let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![3i64, 7, 3, 49, 0], [5]), &device);
+    let rows = Tensor::<B, 2>::random([5, hidden], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let so_far = Tensor::<B, 2>::random([vocab, hidden], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let mut want = data(so_far.clone());
+    for (i, &t) in [3usize, 7, 3, 49, 0].iter().enumerate() {
+        for c in 0..hidden {
+            want[t * hidden + c] += data(rows.clone())[i * hidden + c];
+        }
+    }
+    let op = |grad: Option<Tensor<B, 2>>| {
+        let g = <B as model::ModelBackend>::embedding_grad(grad.map(|t| t.into_primitive().tensor()), vocab, ids.clone().into_primitive(), rows.clone().into_primitive().tensor());
+        data(Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(g)))
+    };
+    let before = data(so_far.clone());
+    let kept = so_far.clone();
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + y.abs()));
+    assert!(close(&op(Some(so_far)), &want), "shared gradient: rows added into a copy");
+    assert_eq!(data(kept), before, "a shared gradient was written");
+    assert!(close(&op(Some(Tensor::from_data(TensorData::new(before.clone(), [vocab, hidden]), &device))), &want), "rows added in place");
+    let by_ops = model::embedding::grad_by_ops(Some(Tensor::<B, 2>::from_data(TensorData::new(before, [vocab, hidden]), &device)), vocab, ids.clone(), rows.clone());
+    assert!(close(&data(by_ops), &want), "by burn's ops");
+    let from_zeros: Vec<f32> = op(None).iter().zip(data(model::embedding::grad_by_ops(None, vocab, ids.clone(), rows.clone()))).map(|(a, b)| a - b).collect();
+    assert!(from_zeros.iter().all(|d| d.abs() <= 1e-6), "no gradient so far: the rows into zeros");
+}
+
+#[test]
+fn sum_of_squares_op_matches_a_direct_sum() {
+    // The clip's per-gradient Σ x² (`ModelBackend::sum_of_squares`; on Flex blocks of f32
+    // lanes summed in f64) against the sum in f64: more elements than a block, a transposed
+    // view, and a bf16 tensor (burn's ops, within bf16's rounding of the squares' sum).
+    use model::ModelBackend;
+    let device = Default::default();
+    B::seed(&device, 12);
+    let x = Tensor::<B, 2>::random([300, 700], burn::tensor::Distribution::Normal(0.0, 2.0), &device);
+    let direct = |t: &Tensor<B, 2>| t.clone().into_data().convert::<f64>().to_vec::<f64>().unwrap().iter().map(|v| v * v).sum::<f64>();
+    let ours = |t: Tensor<B, 2>| Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(B::sum_of_squares(t.into_primitive().tensor()))).into_scalar().elem::<f64>();
+    for (name, t, tolerance) in [("contiguous", x.clone(), 1e-6), ("transposed", x.clone().transpose(), 1e-6), ("bf16", x.cast(burn::tensor::FloatDType::BF16), 1e-2)] {
+        let (got, want) = (ours(t.clone()), direct(&t));
+        assert!((got - want).abs() <= tolerance * want, "{name}: {got} against {want}");
+    }
+}
+
+#[test]
 fn blockwise_attention_matches_burns_autodiff_in_f32_and_bf16() {
     // What the GPU runs (`attention::forward` and `backward`: blocks of 512 queries,
     // products in the inputs' dtype, softmax and sums in f32) against burn's attention and

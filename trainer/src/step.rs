@@ -11,6 +11,7 @@ use burn::prelude::*;
 use burn::record::{BinFileRecorder, BurnRecord, FullPrecisionSettings, Record, Recorder};
 use std::collections::HashMap;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::TensorPrimitive;
 use datasets::PackedSeq;
 use model::{AttnMask, ModelBackend, Qwen3, TrainingBackend};
 use std::path::Path;
@@ -241,7 +242,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for MoveVectors<'_> {
 /// Scales all gradients so their global L2 norm is at most `max` (as
 /// `torch.nn.utils.clip_grad_norm_`: coefficient max / (norm + 1e-6), capped at 1);
 /// returns the norm before clipping.
-pub fn clip_global_norm<B: AutodiffBackend>(model: &Qwen3<B>, grads: &mut GradientsParams, max: Option<f64>) -> f64 {
+pub fn clip_global_norm<B: TrainingBackend>(model: &Qwen3<B>, grads: &mut GradientsParams, max: Option<f64>) -> f64 {
     struct Ids(Vec<(ParamId, usize)>);
     impl<B: AutodiffBackend> ModuleVisitor<B> for Ids {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
@@ -250,8 +251,8 @@ pub fn clip_global_norm<B: AutodiffBackend>(model: &Qwen3<B>, grads: &mut Gradie
     }
     let mut ids = Ids(vec![]);
     model.visit(&mut ids);
-    fn sq<B: Backend, const D: usize>(g: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
-        g.get::<B, D>(id).map(|t| t.square().sum())
+    fn sq<B: ModelBackend, const D: usize>(g: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
+        g.get::<B, D>(id).map(|t| Tensor::from_primitive(TensorPrimitive::Float(B::sum_of_squares(t.into_primitive().tensor()))))
     }
     fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, c: f64) {
         if let Some(t) = g.remove::<B, D>(id) {

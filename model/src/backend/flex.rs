@@ -377,6 +377,39 @@ pub(super) fn swiglu_backward(gate: FlexTensor, up: FlexTensor, d_out: FlexTenso
     [FlexTensor::from_data(TensorData::new(d_gate, shape.clone())), FlexTensor::from_data(TensorData::new(d_up, shape))]
 }
 
+/// [`super::ModelBackend::sum_of_squares`]: f32 in blocks (the same sum on any number
+/// of threads); anything else by burn's ops.
+pub(super) fn sum_of_squares(x: FlexTensor) -> FlexTensor {
+    if x.dtype() != DType::F32 {
+        let n = x.layout().num_elements();
+        return Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(x.reshape([n].into()))).square().sum().into_primitive().tensor();
+    }
+    let x = x.to_contiguous();
+    let blocks: Vec<f64> = x.storage::<f32>().par_chunks(1 << 16).map(|b| dot::<f32>(b, b) as f64).collect();
+    FlexTensor::from_data(TensorData::new(vec![blocks.iter().sum::<f64>() as f32], [1]))
+}
+
+/// [`super::ModelBackend::embedding_grad`]: f32, the rows added in order (a recurring
+/// token's too) into `grad` in place when it is unique, else into a copy or into zeros.
+pub(super) fn embedding_grad(grad: Option<FlexTensor>, vocab: usize, tokens: FlexTensor, d_out: FlexTensor) -> FlexTensor {
+    if grad.as_ref().is_some_and(|g| g.dtype() != DType::F32) || d_out.dtype() != DType::F32 {
+        let f = |x| Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(x));
+        return crate::embedding::grad_by_ops::<Flex>(grad.map(f), vocab, Tensor::from_primitive(tokens), f(d_out)).into_primitive().tensor();
+    }
+    let hidden = d_out.layout().shape()[1];
+    let mut grad = match grad {
+        Some(g) if writable(&g) => g,
+        Some(g) => FlexTensor::from_data(TensorData::new(g.to_contiguous().storage::<f32>().to_vec(), [vocab, hidden])),
+        None => FlexTensor::from_data(TensorData::new(vec![0f32; vocab * hidden], [vocab, hidden])),
+    };
+    let (d_out, tokens) = (d_out.to_contiguous(), ids(tokens));
+    let dst = grad.try_storage_mut::<f32>().expect("a unique buffer");
+    for (&t, row) in tokens.iter().zip(d_out.storage::<f32>().chunks_exact(hidden)) {
+        dst[t * hidden..][..hidden].iter_mut().zip(row).for_each(|(g, &x)| *g += x);
+    }
+    grad
+}
+
 /// [`super::ModelBackend::adamw`] for f32: one pass over the four tensors on every core
 /// (burn's `AdamW` makes fifteen, each on one thread), writing the weight and moments in
 /// place where nothing else holds them (else into copies).
