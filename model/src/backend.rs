@@ -234,6 +234,11 @@ impl ModelBackend for burn::backend::Flex {
         flex::embedding_grad(grad, vocab, tokens, d_out)
     }
 
+    /// 2-D f32: gemm into a buffer of our own ([`flex::matmul`]); else Flex's.
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex::matmul(lhs, rhs)
+    }
+
     /// f32: blocks on every core, each summed in f32 lanes, the blocks in order in f64
     /// (burn's `square` writes a whole copy first).
     fn sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
