@@ -73,10 +73,19 @@ fn in_order<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     x.reshape([b * h, t, d]).reshape([b, h, t, d])
 }
 
-/// Causal attention of `q`, `k`, `v` (`[batch, heads, len, head_dim]`, the same positions)
-/// by blocks of queries ([`query_block`]): the output in the inputs' dtype.
+/// `k` or `v` (`[batch, kv_heads, len, head_dim]`) with each KV head repeated for the
+/// query heads it serves (GQA), in order: a copy that lives for one call, where autodiff
+/// keeps only the KV heads (half the keys and values saved a layer at Qwen3-0.6B's 16/8).
+fn for_heads<B: Backend>(x: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
+    in_order(crate::qwen3::repeat_kv(x.clone(), heads / x.dims()[1]))
+}
+
+/// Causal attention of `q` (`[batch, heads, len, head_dim]`) over `k`, `v` (`[batch,
+/// kv_heads, len, head_dim]`, the same positions; a KV head serves `heads / kv_heads`
+/// query heads) by blocks of queries ([`query_block`]): the output in the inputs' dtype.
 pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
-    let (q, k, v) = (in_order(q), in_order(k), in_order(v));
+    let h = q.dims()[1];
+    let (q, k, v) = (in_order(q), for_heads(k, h), for_heads(v, h));
     let [b, h, len, d] = q.dims();
     if len == 0 {
         return q; // as empty as the output
@@ -130,15 +139,24 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Au
 /// dK = dSᵀ q. The products run in the inputs' dtype (bf16 on a GPU: tensor
 /// cores, f32 accumulation inside the kernel; an f32 product there is several times
 /// slower) and the softmax, its gradient and the sums over blocks in f32, as FlashAttention
-/// does; transformers' eager attention keeps even dS in bf16.
+/// does; transformers' eager attention keeps even dS in bf16. With GQA (`k`, `v` with
+/// fewer heads, as [`forward`]'s) dK and dV are the sums over each KV head's query heads.
 pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
-    let [q, k, v, out, d_out] = [q, k, v, out, d_out].map(in_order);
-    let dtype = q.dtype();
-    let narrow = |x: Tensor<B, 4>| x.cast(dtype);
     let [b, h, len, d] = q.dims();
+    let kv_heads = k.dims()[1];
     if len == 0 {
         return [q, k, v]; // as empty as the gradients
     }
+    let [q, out, d_out] = [q, out, d_out].map(in_order);
+    let (k, v) = (for_heads(k, h), for_heads(v, h));
+    let dtype = q.dtype();
+    // Summed over the query heads of a KV head in f32 (adds of strided views, not burn's
+    // sum_dim, which went wrong on wgpu past 65,535 rows), then in the inputs' dtype.
+    let narrow = |x: Tensor<B, 4>| {
+        let group = x.reshape([b, kv_heads, h / kv_heads, len, d]);
+        let sum = (1..h / kv_heads).fold(group.clone().narrow(2, 0, 1), |sum, r| sum + group.clone().narrow(2, r, 1));
+        sum.reshape([b, kv_heads, len, d]).cast(dtype)
+    };
     let scale = 1.0 / (d as f64).sqrt();
     let device = q.device();
     let zeros = || Tensor::<B, 4>::zeros([b, h, len, d], &device).into_primitive().tensor();
@@ -159,5 +177,5 @@ pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 
         dq = add(dq, matmul(ds.clone(), kb), start);
         dk = add(dk, matmul(ds.swap_dims(2, 3), qb), 0);
     }
-    [dq, dk, dv].map(|g| narrow(float(g)))
+    [float(dq).cast(dtype), narrow(float(dk)), narrow(float(dv))]
 }

@@ -14,8 +14,10 @@ use burn::tensor::ops::{AttentionModuleOptions, BoolTensor, FloatTensor, IntTens
 use burn::tensor::{TensorMetadata, TensorPrimitive};
 
 pub trait ModelBackend: Backend {
-    /// softmax(q kᵀ / √d, causal) v over `[batch, heads, len, head_dim]`, queries and keys
-    /// at the same positions: by blocks of queries ([`crate::attention::forward`]).
+    /// softmax(q kᵀ / √d, causal) v, `q` `[batch, heads, len, head_dim]`, `k`, `v` `[batch,
+    /// kv_heads, len, head_dim]` (GQA: a KV head serves `heads / kv_heads` query heads),
+    /// queries and keys at the same positions: by blocks of queries
+    /// ([`crate::attention::forward`]).
     fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
         crate::attention::forward(f(q), f(k), f(v)).into_primitive().tensor()
@@ -34,8 +36,9 @@ pub trait ModelBackend: Backend {
         prefill_by_blocks(q, k, v, mask.map(Tensor::from_primitive), block).into_primitive().tensor()
     }
 
-    /// Gradients of [`Self::causal_attention`] for `q`, `k`, `v` from its output `out` and
-    /// the output's gradient ([`crate::attention`]'s blockwise recomputing backward).
+    /// Gradients of [`Self::causal_attention`] for `q`, `k`, `v` (each of its input's shape)
+    /// from its output `out` and the output's gradient ([`crate::attention`]'s blockwise
+    /// recomputing backward).
     fn causal_attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
         let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
         crate::attention::backward(f(q), f(k), f(v), f(out), f(d_out)).map(|g| g.into_primitive().tensor())

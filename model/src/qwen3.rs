@@ -323,18 +323,19 @@ impl<B: ModelBackend> Attention<B> {
         }
         let out = match mask {
             LayerMask::Causal(m) => float(B::prefill_attention(prim(q), prim(k), prim(v), m.clone().map(Tensor::into_primitive))),
-            LayerMask::Documents(rows) => documents_attention(q, repeat_kv(k, h / kvh), repeat_kv(v, h / kvh), rows),
+            LayerMask::Documents(rows) => documents_attention(q, k, v, rows),
         };
         proj(&self.o_proj, out.swap_dims(1, 2).reshape([b, t, h * d]), dt)
     }
 }
 
-/// Causal attention within each document of packed rows (`q`, `k`, `v` `[batch, heads,
-/// len, head_dim]`, `rows` each row's document lengths). Rows of the same lengths go
+/// Causal attention within each document of packed rows (`q` `[batch, heads, len,
+/// head_dim]`, `k`, `v` `[batch, kv_heads, len, head_dim]`, `rows` each row's document
+/// lengths). Rows of the same lengths go
 /// together, a call a document for all of them (one document a row, as most batches and
 /// every benchmark: one call a layer instead of one a row), then back in their order.
 fn documents_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, rows: &[Vec<usize>]) -> Tensor<B, 4> {
-    let [b, h, _, d] = q.dims();
+    let b = q.dims()[0];
     let mut groups: Vec<(&[usize], Vec<usize>)> = vec![];
     for (r, docs) in rows.iter().enumerate() {
         match groups.iter_mut().find(|(lens, _)| *lens == docs.as_slice()) {
@@ -358,9 +359,10 @@ fn documents_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Ten
             }
             let mut start = 0;
             let parts = lens.iter().map(|&n| {
-                let s = [0..members.len(), 0..h, start..start + n, 0..d];
+                let doc = |x: &Tensor<B, 4>| x.clone().narrow(2, start, n);
+                let out = causal_attention(doc(&q), doc(&k), doc(&v));
                 start += n;
-                causal_attention(q.clone().slice(s.clone()), k.clone().slice(s.clone()), v.clone().slice(s))
+                out
             });
             Tensor::cat(parts.collect(), 2)
         })

@@ -707,36 +707,50 @@ fn bf16_compute_tracks_torch_autocast() {
 fn lean_attention_backward_matches_autodiff_through_burns_attention() {
     // Our causal attention (on Flex in f32 a forward by blocks of 64 queries against tiles
     // of 128 keys, the backward by blocks of 64 queries, both through gemm; elsewhere the
-    // backend's attention and a backward by blocks of 512 queries) against burn's autodiff
-    // through its own attention (matmul, mask, softmax, matmul kept for the backward):
-    // outputs and the gradients of q, k and v, across block boundaries, with q a strided
-    // view as the model's are ([batch, len, heads, dim] with its middle dims swapped). On 3
+    // backend's attention and a backward by blocks of 512 queries, which Flex runs in
+    // other dtypes: `model::attention::backward`, checked here too) against burn's autodiff
+    // through its own attention (matmul, mask, softmax, matmul kept for the backward) over
+    // K and V repeated for GQA: outputs and the gradients of q and of the KV heads, across
+    // block boundaries, with q a strided view as the model's are ([batch, len, heads, dim]
+    // with its middle dims swapped); 6 query heads over 6 KV heads, then over 3. On 3
     // threads the same bits as on 1.
     type A = burn::backend::Autodiff<B>;
     let device = Default::default();
     <A as Backend>::seed(&device, 7);
-    let shape = [2, 6, 700, 16];
-    let rand = || Tensor::<A, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let q_rows = Tensor::<A, 4>::random([2, 700, 6, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device).require_grad();
-    let (k, v, w) = (rand().require_grad(), rand().require_grad(), rand());
+    let normal = |shape: [usize; 4]| Tensor::<A, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let q_rows = normal([2, 700, 6, 16]).require_grad();
+    let w = normal([2, 6, 700, 16]);
     let q = || q_rows.clone().swap_dims(1, 2); // a node per use: a backward frees the graph
-    let grads_of = |out: Tensor<A, 4>| {
-        let g = (out.clone() * w.clone()).sum().backward();
-        let data = |t: &Tensor<A, 4>| t.grad(&g).unwrap().into_data().to_vec::<f32>().unwrap();
-        [out.into_data().to_vec::<f32>().unwrap(), data(&q_rows), data(&k), data(&v)]
-    };
-    let on_threads = |n: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
-        pool.install(|| grads_of(model::attention::causal_attention(q(), k.clone(), v.clone())))
-    };
-    let ours = on_threads(3);
-    assert!(ours == on_threads(1), "attention by head groups changed the numbers");
-    let causal = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-    let reference = grads_of(burn::tensor::module::attention(q(), k.clone(), v.clone(), None, None, causal));
-    for (name, (a, b)) in ["output", "dq", "dk", "dv"].iter().zip(ours.iter().zip(&reference)) {
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
-        assert!(worst <= 1e-5 * scale.max(1.0), "{name}: max |Δ| {worst} (max |ref| {scale})");
+    let data = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
+    for kv_heads in [6, 3] {
+        let (k, v) = (normal([2, kv_heads, 700, 16]).require_grad(), normal([2, kv_heads, 700, 16]).require_grad());
+        let grads_of = |out: Tensor<A, 4>| {
+            let g = (out.clone() * w.clone()).sum().backward();
+            let grad = |t: &Tensor<A, 4>| data(t.grad(&g).unwrap());
+            [data(out.inner()), grad(&q_rows), grad(&k), grad(&v)]
+        };
+        let on_threads = |n: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+            pool.install(|| grads_of(model::attention::causal_attention(q(), k.clone(), v.clone())))
+        };
+        let ours = on_threads(3);
+        assert!(ours == on_threads(1), "attention by head groups changed the numbers");
+        let by_blocks = {
+            let out = model::attention::forward(q().inner(), k.clone().inner(), v.clone().inner());
+            let [dq, dk, dv] = model::attention::backward(q().inner(), k.clone().inner(), v.clone().inner(), out.clone(), w.clone().inner());
+            [data(out), data(dq.swap_dims(1, 2)), data(dk), data(dv)]
+        };
+        let repeat = |x: Tensor<A, 4>| x.unsqueeze_dim::<5>(2).expand([2, kv_heads, 6 / kv_heads, 700, 16]).reshape([2, 6, 700, 16]);
+        let causal = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let reference = grads_of(burn::tensor::module::attention(q(), repeat(k.clone()), repeat(v.clone()), None, None, causal));
+        for (how, ours) in [("ours", &ours), ("by blocks", &by_blocks)] {
+            for (name, (a, b)) in ["output", "dq", "dk", "dv"].iter().zip(ours.iter().zip(&reference)) {
+                assert_eq!(a.len(), b.len(), "{how} {name}, {kv_heads} KV heads");
+                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+                assert!(worst <= 1e-5 * scale.max(1.0), "{how} {name}, {kv_heads} KV heads: max |Δ| {worst} (max |ref| {scale})");
+            }
+        }
     }
 }
 

@@ -109,26 +109,26 @@ pub(super) fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, first_key:
 
 /// Gradients of [`forward`] for q, k, v (FlashAttention-2's backward by blocks of queries:
 /// P = softmax(S), S = q kᵀ·s, Δ = rowsum(dO ∘ O); dV = Pᵀ dO, dS = P ∘ (dO vᵀ − Δ),
-/// dQ = dS k·s, dK = dSᵀ q·s), a task per (row, head); `None` as for [`forward`].
+/// dQ = dS k·s, dK = dSᵀ q·s), a task per (row, head); with GQA (`k`, `v` `[batch,
+/// kv_heads, len, dim]`) each query head's dK and dV, then their sums a KV head, in head
+/// order; `None` as for [`forward`].
 pub(super) fn backward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, out: &FlexTensor, d_out: &FlexTensor) -> Option<[FlexTensor; 3]> {
     let (qv, kv, vv, ov, gv) = (View::of(q)?, View::of(k)?, View::of(v)?, View::of(out)?, View::of(d_out)?);
     let dims = q.layout().shape();
     let [b, h, t, d] = [dims[0], dims[1], dims[2], dims[3]];
-    if k.layout().shape()[1] != h {
-        return None;
-    }
+    let n_rep = h / k.layout().shape()[1];
     let scale = 1.0 / (d as f32).sqrt();
     let mut grads = [vec![0f32; b * h * t * d], vec![0f32; b * h * t * d], vec![0f32; b * h * t * d]];
     let [dq, dk, dv] = &mut grads;
     dq.par_chunks_mut(t * d).zip(dk.par_chunks_mut(t * d)).zip(dv.par_chunks_mut(t * d)).enumerate().for_each(|(bh, ((dq, dk), dv))| {
-        let (bi, hi) = (bh / h, bh % h);
+        let (bi, hi, kh) = (bh / h, bh % h, bh % h / n_rep);
         let (mut p, mut ds) = (vec![0f32; QUERIES * t], vec![0f32; QUERIES * t]);
         for (blk, dq) in dq.chunks_mut(QUERIES * d).enumerate() {
             let (i0, rows) = (blk * QUERIES, dq.len() / d);
             let e = i0 + rows; // keys 0..e
             let (p, ds) = (&mut p[..rows * e], &mut ds[..rows * e]);
             let (qb, gb) = ((qv.at(bi, hi, i0), qv.strides[2], 1), (gv.at(bi, hi, i0), gv.strides[2], 1));
-            gemm(rows, e, d, (p.as_mut_ptr(), e), false, qb, (kv.at(bi, hi, 0), 1, kv.strides[2]), scale);
+            gemm(rows, e, d, (p.as_mut_ptr(), e), false, qb, (kv.at(bi, kh, 0), 1, kv.strides[2]), scale);
             for (r, p) in p.chunks_exact_mut(e).enumerate() {
                 let seen = i0 + r + 1;
                 lanes::softmax(&mut p[..seen]);
@@ -137,15 +137,31 @@ pub(super) fn backward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, out: &Fle
             // dV[0..e] += Pᵀ dO
             gemm(e, d, rows, (dv.as_mut_ptr(), d), true, (p.as_ptr(), 1, e), gb, 1.0);
             // dS = P ∘ (dO vᵀ − Δ)
-            gemm(rows, e, d, (ds.as_mut_ptr(), e), false, gb, (vv.at(bi, hi, 0), 1, vv.strides[2]), 1.0);
+            gemm(rows, e, d, (ds.as_mut_ptr(), e), false, gb, (vv.at(bi, kh, 0), 1, vv.strides[2]), 1.0);
             for (r, (ds, p)) in ds.chunks_exact_mut(e).zip(p.chunks_exact(e)).enumerate() {
                 let delta: f32 = gv.row(bi, hi, i0 + r, d).iter().zip(ov.row(bi, hi, i0 + r, d)).map(|(a, b)| a * b).sum();
                 ds.iter_mut().zip(p).for_each(|(x, &p)| *x = p * (*x - delta));
             }
             // dQ = dS k·s; dK[0..e] += dSᵀ q·s
-            gemm(rows, d, e, (dq.as_mut_ptr(), d), false, (ds.as_ptr(), e, 1), (kv.at(bi, hi, 0), kv.strides[2], 1), scale);
+            gemm(rows, d, e, (dq.as_mut_ptr(), d), false, (ds.as_ptr(), e, 1), (kv.at(bi, kh, 0), kv.strides[2], 1), scale);
             gemm(e, d, rows, (dk.as_mut_ptr(), d), true, (ds.as_ptr(), 1, e), qb, scale);
         }
     });
-    Some(grads.map(|g| FlexTensor::from_data(TensorData::new(g, [b, h, t, d]))))
+    let [dq, dk, dv] = grads;
+    let heads = |g: Vec<f32>| match n_rep {
+        1 => FlexTensor::from_data(TensorData::new(g, [b, h, t, d])),
+        _ => FlexTensor::from_data(TensorData::new(sum_groups(&g, n_rep, t * d), [b, h / n_rep, t, d])),
+    };
+    Some([FlexTensor::from_data(TensorData::new(dq, [b, h, t, d])), heads(dk), heads(dv)])
+}
+
+/// The sums of each `n` consecutive heads (`head` floats each) of `g`, added in order.
+fn sum_groups(g: &[f32], n: usize, head: usize) -> Vec<f32> {
+    let mut out = vec![0f32; g.len() / n];
+    out.par_chunks_mut(head).zip(g.par_chunks(n * head)).for_each(|(o, group)| {
+        for x in group.chunks_exact(head) {
+            o.iter_mut().zip(x).for_each(|(o, x)| *o += x);
+        }
+    });
+    out
 }
