@@ -77,7 +77,8 @@ fn in_order<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// query heads it serves (GQA), in order: a copy that lives for one call, where autodiff
 /// keeps only the KV heads (half the keys and values saved a layer at Qwen3-0.6B's 16/8).
 fn for_heads<B: Backend>(x: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
-    in_order(crate::qwen3::repeat_kv(x.clone(), heads / x.dims()[1]))
+    let n_rep = heads / x.dims()[1];
+    in_order(crate::qwen3::repeat_kv(x, n_rep))
 }
 
 /// Causal attention of `q` (`[batch, heads, len, head_dim]`) over `k`, `v` (`[batch,
