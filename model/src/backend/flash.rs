@@ -89,10 +89,10 @@ pub(super) fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, first_key:
                     if m == f32::NEG_INFINITY {
                         continue; // no key yet (a padding query)
                     }
-                    s[..seen].iter_mut().for_each(|x| *x = lanes::exp(*x - m));
+                    let tile = lanes::exp_shifted_sum(&mut s[..seen], m);
                     // First keys: max[r] = -inf, the factor 0 times an empty sum and output.
                     let rescale = lanes::exp(max[r] - m);
-                    sum[r] = sum[r] * rescale + lanes::sum(&s[..seen]);
+                    sum[r] = sum[r] * rescale + tile;
                     max[r] = m;
                     o.iter_mut().for_each(|x| *x *= rescale);
                 }

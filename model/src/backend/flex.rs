@@ -231,7 +231,7 @@ pub(super) fn logit_grad(z: FlexTensor, lse: Option<FlexTensor>, targets: FlexTe
             max + lanes::exp_sums(row, max).0.ln()
         }, |l| l[i]);
         let g = g[i];
-        row.iter_mut().for_each(|x| *x = -g * lanes::exp(*x - lse));
+        lanes::scaled_exp(row, lse, -g);
         row[targets[i]] += g;
     });
     dz
@@ -352,7 +352,7 @@ pub(super) fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
     let (gate, up) = (gate.to_contiguous(), up.to_contiguous());
     let mut out = vec![0f32; shape.num_elements()];
     out.par_chunks_mut(4096).zip(gate.storage::<f32>().par_chunks(4096)).zip(up.storage::<f32>().par_chunks(4096)).for_each(|((o, g), u)| {
-        o.iter_mut().zip(g).zip(u).for_each(|((o, g), u)| *o = g / (1.0 + lanes::exp(-g)) * u);
+        lanes::silu_mul(o, g, u);
     });
     FlexTensor::from_data(TensorData::new(out, shape))
 }
@@ -367,13 +367,7 @@ pub(super) fn swiglu_backward(gate: FlexTensor, up: FlexTensor, d_out: FlexTenso
     let n = shape.num_elements();
     let (mut d_gate, mut d_up) = (vec![0f32; n], vec![0f32; n]);
     let inputs = gate.storage::<f32>().par_chunks(4096).zip(up.storage::<f32>().par_chunks(4096)).zip(d_out.storage::<f32>().par_chunks(4096));
-    d_gate.par_chunks_mut(4096).zip(d_up.par_chunks_mut(4096)).zip(inputs).for_each(|((dg, du), ((g, u), d))| {
-        for i in 0..g.len() {
-            let s = 1.0 / (1.0 + lanes::exp(-g[i]));
-            dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-            du[i] = d[i] * g[i] * s;
-        }
-    });
+    d_gate.par_chunks_mut(4096).zip(d_up.par_chunks_mut(4096)).zip(inputs).for_each(|((dg, du), ((g, u), d))| lanes::silu_mul_grad(dg, du, g, u, d));
     [FlexTensor::from_data(TensorData::new(d_gate, shape.clone())), FlexTensor::from_data(TensorData::new(d_up, shape))]
 }
 
