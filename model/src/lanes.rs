@@ -1,7 +1,7 @@
 //! Row reductions, e^x and SiLU written so that the compiler vectorizes them (a fold over
 //! `f32::max`, a running sum, a branch or libm's `expf` is not): the CPU softmaxes of
 //! attention, of the LM head and of sampling, and the MLP's activation. Each loop is built
-//! twice, for x86-64's SSE2 and for AVX2, and picks at run time ([`wide!`]): twice the lanes
+//! twice, for x86-64's SSE2 and for AVX2, and picks at run time (`wide!`): twice the lanes
 //! where the CPU has them, the same numbers either way (Rust never fuses a multiply and an
 //! add on its own).
 
@@ -43,6 +43,7 @@ wide! {
 }
 
 /// Σ row in eight lanes.
+#[cfg(feature = "flex")]
 #[inline(always)]
 fn sum_lanes(row: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
