@@ -93,14 +93,13 @@ pub fn backend_label() -> String {
 /// On CPU it keeps freed memory in the process: burn's Flex allocates and frees large
 /// temporaries op after op, and glibc returns every block over 128 KB to the kernel on free
 /// and faults it in again, zeroed, on the next allocation (a tenth of the tiny default's
-/// SFT step, measured back to back). Every block now comes from the heap (larger ones
-/// too: the 0.6B shape's LM-head chunks and gradients; glibc still maps one where the heap
-/// cannot grow), and up to 1 GiB of freed heap stays mapped.
+/// SFT step, measured back to back). Every block now comes from the heap (no mmap
+/// threshold, so the 0.6B shape's LM-head chunks and gradients too; glibc still maps one
+/// where the heap cannot grow), and up to 1 GiB of freed heap stays mapped.
 pub fn init_runtime() -> std::result::Result<(), String> {
     #[cfg(all(feature = "flex", not(feature = "cuda"), target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called before any thread computes.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
