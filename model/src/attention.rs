@@ -81,10 +81,20 @@ fn for_heads<B: Backend>(x: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
     in_order(crate::qwen3::repeat_kv(x, n_rep))
 }
 
-/// Causal attention of `q` (`[batch, heads, len, head_dim]`) over `k`, `v` (`[batch,
-/// kv_heads, len, head_dim]`, the same positions; a KV head serves `heads / kv_heads`
-/// query heads) by blocks of queries ([`query_block`]): the output in the inputs' dtype.
-pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+/// Each row's document lengths, in order, summing to its length: packed sequences, a query
+/// seeing the keys of its own document up to itself (one document a row: causal).
+pub type Documents = [Vec<usize>];
+
+/// Causal attention within each document (`docs`) of `q` (`[batch, heads, len,
+/// head_dim]`) over `k`, `v` (`[batch, kv_heads, len, head_dim]`, the same positions; a KV
+/// head serves `heads / kv_heads` query heads) by blocks of queries ([`query_block`]): the
+/// output in the inputs' dtype; documents by [`by_documents`].
+pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, docs: &Documents) -> Tensor<B, 4> {
+    let [out] = by_documents([q, k, v], docs, |[q, k, v]| [causal_forward(q, k, v)]);
+    out
+}
+
+fn causal_forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
     let h = q.dims()[1];
     let (q, k, v) = (in_order(q), for_heads(k, h), for_heads(v, h));
     let [b, h, len, d] = q.dims();
@@ -102,35 +112,87 @@ pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4
     Tensor::cat(blocks.collect(), 2)
 }
 
-/// [`ModelBackend::causal_attention`] on tensors.
-pub fn causal_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
-    let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
-    Tensor::from_primitive(TensorPrimitive::Float(B::causal_attention(p(q), p(k), p(v))))
+/// `f` (causal attention's forward or backward: tensors `[batch, _, len, _]` in and out)
+/// within each document: rows of the same lengths together, a call a document for all of
+/// them (one document a row: one call), the documents' outputs joined, the rows back in
+/// their order. For backends without kernels that take documents (on a CPU in f32 the
+/// flash kernels take them: `backend/flash.rs`).
+pub fn by_documents<B: Backend, const I: usize, const O: usize>(xs: [Tensor<B, 4>; I], docs: &Documents, mut f: impl FnMut([Tensor<B, 4>; I]) -> [Tensor<B, 4>; O]) -> [Tensor<B, 4>; O] {
+    let b = xs[0].dims()[0];
+    let mut groups: Vec<(&[usize], Vec<usize>)> = vec![];
+    for (r, lens) in docs.iter().enumerate() {
+        match groups.iter_mut().find(|(l, _)| *l == lens.as_slice()) {
+            Some((_, members)) => members.push(r),
+            None => groups.push((lens, vec![r])),
+        }
+    }
+    if let [(lens, _)] = groups.as_slice() {
+        if lens.len() == 1 {
+            return f(xs); // no slices and no cat
+        }
+    }
+    let device = xs[0].device();
+    let index = |rows: &[usize]| Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]), &device);
+    // All rows as they are, consecutive rows as a view, others gathered.
+    let pick = |x: &Tensor<B, 4>, members: &[usize]| match members.windows(2).all(|w| w[1] == w[0] + 1) {
+        true if members.len() == b => x.clone(),
+        true => x.clone().narrow(0, members[0], members.len()),
+        false => x.clone().select(0, index(members)),
+    };
+    let mut outs: [Vec<Tensor<B, 4>>; O] = std::array::from_fn(|_| vec![]);
+    for (lens, members) in &groups {
+        let rows = xs.each_ref().map(|x| pick(x, members));
+        let mut parts: [Vec<Tensor<B, 4>>; O] = std::array::from_fn(|_| vec![]);
+        let mut start = 0;
+        for &n in lens.iter() {
+            let doc = f(rows.each_ref().map(|x| x.clone().narrow(2, start, n)));
+            parts.iter_mut().zip(doc).for_each(|(p, x)| p.push(x));
+            start += n;
+        }
+        outs.iter_mut().zip(parts).for_each(|(o, p)| o.push(Tensor::cat(p, 2)));
+    }
+    // Row r sits at its place in the groups' order (in order already where no two rows
+    // apart share their lengths).
+    let order: Vec<usize> = groups.iter().flat_map(|(_, members)| members.iter().copied()).collect();
+    let mut place = vec![0; b];
+    order.iter().enumerate().for_each(|(i, &r)| place[r] = i);
+    let in_order = place.iter().enumerate().all(|(i, &p)| i == p);
+    outs.map(|o| match in_order {
+        true => Tensor::cat(o, 0),
+        false => Tensor::cat(o, 0).select(0, index(&place)),
+    })
 }
 
-/// Causal attention under autodiff: the inner backend's forward, the lean backward.
-pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Autodiff<B, C>>, k: FloatTensor<Autodiff<B, C>>, v: FloatTensor<Autodiff<B, C>>) -> FloatTensor<Autodiff<B, C>> {
+/// [`ModelBackend::causal_attention`] on tensors.
+pub fn causal_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, docs: &Documents) -> Tensor<B, 4> {
+    let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    Tensor::from_primitive(TensorPrimitive::Float(B::causal_attention(p(q), p(k), p(v), docs)))
+}
+
+/// Causal attention under autodiff: the inner backend's forward, the lean backward, the
+/// documents kept with the op.
+pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Autodiff<B, C>>, k: FloatTensor<Autodiff<B, C>>, v: FloatTensor<Autodiff<B, C>>, docs: &Documents) -> FloatTensor<Autodiff<B, C>> {
     #[derive(Debug)]
-    struct Lean;
+    struct Lean(Vec<Vec<usize>>);
     impl<B: ModelBackend> Backward<B, 3> for Lean {
         type State = [FloatTensor<B>; 4]; // q, k, v, output
 
         fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
             let [q, k, v, out] = ops.state;
             let d_out = grads.consume::<B>(&ops.node);
-            for (parent, g) in ops.parents.into_iter().zip(B::causal_attention_backward(q, k, v, out, d_out)) {
+            for (parent, g) in ops.parents.into_iter().zip(B::causal_attention_backward(q, k, v, out, d_out, &self.0)) {
                 if let Some(node) = parent {
                     grads.register::<B>(node.id, g);
                 }
             }
         }
     }
-    match Lean.prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()]).compute_bound().stateful() {
+    match Lean(docs.to_vec()).prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let out = B::causal_attention(q.primitive.clone(), k.primitive.clone(), v.primitive.clone());
+            let out = B::causal_attention(q.primitive.clone(), k.primitive.clone(), v.primitive.clone(), docs);
             prep.finish([q.primitive, k.primitive, v.primitive, out.clone()], out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(B::causal_attention(q.primitive, k.primitive, v.primitive)),
+        OpsKind::UnTracked(prep) => prep.finish(B::causal_attention(q.primitive, k.primitive, v.primitive, docs)),
     }
 }
 
@@ -142,7 +204,12 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Au
 /// slower) and the softmax, its gradient and the sums over blocks in f32, as FlashAttention
 /// does; transformers' eager attention keeps even dS in bf16. With GQA (`k`, `v` with
 /// fewer heads, as [`forward`]'s) dK and dV are the sums over each KV head's query heads.
-pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
+/// Documents by [`by_documents`].
+pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>, docs: &Documents) -> [Tensor<B, 4>; 3] {
+    by_documents([q, k, v, out, d_out], docs, |[q, k, v, out, d_out]| causal_backward(q, k, v, out, d_out))
+}
+
+fn causal_backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
     let [b, h, len, d] = q.dims();
     let kv_heads = k.dims()[1];
     if len == 0 {

@@ -5,6 +5,7 @@
 //! writes are ops too, so that a backend can do them its own way (Flex: in place, on every
 //! core).
 use crate::adamw::AdamWStep;
+use crate::attention::Documents;
 use crate::lm_head::{self, Head};
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
@@ -14,13 +15,13 @@ use burn::tensor::ops::{AttentionModuleOptions, BoolTensor, FloatTensor, IntTens
 use burn::tensor::{TensorMetadata, TensorPrimitive};
 
 pub trait ModelBackend: Backend {
-    /// softmax(q kᵀ / √d, causal) v, `q` `[batch, heads, len, head_dim]`, `k`, `v` `[batch,
-    /// kv_heads, len, head_dim]` (GQA: a KV head serves `heads / kv_heads` query heads),
-    /// queries and keys at the same positions: by blocks of queries
-    /// ([`crate::attention::forward`]).
-    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
+    /// softmax(q kᵀ / √d, causal) v within each document of `docs`, `q` `[batch, heads,
+    /// len, head_dim]`, `k`, `v` `[batch, kv_heads, len, head_dim]` (GQA: a KV head serves
+    /// `heads / kv_heads` query heads), queries and keys at the same positions: by blocks
+    /// of queries ([`crate::attention::forward`]).
+    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, docs: &Documents) -> FloatTensor<Self> {
         let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
-        crate::attention::forward(f(q), f(k), f(v)).into_primitive().tensor()
+        crate::attention::forward(f(q), f(k), f(v), docs).into_primitive().tensor()
     }
 
     /// Causal attention of the last `t` positions (`q` `[batch, heads, t, head_dim]`) over
@@ -39,9 +40,9 @@ pub trait ModelBackend: Backend {
     /// Gradients of [`Self::causal_attention`] for `q`, `k`, `v` (each of its input's shape)
     /// from its output `out` and the output's gradient ([`crate::attention`]'s blockwise
     /// recomputing backward).
-    fn causal_attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
+    fn causal_attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, docs: &Documents) -> [FloatTensor<Self>; 3] {
         let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
-        crate::attention::backward(f(q), f(k), f(v), f(out), f(d_out)).map(|g| g.into_primitive().tensor())
+        crate::attention::backward(f(q), f(k), f(v), f(out), f(d_out), docs).map(|g| g.into_primitive().tensor())
     }
 
     /// `lhs · rhs` over the last two dimensions, the leading ones equal ([`crate::matmul`]:
@@ -177,22 +178,30 @@ pub trait ModelBackend: Backend {
 
 #[cfg(feature = "flex")]
 impl ModelBackend for burn::backend::Flex {
-    /// f32: [`flash::forward`] (blocks of queries on every core, the future keys skipped,
-    /// no copies of the inputs); other dtypes: Flex's attention by blocks of queries and
-    /// groups of heads ([`flex::causal_by_blocks`]).
-    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
-        flash::forward(&q, &k, &v, None).unwrap_or_else(|| flex::causal_by_blocks(q, k, v, None))
+    /// f32: [`flash::forward`] (blocks of queries on every core, each over its document's
+    /// keys up to itself: one call for every document, no copies of the inputs); other
+    /// dtypes: Flex's attention by blocks of queries and groups of heads
+    /// ([`flex::causal_by_blocks`]) a document at a time.
+    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, docs: &Documents) -> FloatTensor<Self> {
+        if let Some(out) = flash::forward(&q, &k, &v, &flash::document_spans(docs)) {
+            return out;
+        }
+        let (f, p) = (|x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x)), |x: Tensor<Self, 4>| x.into_primitive().tensor());
+        let [out] = crate::attention::by_documents([f(q), f(k), f(v)], docs, |[q, k, v]| [f(flex::causal_by_blocks(p(q), p(k), p(v), None))]);
+        p(out)
     }
 
     /// f32 with left padding (or none): [`flash::forward`] from each row's first key; else
     /// Flex's attention by blocks of queries and groups of heads, the mask sliced with each.
     fn prefill_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Option<BoolTensor<Self>>) -> FloatTensor<Self> {
         // No mask: no padding; a mask of another pattern: None, burn's attention.
+        let (b, t) = (q.layout().shape()[0], q.layout().shape()[2]);
         let first_key = match &mask {
-            None => Some(None),
-            Some(m) => flex::left_padding(m.clone()).map(Some),
+            None => Some(vec![0; b]),
+            Some(m) => flex::left_padding(m.clone()),
         };
-        first_key.and_then(|first| flash::forward(&q, &k, &v, first.as_deref())).unwrap_or_else(|| flex::causal_by_blocks(q, k, v, mask))
+        let spans = first_key.map(|first| first.iter().map(|&lo| vec![(t, lo)]).collect::<Vec<_>>());
+        spans.and_then(|spans| flash::forward(&q, &k, &v, &spans)).unwrap_or_else(|| flex::causal_by_blocks(q, k, v, mask))
     }
 
     /// A row a task, two passes with the vectorized exp (f32; else burn's ops).
@@ -273,12 +282,12 @@ impl ModelBackend for burn::backend::Flex {
     }
 
     /// f32: [`flash::backward`]; other dtypes: [`crate::attention::backward`] by head groups.
-    fn causal_attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
-        if let Some(grads) = flash::backward(&q, &k, &v, &out, &d_out) {
+    fn causal_attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, docs: &Documents) -> [FloatTensor<Self>; 3] {
+        if let Some(grads) = flash::backward(&q, &k, &v, &out, &d_out, &flash::document_spans(docs)) {
             return grads;
         }
         let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
-        let grads = flex::by_head_groups([f(q), f(k), f(v), f(out), f(d_out)], |[q, k, v, out, d_out]| crate::attention::backward(q, k, v, out, d_out));
+        let grads = flex::by_head_groups([f(q), f(k), f(v), f(out), f(d_out)], |[q, k, v, out, d_out]| crate::attention::backward(q, k, v, out, d_out, docs));
         grads.map(|g| g.into_primitive().tensor())
     }
 }
@@ -495,8 +504,8 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         crate::matmul::autodiff::<B, C>(lhs, rhs)
     }
 
-    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
-        crate::attention::autodiff::<B, C>(q, k, v)
+    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, docs: &Documents) -> FloatTensor<Self> {
+        crate::attention::autodiff::<B, C>(q, k, v, docs)
     }
 
     fn token_logprobs(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: IntTensor<Self>, head: Head) -> (FloatTensor<Self>, FloatTensor<Self>) {

@@ -1,7 +1,6 @@
 //! The Qwen3 decoder, field names mirroring the checkpoint (`model.layers.N.self_attn.q_proj`
 //! ...). A pure function of (weights, tokens, positions, cache): the KV cache lives outside
 //! the modules so one set of weights serves training, scoring and many rollouts.
-use crate::attention::causal_attention;
 use crate::backend::{ModelBackend, TrainingBackend};
 use crate::lm_head::{self, Head};
 use crate::rope::{rotary, Rope};
@@ -323,61 +322,10 @@ impl<B: ModelBackend> Attention<B> {
         }
         let out = match mask {
             LayerMask::Causal(m) => float(B::prefill_attention(prim(q), prim(k), prim(v), m.clone().map(Tensor::into_primitive))),
-            LayerMask::Documents(rows) => documents_attention(q, k, v, rows),
+            LayerMask::Documents(rows) => float(B::causal_attention(prim(q), prim(k), prim(v), rows)),
         };
         proj(&self.o_proj, out.swap_dims(1, 2).reshape([b, t, h * d]), dt)
     }
-}
-
-/// Causal attention within each document of packed rows (`q` `[batch, heads, len,
-/// head_dim]`, `k`, `v` `[batch, kv_heads, len, head_dim]`, `rows` each row's document
-/// lengths). Rows of the same lengths go
-/// together, a call a document for all of them (one document a row, as most batches and
-/// every benchmark: one call a layer instead of one a row), then back in their order.
-fn documents_attention<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, rows: &[Vec<usize>]) -> Tensor<B, 4> {
-    let b = q.dims()[0];
-    let mut groups: Vec<(&[usize], Vec<usize>)> = vec![];
-    for (r, docs) in rows.iter().enumerate() {
-        match groups.iter_mut().find(|(lens, _)| *lens == docs.as_slice()) {
-            Some((_, members)) => members.push(r),
-            None => groups.push((docs, vec![r])),
-        }
-    }
-    let device = q.device();
-    // All rows as they are, consecutive rows as a view, others gathered.
-    let pick = |x: &Tensor<B, 4>, members: &[usize]| match members.windows(2).all(|w| w[1] == w[0] + 1) {
-        true if members.len() == b => x.clone(),
-        true => x.clone().slice([members[0]..members[0] + members.len()]),
-        false => x.clone().select(0, Tensor::from_data(TensorData::new(members.iter().map(|&r| r as i64).collect(), [members.len()]), &device)),
-    };
-    let outs: Vec<Tensor<B, 4>> = groups
-        .iter()
-        .map(|(lens, members)| {
-            let (q, k, v) = (pick(&q, members), pick(&k, members), pick(&v, members));
-            if lens.len() == 1 {
-                return causal_attention(q, k, v); // no slices and no cat, nor their backward
-            }
-            let mut start = 0;
-            let parts = lens.iter().map(|&n| {
-                let doc = |x: &Tensor<B, 4>| x.clone().narrow(2, start, n);
-                let out = causal_attention(doc(&q), doc(&k), doc(&v));
-                start += n;
-                out
-            });
-            Tensor::cat(parts.collect(), 2)
-        })
-        .collect();
-    // Row r sits at its place in the groups' order (in order already where no two rows
-    // apart share their lengths).
-    let order: Vec<usize> = groups.iter().flat_map(|(_, members)| members.iter().copied()).collect();
-    if order.iter().enumerate().all(|(i, &r)| i == r) {
-        return Tensor::cat(outs, 0);
-    }
-    let mut place = vec![0i64; b];
-    for (i, &r) in order.iter().enumerate() {
-        place[r] = i as i64;
-    }
-    Tensor::cat(outs, 0).select(0, Tensor::from_data(TensorData::new(place, [b]), &device))
 }
 
 /// Casts 2-D parameters (matrices) to a dtype; norm gains and biases stay. A parameter

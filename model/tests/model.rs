@@ -706,24 +706,30 @@ fn bf16_compute_tracks_torch_autocast() {
 #[test]
 fn lean_attention_backward_matches_autodiff_through_burns_attention() {
     // Our causal attention (on Flex in f32 a forward by blocks of 64 queries against tiles
-    // of 128 keys, the backward by blocks of 64 queries, both through gemm; elsewhere the
-    // backend's attention and a backward by blocks of 512 queries, which Flex runs in
-    // other dtypes: `model::attention::backward`, checked here too) against burn's autodiff
-    // through its own attention (matmul, mask, softmax, matmul kept for the backward) over
-    // K and V repeated for GQA: outputs and the gradients of q and of the KV heads, across
-    // block boundaries, with q a strided view as the model's are ([batch, len, heads, dim]
-    // with its middle dims swapped); 6 query heads over 6 KV heads, then over 3. On 3
-    // threads the same bits as on 1.
+    // of 128 keys, the backward by blocks of 64 queries, both through gemm, each block
+    // within one document; elsewhere the backend's attention and a backward by blocks of
+    // 512 queries a document at a time, which Flex runs in other dtypes:
+    // `model::attention::backward`, checked here too) against burn's autodiff through its
+    // own attention (matmul, mask, softmax, matmul kept for the backward) over K and V
+    // repeated for GQA: outputs and the gradients of q and of the KV heads, across block
+    // boundaries, with q a strided view as the model's are ([batch, len, heads, dim] with
+    // its middle dims swapped); 6 query heads over 6 KV heads, then over 3, then packed
+    // documents (a row of three, one of them a single token, between two whole rows: rows
+    // grouped by their lengths and put back in order), the reference masking every key
+    // outside the query's document. On 3 threads the same bits as on 1.
     type A = burn::backend::Autodiff<B>;
     let device = Default::default();
     <A as Backend>::seed(&device, 7);
+    let (b, t) = (3, 700);
     let normal = |shape: [usize; 4]| Tensor::<A, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let q_rows = normal([2, 700, 6, 16]).require_grad();
-    let w = normal([2, 6, 700, 16]);
+    let q_rows = normal([b, t, 6, 16]).require_grad();
+    let w = normal([b, 6, t, 16]);
     let q = || q_rows.clone().swap_dims(1, 2); // a node per use: a backward frees the graph
     let data = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
-    for kv_heads in [6, 3] {
-        let (k, v) = (normal([2, kv_heads, 700, 16]).require_grad(), normal([2, kv_heads, 700, 16]).require_grad());
+    let whole = vec![vec![t]; b];
+    let packed = vec![vec![t], vec![250, 1, 449], vec![t]];
+    for (kv_heads, docs) in [(6, &whole), (3, &whole), (3, &packed)] {
+        let (k, v) = (normal([b, kv_heads, t, 16]).require_grad(), normal([b, kv_heads, t, 16]).require_grad());
         let grads_of = |out: Tensor<A, 4>| {
             let g = (out.clone() * w.clone()).sum().backward();
             let grad = |t: &Tensor<A, 4>| data(t.grad(&g).unwrap());
@@ -731,24 +737,31 @@ fn lean_attention_backward_matches_autodiff_through_burns_attention() {
         };
         let on_threads = |n: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
-            pool.install(|| grads_of(model::attention::causal_attention(q(), k.clone(), v.clone())))
+            pool.install(|| grads_of(model::attention::causal_attention(q(), k.clone(), v.clone(), docs)))
         };
         let ours = on_threads(3);
         assert!(ours == on_threads(1), "attention by head groups changed the numbers");
         let by_blocks = {
-            let out = model::attention::forward(q().inner(), k.clone().inner(), v.clone().inner());
-            let [dq, dk, dv] = model::attention::backward(q().inner(), k.clone().inner(), v.clone().inner(), out.clone(), w.clone().inner());
+            let out = model::attention::forward(q().inner(), k.clone().inner(), v.clone().inner(), docs);
+            let [dq, dk, dv] = model::attention::backward(q().inner(), k.clone().inner(), v.clone().inner(), out.clone(), w.clone().inner(), docs);
             [data(out), data(dq.swap_dims(1, 2)), data(dk), data(dv)]
         };
-        let repeat = |x: Tensor<A, 4>| x.unsqueeze_dim::<5>(2).expand([2, kv_heads, 6 / kv_heads, 700, 16]).reshape([2, 6, 700, 16]);
-        let causal = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        let reference = grads_of(burn::tensor::module::attention(q(), repeat(k.clone()), repeat(v.clone()), None, None, causal));
+        let repeat = |x: Tensor<A, 4>| x.unsqueeze_dim::<5>(2).expand([b, kv_heads, 6 / kv_heads, t, 16]).reshape([b, 6, t, 16]);
+        // True = masked: a key after the query or before its document's start.
+        let mut hidden = vec![];
+        for lens in docs {
+            let starts: Vec<usize> = lens.iter().scan(0, |s, &n| { *s += n; Some(vec![*s - n; n]) }).flatten().collect();
+            hidden.extend((0..t).flat_map(|i| (0..t).map(move |j| (i, j))).map(|(i, j)| j > i || j < starts[i]));
+        }
+        let mask = Tensor::<A, 4, Bool>::from_data(TensorData::new(hidden, [b, 1, t, t]), &device).expand([b, 6, t, t]);
+        let options = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+        let reference = grads_of(burn::tensor::module::attention(q(), repeat(k.clone()), repeat(v.clone()), Some(mask), None, options));
         for (how, ours) in [("ours", &ours), ("by blocks", &by_blocks)] {
             for (name, (a, b)) in ["output", "dq", "dk", "dv"].iter().zip(ours.iter().zip(&reference)) {
-                assert_eq!(a.len(), b.len(), "{how} {name}, {kv_heads} KV heads");
+                assert_eq!(a.len(), b.len(), "{how} {name}, {kv_heads} KV heads, documents {docs:?}");
                 let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
                 let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
-                assert!(worst <= 1e-5 * scale.max(1.0), "{how} {name}, {kv_heads} KV heads: max |Δ| {worst} (max |ref| {scale})");
+                assert!(worst <= 1e-5 * scale.max(1.0), "{how} {name}, {kv_heads} KV heads, documents {docs:?}: max |Δ| {worst} (max |ref| {scale})");
             }
         }
     }
@@ -896,8 +909,9 @@ fn blockwise_attention_matches_burns_autodiff_in_f32_and_bf16() {
     let errors = |inputs: [Tensor<B, 4>; 5], round: bool| -> Vec<f32> {
         let dtype = inputs[0].dtype();
         let [q, k, v, out, d_out] = inputs;
-        let forward = model::attention::forward(q.clone(), k.clone(), v.clone());
-        let ours = std::iter::once(forward).chain(model::attention::backward(q, k, v, out, d_out));
+        let whole = vec![vec![700]; 2];
+        let forward = model::attention::forward(q.clone(), k.clone(), v.clone(), &whole);
+        let ours = std::iter::once(forward).chain(model::attention::backward(q, k, v, out, d_out, &whole));
         ours.zip(&reference).map(|(a, r)| {
             assert_eq!(a.dtype(), dtype, "results come back in the inputs' dtype");
             let a = if round { a.cast(BF16) } else { a };
