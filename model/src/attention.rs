@@ -31,18 +31,21 @@ pub fn query_block(batch: usize, heads: usize, keys: usize) -> usize {
     (BUDGET / (batch * heads * keys * 8).max(1)).clamp(64, 512)
 }
 
-/// The scores `q kᵀ` (in the inputs' dtype) of the queries `start..start + rows` (`qb`)
-/// over the keys `0..start + rows` (`kb`).
+/// The scores `q kᵀ` (in the inputs' dtype) of a block of packed queries (`qb`) over the
+/// keys up to its last query (`kb`).
 fn block_scores<B: ModelBackend>(qb: Tensor<B, 4>, kb: Tensor<B, 4>) -> FloatTensor<B> {
     matmul(qb, kb.swap_dims(2, 3)).into_primitive().tensor()
 }
 
 /// softmax(s·scale) in f32 over a block of scores `s` (`[batch, heads, rows, keys]`, any
-/// dtype) of the queries `start..start + rows`, the future keys of the block's diagonal
-/// masked: burn's ops ([`ModelBackend::causal_softmax`]'s default).
-pub fn causal_softmax_by_ops<B: ModelBackend>(s: Tensor<B, 4>, start: usize, scale: f64) -> Tensor<B, 4> {
+/// dtype) of the rows `start..start + rows`, row i the query at position i / `group` ([`pack`]),
+/// its future keys masked: burn's ops ([`ModelBackend::causal_softmax`]'s default).
+pub fn causal_softmax_by_ops<B: ModelBackend>(s: Tensor<B, 4>, start: usize, group: usize, scale: f64) -> Tensor<B, 4> {
     let [b, h, rows, keys] = s.dims();
-    let future = Tensor::<B, 2, Bool>::tril_mask([rows, keys], start as i64, &s.device()); // key > query
+    let device = s.device();
+    let position = Tensor::<B, 1, Int>::arange(start as i64..(start + rows) as i64, &device).div_scalar(group as i64);
+    let key = Tensor::<B, 1, Int>::arange(0..keys as i64, &device);
+    let future = key.reshape([1, keys]).expand([rows, keys]).greater(position.reshape([rows, 1]).expand([rows, keys]));
     let s = s.cast(FloatDType::F32).mul_scalar(scale);
     let s = s.mask_fill(future.unsqueeze::<4>().expand([b, h, rows, keys]), f32::NEG_INFINITY);
     Tensor::from_primitive(TensorPrimitive::Float(B::softmax_last(s.into_primitive().tensor())))
@@ -50,8 +53,8 @@ pub fn causal_softmax_by_ops<B: ModelBackend>(s: Tensor<B, 4>, start: usize, sca
 
 /// [`ModelBackend::causal_softmax_grad`] by burn's ops: p and p ∘ (dp − Δ)·scale, both in
 /// the scores' dtype, the arithmetic in f32; Δ = rowsum(dO ∘ O) over the block's rows of
-/// `out` and `d_out`.
-pub fn causal_softmax_grad_by_ops<B: ModelBackend>(s: Tensor<B, 4>, dp: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>, start: usize, scale: f64) -> [Tensor<B, 4>; 2] {
+/// `out` and `d_out` (packed as the scores).
+pub fn causal_softmax_grad_by_ops<B: ModelBackend>(s: Tensor<B, 4>, dp: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>, start: usize, group: usize, scale: f64) -> [Tensor<B, 4>; 2] {
     let dtype = s.dtype();
     let [b, h, rows, _] = s.dims();
     let block = [0..b, 0..h, start..start + rows, 0..out.dims()[3]];
@@ -59,26 +62,36 @@ pub fn causal_softmax_grad_by_ops<B: ModelBackend>(s: Tensor<B, 4>, dp: Tensor<B
     // block's scores would take Flex's scalar strided path (12% of a tiny SFT step).
     let wide = |x: Tensor<B, 4>| x.slice(block.clone()).cast(FloatDType::F32);
     let delta = (wide(d_out) * wide(out)).sum_dim(3);
-    let p = causal_softmax_by_ops(s, start, scale);
+    let p = causal_softmax_by_ops(s, start, group, scale);
     let ds = (p.clone() * (dp.cast(FloatDType::F32) - delta)).mul_scalar(scale);
     [p.cast(dtype), ds.cast(dtype)]
 }
 
-/// `x` stored in its `[batch, heads, len, head_dim]` order: the model's q (and k, v without
-/// GQA) are views with heads and positions swapped, which a GPU's TMA matmul cannot read
-/// and burn's matmul copies for every product, a block's worth each time. One copy here
-/// instead; none when `x` is already so (the reshapes then only relabel).
+/// `x` stored in its `[batch, heads, len, head_dim]` order: the model's q, k and v are
+/// views with heads and positions swapped, which a GPU's TMA matmul cannot read and burn's
+/// matmul copies for every product, a block's worth each time. One copy here instead; none
+/// when `x` is already so (the reshapes then only relabel).
 fn in_order<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, t, d] = x.dims();
     x.reshape([b * h, t, d]).reshape([b, h, t, d])
 }
 
-/// `k` or `v` (`[batch, kv_heads, len, head_dim]`) with each KV head repeated for the
-/// query heads it serves (GQA), in order: a copy that lives for one call, where autodiff
-/// keeps only the KV heads (half the keys and values saved a layer at Qwen3-0.6B's 16/8).
-fn for_heads<B: Backend>(x: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
-    let n_rep = heads / x.dims()[1];
-    in_order(crate::qwen3::repeat_kv(x, n_rep))
+/// Query-shaped `x` (`[batch, heads, len, head_dim]`, a KV head's `group` query heads
+/// consecutive) as `[batch, heads / group, len · group, head_dim]`, row `i · group + g`
+/// being query head g at position i: the query heads of a KV head as the rows of one
+/// product with its keys (FlashAttention's GQA packing: no repeated K and V, and a block of
+/// positions is a run of rows). One copy, in order.
+fn pack<B: Backend>(x: Tensor<B, 4>, group: usize) -> Tensor<B, 4> {
+    let [b, h, t, d] = x.dims();
+    in_order(x.reshape([b, h / group, group, t, d]).swap_dims(2, 3).reshape([b, h / group, t * group, d]))
+}
+
+/// [`pack`] undone: `[batch, heads, len, head_dim]`, a view of `[batch, len, heads,
+/// head_dim]` as the model's q (whose output projection then reads it with no copy).
+fn unpack<B: Backend>(x: Tensor<B, 4>, group: usize) -> Tensor<B, 4> {
+    let [b, kv_heads, rows, d] = x.dims();
+    let t = rows / group;
+    x.reshape([b, kv_heads, t, group, d]).swap_dims(1, 2).reshape([b, t, kv_heads * group, d]).swap_dims(1, 2)
 }
 
 /// Each row's document lengths, in order, summing to its length: packed sequences, a query
@@ -95,21 +108,22 @@ pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4
 }
 
 fn causal_forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
-    let h = q.dims()[1];
-    let (q, k, v) = (in_order(q), for_heads(k, h), for_heads(v, h));
     let [b, h, len, d] = q.dims();
+    let kv_heads = k.dims()[1];
     if len == 0 {
         return q; // as empty as the output
     }
+    let group = h / kv_heads;
+    let (q, k, v) = (pack(q, group), in_order(k), in_order(v));
     let scale = 1.0 / (d as f64).sqrt();
     let block = query_block(b, h, len);
     let blocks = (0..len).step_by(block).map(|start| {
         let end = (start + block).min(len);
-        let keys = [0..b, 0..h, 0..end, 0..d];
-        let s = block_scores(q.clone().slice([0..b, 0..h, start..end, 0..d]), k.clone().slice(keys.clone()));
-        matmul(float(B::causal_softmax(s, start, scale)), v.clone().slice(keys))
+        let keys = [0..b, 0..kv_heads, 0..end, 0..d];
+        let s = block_scores(q.clone().slice([0..b, 0..kv_heads, start * group..end * group, 0..d]), k.clone().slice(keys.clone()));
+        matmul(float(B::causal_softmax(s, start * group, group, scale)), v.clone().slice(keys))
     });
-    Tensor::cat(blocks.collect(), 2)
+    unpack(Tensor::cat(blocks.collect(), 2), group)
 }
 
 /// `f` (causal attention's forward or backward: tensors `[batch, _, len, _]` in and out)
@@ -203,8 +217,8 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Au
 /// cores, f32 accumulation inside the kernel; an f32 product there is several times
 /// slower) and the softmax, its gradient and the sums over blocks in f32, as FlashAttention
 /// does; transformers' eager attention keeps even dS in bf16. With GQA (`k`, `v` with
-/// fewer heads, as [`forward`]'s) dK and dV are the sums over each KV head's query heads.
-/// Documents by [`by_documents`].
+/// fewer heads, as [`forward`]'s) the queries are packed as the forward's, so the products
+/// sum dK and dV over each KV head's query heads themselves. Documents by [`by_documents`].
 pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>, docs: &Documents) -> [Tensor<B, 4>; 3] {
     by_documents([q, k, v, out, d_out], docs, |[q, k, v, out, d_out]| causal_backward(q, k, v, out, d_out))
 }
@@ -215,35 +229,29 @@ fn causal_backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
     if len == 0 {
         return [q, k, v]; // as empty as the gradients
     }
-    let [q, out, d_out] = [q, out, d_out].map(in_order);
-    let (k, v) = (for_heads(k, h), for_heads(v, h));
+    let group = h / kv_heads;
+    let [q, out, d_out] = [q, out, d_out].map(|x| pack(x, group));
+    let (k, v) = (in_order(k), in_order(v));
     let dtype = q.dtype();
-    // Summed over the query heads of a KV head in f32 (adds of strided views, not burn's
-    // sum_dim, which went wrong on wgpu past 65,535 rows), then in the inputs' dtype.
-    let narrow = |x: Tensor<B, 4>| {
-        let group = x.reshape([b, kv_heads, h / kv_heads, len, d]);
-        let sum = (1..h / kv_heads).fold(group.clone().narrow(2, 0, 1), |sum, r| sum + group.clone().narrow(2, r, 1));
-        sum.reshape([b, kv_heads, len, d]).cast(dtype)
-    };
     let scale = 1.0 / (d as f64).sqrt();
     let device = q.device();
-    let zeros = || Tensor::<B, 4>::zeros([b, h, len, d], &device).into_primitive().tensor();
-    let (mut dq, mut dk, mut dv) = (zeros(), zeros(), zeros());
+    let zeros = |rows: usize| Tensor::<B, 4>::zeros([b, kv_heads, rows, d], &device).into_primitive().tensor();
+    let (mut dq, mut dk, mut dv) = (zeros(len * group), zeros(len), zeros(len));
     // Each block's products added into the f32 sums where they belong (one op: on a GPU
     // one kernel, in place, for a cast, a slice, an add and a slice_assign).
     let add = |sum: FloatTensor<B>, x: Tensor<B, 4>, at: usize| B::add_rows(sum, x.into_primitive().tensor(), at);
     let block = query_block(b, h, len);
     for start in (0..len).step_by(block) {
         let end = (start + block).min(len);
-        let (rows, keys) = ([0..b, 0..h, start..end, 0..d], [0..b, 0..h, 0..end, 0..d]);
+        let (rows, keys) = ([0..b, 0..kv_heads, start * group..end * group, 0..d], [0..b, 0..kv_heads, 0..end, 0..d]);
         let (qb, ob) = (q.clone().slice(rows.clone()), d_out.clone().slice(rows));
         let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys));
         let dp = matmul(ob.clone(), vb.swap_dims(2, 3)).into_primitive().tensor();
         let (o, g) = (out.clone().into_primitive().tensor(), d_out.clone().into_primitive().tensor());
-        let [p, ds] = B::causal_softmax_grad(block_scores(qb.clone(), kb.clone()), dp, o, g, start, scale).map(float);
+        let [p, ds] = B::causal_softmax_grad(block_scores(qb.clone(), kb.clone()), dp, o, g, start * group, group, scale).map(float);
         dv = add(dv, matmul(p.swap_dims(2, 3), ob), 0);
-        dq = add(dq, matmul(ds.clone(), kb), start);
+        dq = add(dq, matmul(ds.clone(), kb), start * group);
         dk = add(dk, matmul(ds.swap_dims(2, 3), qb), 0);
     }
-    [float(dq).cast(dtype), narrow(float(dk)), narrow(float(dv))]
+    [unpack(float(dq).cast(dtype), group), float(dk).cast(dtype), float(dv).cast(dtype)]
 }

@@ -52,18 +52,19 @@ pub trait ModelBackend: Backend {
     }
 
     /// softmax(s·scale) of a block of attention scores `s` (`[batch, heads, rows, keys]`) of
-    /// the queries `start..start + rows` over the keys `0..keys`, each query's future keys
-    /// masked: the probabilities in `s`'s dtype, computed in f32.
-    fn causal_softmax(s: FloatTensor<Self>, start: usize, scale: f64) -> FloatTensor<Self> {
-        by_ops::causal_softmax::<Self>(s, start, scale)
+    /// the rows `start..start + rows` over the keys `0..keys`, row i the query at position
+    /// i / `group` (GQA packing: a KV head's `group` query heads as rows of one product),
+    /// each query's future keys masked: the probabilities in `s`'s dtype, computed in f32.
+    fn causal_softmax(s: FloatTensor<Self>, start: usize, group: usize, scale: f64) -> FloatTensor<Self> {
+        by_ops::causal_softmax::<Self>(s, start, group, scale)
     }
 
     /// [`Self::causal_softmax`]'s p and the scores' gradient p ∘ (dp − Δ)·scale from the
     /// probabilities' gradient `dp` (as `s`), where Δ = rowsum(dO ∘ O) over the block's
     /// rows `start..start + rows` of the attention's output `out` and its gradient `d_out`
-    /// (`[batch, heads, len, head_dim]`): both in `s`'s dtype.
-    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {
-        by_ops::causal_softmax_grad::<Self>(s, dp, out, d_out, start, scale)
+    /// (`[batch, heads, len · group, head_dim]`, packed as the scores): both in `s`'s dtype.
+    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, start: usize, group: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+        by_ops::causal_softmax_grad::<Self>(s, dp, out, d_out, start, group, scale)
     }
 
     /// RMSNorm of each row of `x` (`[rows, n]`, any dtype) with gain `gain` (`[n]`, f32):
@@ -337,15 +338,15 @@ mod by_ops {
         crate::rope::apply_rotary::<B>(f(x), f(cos), f(sin)).into_primitive().tensor()
     }
 
-    pub fn causal_softmax<B: ModelBackend>(s: FloatTensor<B>, start: usize, scale: f64) -> FloatTensor<B> {
+    pub fn causal_softmax<B: ModelBackend>(s: FloatTensor<B>, start: usize, group: usize, scale: f64) -> FloatTensor<B> {
         let s = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(s));
         let dtype = s.dtype();
-        crate::attention::causal_softmax_by_ops(s, start, scale).cast(dtype).into_primitive().tensor()
+        crate::attention::causal_softmax_by_ops(s, start, group, scale).cast(dtype).into_primitive().tensor()
     }
 
-    pub fn causal_softmax_grad<B: ModelBackend>(s: FloatTensor<B>, dp: FloatTensor<B>, out: FloatTensor<B>, d_out: FloatTensor<B>, start: usize, scale: f64) -> [FloatTensor<B>; 2] {
+    pub fn causal_softmax_grad<B: ModelBackend>(s: FloatTensor<B>, dp: FloatTensor<B>, out: FloatTensor<B>, d_out: FloatTensor<B>, start: usize, group: usize, scale: f64) -> [FloatTensor<B>; 2] {
         let f = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-        crate::attention::causal_softmax_grad_by_ops(f(s), f(dp), f(out), f(d_out), start, scale).map(|x| x.into_primitive().tensor())
+        crate::attention::causal_softmax_grad_by_ops(f(s), f(dp), f(out), f(d_out), start, group, scale).map(|x| x.into_primitive().tensor())
     }
 }
 
@@ -424,19 +425,19 @@ impl<R: burn_cubecl::CubeRuntime, I: burn_cubecl::IntElement, BT: burn_cubecl::B
     }
 
     /// A kernel a block ([`kernels::causal_softmax`]) rather than ten of burn's.
-    fn causal_softmax(s: FloatTensor<Self>, start: usize, scale: f64) -> FloatTensor<Self> {
+    fn causal_softmax(s: FloatTensor<Self>, start: usize, group: usize, scale: f64) -> FloatTensor<Self> {
         match crate::own_kernels() {
-            true => kernels::causal_softmax(s, start, scale as f32),
-            false => by_ops::causal_softmax::<Self>(s, start, scale),
+            true => kernels::causal_softmax(s, start, group, scale as f32),
+            false => by_ops::causal_softmax::<Self>(s, start, group, scale),
         }
     }
 
     /// A kernel a block ([`kernels::causal_softmax_grad`], Δ included) rather than
     /// sixteen of burn's.
-    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, start: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, start: usize, group: usize, scale: f64) -> [FloatTensor<Self>; 2] {
         match crate::own_kernels() && [&dp, &out, &d_out].iter().all(|t| t.dtype == s.dtype) {
-            true => kernels::causal_softmax_grad(s, dp, out, d_out, start, scale as f32),
-            false => by_ops::causal_softmax_grad::<Self>(s, dp, out, d_out, start, scale),
+            true => kernels::causal_softmax_grad(s, dp, out, d_out, start, group, scale as f32),
+            false => by_ops::causal_softmax_grad::<Self>(s, dp, out, d_out, start, group, scale),
         }
     }
 

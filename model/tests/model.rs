@@ -890,17 +890,19 @@ fn blockwise_attention_matches_burns_autodiff_in_f32_and_bf16() {
     // times as far as rounding the inputs and the results to bf16 puts the f32 computation
     // (the probabilities rounded to bf16 for their products, as FlashAttention's, are the
     // rest: measured 0.9-2.3x).
-    // q a view with heads and positions swapped, as the model's.
+    // q a view with heads and positions swapped, as the model's; 6 query heads over 3 KV
+    // heads (packed two rows a position).
     use burn::tensor::FloatDType::{BF16, F32};
     type A = burn::backend::Autodiff<B>;
     let device = Default::default();
     <A as Backend>::seed(&device, 11);
     let rand = |shape| Tensor::<A, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
     let q_rows = rand([2, 700, 6, 16]).require_grad();
-    let (k, v, w) = (rand([2, 6, 700, 16]).require_grad(), rand([2, 6, 700, 16]).require_grad(), rand([2, 6, 700, 16]));
+    let (k, v, w) = (rand([2, 3, 700, 16]).require_grad(), rand([2, 3, 700, 16]).require_grad(), rand([2, 6, 700, 16]));
     let q = q_rows.clone().swap_dims(1, 2);
     let causal = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-    let out = burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, causal);
+    let repeat = |x: Tensor<A, 4>| x.unsqueeze_dim::<5>(2).expand([2, 3, 2, 700, 16]).reshape([2, 6, 700, 16]);
+    let out = burn::tensor::module::attention(q.clone(), repeat(k.clone()), repeat(v.clone()), None, None, causal);
     let g = (out.clone() * w.clone()).sum().backward();
     let reference = [out.clone().inner(), q_rows.grad(&g).unwrap().swap_dims(1, 2), k.grad(&g).unwrap(), v.grad(&g).unwrap()];
     let inputs = [q.inner(), k.inner(), v.inner(), out.inner(), w.inner()];
@@ -1109,18 +1111,20 @@ fn chunked_lm_head_matches_autodiff_through_the_full_logits() {
     assert!(worst <= 1e-2, "split sum: max |Δ| {worst}");
 }
 
-/// Attention's softmax of a block of queries `start..start + rows` over keys
-/// `0..start + rows`, computed directly in f64 from `s` (`[batch·heads, rows, keys]` flat):
-/// p and the scores' gradient p ∘ (dp − Δ)·scale per row, Δ = rowsum(dO ∘ O) of the row's
-/// query from `out`, `d_out` (`[batch·heads, len, dim]` flat).
+/// Attention's softmax of a block of rows `start..start + rows` over keys `0..keys`, row
+/// i the query at position i / group (GQA packing: a KV head's query heads as rows),
+/// computed directly in f64 from `s` (`[batch·heads, rows, keys]` flat): p and the scores'
+/// gradient p ∘ (dp − Δ)·scale per row, Δ = rowsum(dO ∘ O) of the row's query from `out`,
+/// `d_out` (`[batch·heads, len, dim]` flat, `len` rows).
 #[allow(clippy::too_many_arguments)]
-fn direct_causal_softmax(s: &[f32], dp: &[f32], out: &[f32], d_out: &[f32], len: usize, rows: usize, start: usize, scale: f64) -> (Vec<f64>, Vec<f64>) {
-    let (keys, dim) = (start + rows, out.len() / (s.len() / (rows * (start + rows))) / len);
+fn direct_causal_softmax(s: &[f32], dp: &[f32], out: &[f32], d_out: &[f32], len: usize, rows: usize, start: usize, group: usize, scale: f64) -> (Vec<f64>, Vec<f64>) {
+    let keys = (start + rows).div_ceil(group);
+    let dim = out.len() / (s.len() / (rows * keys)) / len;
     let (mut p, mut ds) = (vec![0.0; s.len()], vec![0.0; s.len()]);
     for (at, row) in s.chunks(keys).enumerate() {
         let query = (at / rows * len + start + at % rows) * dim;
         let delta: f64 = (query..query + dim).map(|c| out[c] as f64 * d_out[c] as f64).sum();
-        let seen = &row[..start + at % rows + 1];
+        let seen = &row[..(start + at % rows) / group + 1];
         let max = seen.iter().map(|&x| x as f64 * scale).fold(f64::MIN, f64::max);
         let sum: f64 = seen.iter().map(|&x| (x as f64 * scale - max).exp()).sum();
         for (i, &x) in seen.iter().enumerate() {
@@ -1143,22 +1147,25 @@ fn attention_outputs<Bk: Backend>(b: usize, h: usize, len: usize, dim: usize, de
 #[test]
 fn attention_softmax_by_ops_matches_a_direct_softmax() {
     // The default of the attention softmax op (burn's ops: cast, scale, mask, softmax),
-    // which CPU backends run and a GPU kernel replaces, against the softmax written out.
+    // which CPU backends run and a GPU kernel replaces, against the softmax written out:
+    // a row a query, and rows packed two or three a position (GQA).
     let device = Default::default();
     B::seed(&device, 3);
-    let (b, h, rows, start, scale, len, dim) = (2, 3, 37, 45, 0.37, 90, 8);
-    let keys = start + rows;
-    let normal = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 3.0), &device);
-    let (s, dp) = (normal([b, h, rows, keys]), normal([b, h, rows, keys]));
-    let [out, d_out] = attention_outputs::<B>(b, h, len, dim, &device);
-    let data = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
-    let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(out.clone()), &data(d_out.clone()), len, rows, start, scale);
-    let p = model::attention::causal_softmax_by_ops(s.clone(), start, scale);
-    let [p2, ds] = model::attention::causal_softmax_grad_by_ops(s, dp, out, d_out, start, scale);
-    let worst = |got: Vec<f32>, want: &[f64]| got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
-    for (name, got, want) in [("p", data(p), &p_want), ("p (grad)", data(p2), &p_want), ("ds", data(ds), &ds_want)] {
-        let err = worst(got, want);
-        assert!(err <= 1e-5, "{name}: max |Δ| {err}");
+    for (rows, start, group, len) in [(37, 45, 1, 90), (74, 90, 2, 180), (111, 135, 3, 270)] {
+        let (b, h, scale, dim) = (2, 3, 0.37, 8);
+        let keys = (start + rows) / group;
+        let normal = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 3.0), &device);
+        let (s, dp) = (normal([b, h, rows, keys]), normal([b, h, rows, keys]));
+        let [out, d_out] = attention_outputs::<B>(b, h, len, dim, &device);
+        let data = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
+        let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(out.clone()), &data(d_out.clone()), len, rows, start, group, scale);
+        let p = model::attention::causal_softmax_by_ops(s.clone(), start, group, scale);
+        let [p2, ds] = model::attention::causal_softmax_grad_by_ops(s, dp, out, d_out, start, group, scale);
+        let worst = |got: Vec<f32>, want: &[f64]| got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+        for (name, got, want) in [("p", data(p), &p_want), ("p (grad)", data(p2), &p_want), ("ds", data(ds), &ds_want)] {
+            let err = worst(got, want);
+            assert!(err <= 1e-5, "{name}, {group} rows a position: max |Δ| {err}");
+        }
     }
 }
 
@@ -1167,8 +1174,9 @@ fn attention_softmax_by_ops_matches_a_direct_softmax() {
 fn attention_softmax_kernels_match_a_direct_softmax() {
     // The CUDA build's attention softmax kernels (`backend/kernels/softmax.rs`), run here on
     // wgpu (Mesa's lavapipe, a Vulkan driver on the CPU): rows shorter and longer than a
-    // cube's 128 threads, blocks that start at 0 and past it, head dims under and over 128
-    // (the gradient's Δ sums the output's row itself, from strided views); every future key
+    // cube's 128 threads, blocks that start at 0 and past it, a query a row and two or four
+    // (GQA packing), head dims under and over 128 (the gradient's Δ sums the output's row
+    // itself, from strided views); every future key
     // exactly 0. In f32 to f32 precision; from f16 inputs (the kernels read and write the
     // scores' dtype, bf16 on CUDA, and compute in f32) within f16's rounding of the results.
     use burn::tensor::FloatDType::{F16, F32};
@@ -1182,21 +1190,22 @@ fn softmax_kernels_in(dtype: burn::tensor::FloatDType, tolerance: f64) {
     use model::backend::kernels;
     let device = cubecl::wgpu::WgpuDevice::default();
     W::seed(&device, 9);
-    for (b, h, rows, start, len, dim) in [(2, 3, 37, 45, 90, 8), (1, 2, 5, 300, 305, 200), (1, 1, 130, 0, 130, 64)] {
-        let (keys, scale) = (start + rows, 0.37);
+    let cases = [(2, 3, 37, 45, 90, 8, 1), (1, 2, 5, 300, 305, 200, 1), (1, 1, 130, 0, 130, 64, 1), (2, 3, 74, 90, 180, 8, 2), (1, 2, 520, 0, 520, 32, 4)];
+    for (b, h, rows, start, len, dim, group) in cases {
+        let (keys, scale) = ((start + rows) / group, 0.37);
         let normal = |shape: [usize; 4]| Tensor::<W, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 3.0), &device).cast(dtype);
         let (s, dp) = (normal([b, h, rows, keys]), normal([b, h, rows, keys]));
         let [out, d_out] = attention_outputs::<W>(b, h, len, dim, &device).map(|t| t.cast(dtype));
         let data = |t: Tensor<W, 4>| t.cast(burn::tensor::FloatDType::F32).into_data().to_vec::<f32>().unwrap();
-        let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(out.clone()), &data(d_out.clone()), len, rows, start, scale);
+        let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(out.clone()), &data(d_out.clone()), len, rows, start, group, scale);
         let prim = |t: Tensor<W, 4>| t.into_primitive().tensor();
         let tensor = |x| data(Tensor::<W, 4>::from_primitive(TensorPrimitive::Float(x)));
-        let p = tensor(kernels::causal_softmax(prim(s.clone()), start, scale as f32));
-        let [p2, ds] = kernels::causal_softmax_grad(prim(s), prim(dp), prim(out), prim(d_out), start, scale as f32).map(tensor);
+        let p = tensor(kernels::causal_softmax(prim(s.clone()), start, group, scale as f32));
+        let [p2, ds] = kernels::causal_softmax_grad(prim(s), prim(dp), prim(out), prim(d_out), start, group, scale as f32).map(tensor);
         for (name, got, want) in [("p", &p, &p_want), ("p (grad)", &p2, &p_want), ("ds", &ds, &ds_want)] {
             let scale = want.iter().fold(1f64, |m, w| m.max(w.abs()));
             let err = got.iter().zip(want.iter()).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
-            assert!(err <= tolerance * scale, "{name}, block {rows} x {keys} from {start}: max |Δ| {err} (max |want| {scale})");
+            assert!(err <= tolerance * scale, "{name}, block {rows} x {keys} from {start}, {group} rows a position: max |Δ| {err} (max |want| {scale})");
             let future = got.iter().zip(want.iter()).filter(|(_, &w)| w == 0.0).all(|(&g, _)| g == 0.0);
             assert!(future, "{name}: a future key is not 0");
         }

@@ -30,14 +30,14 @@ fn row_stats<F: Float>(s: &Tensor<F>, base: usize, seen: usize, scale: f32, shar
     (m, cube_sum(l, shared))
 }
 
-/// p = softmax(s·scale) over each row's keys `0..=start + row`, 0 past them. A cube a row:
-/// x the row in the block, y the (batch, head).
+/// p = softmax(s·scale) over each row's keys `0..=(start + row) / group` (the row's
+/// position), 0 past them. A cube a row: x the row in the block, y the (batch, head).
 #[cube(launch)]
-fn causal_softmax_kernel<F: Float>(s: &Tensor<F>, p: &mut Tensor<F>, start: u32, scale: f32, #[define(F)] _dtype: StorageType) {
+fn causal_softmax_kernel<F: Float>(s: &Tensor<F>, p: &mut Tensor<F>, start: u32, group: u32, scale: f32, #[define(F)] _dtype: StorageType) {
     let (rows, keys) = (s.shape(2), s.shape(3));
     let row = CUBE_POS_X as usize;
     let base = (CUBE_POS_Y as usize * rows + row) * keys;
-    let seen = start as usize + row + 1;
+    let seen = (start as usize + row) / group as usize + 1;
     let mut shared = SharedMemory::<f32>::new(THREADS);
     let (m, l) = row_stats::<F>(s, base, seen, scale, &mut shared);
     let mut i = UNIT_POS_X as usize;
@@ -52,15 +52,15 @@ fn causal_softmax_kernel<F: Float>(s: &Tensor<F>, p: &mut Tensor<F>, start: u32,
 }
 
 /// p as [`causal_softmax_kernel`], and ds = p ∘ (dp − Δ)·scale with Δ = rowsum(dO ∘ O) of
-/// the row's query (position `start + row` of `out`, `d_out`: `[batch, heads, len, dim]`,
+/// the row's query (row `start + row` of `out`, `d_out`: `[batch, heads, rows, dim]`,
 /// read at their strides), summed here rather than by two launches a block.
 #[cube(launch)]
-fn causal_softmax_grad_kernel<F: Float>(s: &Tensor<F>, dp: &Tensor<F>, out: &Tensor<F>, d_out: &Tensor<F>, p: &mut Tensor<F>, ds: &mut Tensor<F>, start: u32, scale: f32, #[define(F)] _dtype: StorageType) {
+fn causal_softmax_grad_kernel<F: Float>(s: &Tensor<F>, dp: &Tensor<F>, out: &Tensor<F>, d_out: &Tensor<F>, p: &mut Tensor<F>, ds: &mut Tensor<F>, start: u32, group: u32, scale: f32, #[define(F)] _dtype: StorageType) {
     let (heads, rows, keys) = (s.shape(1), s.shape(2), s.shape(3));
     let row = CUBE_POS_X as usize;
     let bh = CUBE_POS_Y as usize;
     let base = (bh * rows + row) * keys;
-    let seen = start as usize + row + 1;
+    let seen = (start as usize + row) / group as usize + 1;
     let mut shared = SharedMemory::<f32>::new(THREADS);
     let (m, l) = row_stats::<F>(s, base, seen, scale, &mut shared);
     let (b, h, pos) = (bh / heads, bh % heads, start as usize + row);
@@ -92,10 +92,10 @@ fn launch_dims<R: CubeRuntime>(s: &CubeTensor<R>) -> (CubeCount, CubeDim) {
     (CubeCount::Static(rows as u32, bh as u32, 1), CubeDim::new_1d(THREADS as u32))
 }
 
-/// softmax(s·scale) of a block of queries starting at position `start` over the keys
-/// `0..keys` (`s` `[batch, heads, rows, keys]`, query `start + r` sees keys `0..=start + r`),
-/// in `s`'s dtype.
-pub fn causal_softmax<R: CubeRuntime>(s: CubeTensor<R>, start: usize, scale: f32) -> CubeTensor<R> {
+/// softmax(s·scale) of a block of rows `start..start + rows` over the keys `0..keys` (`s`
+/// `[batch, heads, rows, keys]`; row i the query at position i / group, which sees keys
+/// `0..=i / group`), in `s`'s dtype.
+pub fn causal_softmax<R: CubeRuntime>(s: CubeTensor<R>, start: usize, group: usize, scale: f32) -> CubeTensor<R> {
     let s = into_contiguous(s);
     let p = empty_device_dtype::<R>(s.client.clone(), s.device.clone(), s.shape(), s.dtype);
     if p.meta.num_elements() == 0 {
@@ -103,15 +103,15 @@ pub fn causal_softmax<R: CubeRuntime>(s: CubeTensor<R>, start: usize, scale: f32
     }
     let (count, dim) = launch_dims(&s);
     let dtype = s.dtype;
-    causal_softmax_kernel::launch::<R>(&s.client.clone(), count, dim, s.into_tensor_arg(), p.clone().into_tensor_arg(), start as u32, scale, dtype.into());
+    causal_softmax_kernel::launch::<R>(&s.client.clone(), count, dim, s.into_tensor_arg(), p.clone().into_tensor_arg(), start as u32, group as u32, scale, dtype.into());
     p
 }
 
 /// [`causal_softmax`]'s `p` and the scores' gradient p ∘ (dp − Δ)·scale from the
 /// probabilities' gradient `dp` (as `s`), Δ = rowsum(dO ∘ O) from the attention's output
-/// `out` and its gradient `d_out` (`[batch, heads, len, dim]`, the block's queries at
+/// `out` and its gradient `d_out` (`[batch, heads, len · group, dim]`, the block's rows at
 /// `start..start + rows`, any strides), all in `s`'s dtype.
-pub fn causal_softmax_grad<R: CubeRuntime>(s: CubeTensor<R>, dp: CubeTensor<R>, out: CubeTensor<R>, d_out: CubeTensor<R>, start: usize, scale: f32) -> [CubeTensor<R>; 2] {
+pub fn causal_softmax_grad<R: CubeRuntime>(s: CubeTensor<R>, dp: CubeTensor<R>, out: CubeTensor<R>, d_out: CubeTensor<R>, start: usize, group: usize, scale: f32) -> [CubeTensor<R>; 2] {
     let (s, dp) = (into_contiguous(s), into_contiguous(dp));
     let empty = || empty_device_dtype::<R>(s.client.clone(), s.device.clone(), s.shape(), s.dtype);
     let (p, ds) = (empty(), empty());
@@ -122,6 +122,6 @@ pub fn causal_softmax_grad<R: CubeRuntime>(s: CubeTensor<R>, dp: CubeTensor<R>, 
     let dtype = s.dtype;
     let client = s.client.clone();
     let args = (s.into_tensor_arg(), dp.into_tensor_arg(), out.into_tensor_arg(), d_out.into_tensor_arg());
-    causal_softmax_grad_kernel::launch::<R>(&client, count, dim, args.0, args.1, args.2, args.3, p.clone().into_tensor_arg(), ds.clone().into_tensor_arg(), start as u32, scale, dtype.into());
+    causal_softmax_grad_kernel::launch::<R>(&client, count, dim, args.0, args.1, args.2, args.3, p.clone().into_tensor_arg(), ds.clone().into_tensor_arg(), start as u32, group as u32, scale, dtype.into());
     [p, ds]
 }
