@@ -6,8 +6,9 @@
 //! are read where they lie (the model's are strided views of `[batch, len, heads, dim]`),
 //! a task per (row, head) or (row, head, query block), so no head needs a copy and every
 //! core has work. Packed documents are spans of a row's queries, each block within one,
-//! so all of a layer's documents are one call and no document is sliced out or joined. Flex's own attention has a branch per score and libm's `expf`, walks the
-//! future keys of a causal row, and runs on one thread.
+//! so all of a layer's documents are one call and no document is sliced out or joined.
+//! Flex's own attention has a branch per score and libm's `expf`, walks the future keys of
+//! a causal row, and runs on one thread.
 use crate::lanes;
 use burn::tensor::{DType, TensorData};
 use burn_flex::FlexTensor;
