@@ -16,6 +16,11 @@
 # print progress lines (per step, per generation) that are kept when a limit cuts them
 # short; cubecl's kernel compiles and autotune choices are logged to $OUT/cubecl-*.log.
 # The JSON lines go to $OUT/trainer-bench.jsonl and the tables to $OUT/report.md.
+# cubecl's on-disk caches (target/autotune: each op's choice by shape; target/cuda: the
+# compiled PTX) are saved to $OUT/cubecl-cache.tgz at the end; CUBECL_CACHE=that.tgz
+# seeds a later run with them, so that on a fresh machine the autotuned build skips the
+# minutes of warm-up (seed only from the same card: the choices are keyed by device
+# index, not by name; the PTX is sm_90's for H100 and H200 alike).
 #
 # Build here (no GPU or CUDA toolkit needed), then run on the GPU machine:
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p benches --bin trainer-bench \
@@ -110,6 +115,11 @@ PY
 [ -n "$nvrtc" ] && export LD_LIBRARY_PATH="$nvrtc:${LD_LIBRARY_PATH:-}" && echo "NVRTC from $nvrtc"
 log=$out/trainer-bench.jsonl
 : > "$log"
+if [ -n "${CUBECL_CACHE:-}" ]; then
+  mkdir -p target && tar xzf "$CUBECL_CACHE" -C target \
+    || { echo "run_gpu_bench: CUBECL_CACHE='$CUBECL_CACHE' is not a tar.gz of cubecl's caches" >&2; exit 2; }
+  echo "cubecl caches seeded from $CUBECL_CACHE: $(find target/autotune target/cuda -type f 2>/dev/null | wc -l) files"
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: dry run"
 
 # Kernels cubecl has compiled so far in this run (its compile log, one line a kernel).
@@ -201,4 +211,7 @@ for phase in ${PHASES:-peak torch sft gen parity}; do
     *) echo "unknown phase '$phase' in PHASES (peak, torch, sft, gen, profile, parity)" >&2; exit 2 ;;
   esac
 done
+caches=(); for d in autotune cuda; do [ -d "target/$d" ] && caches+=("$d"); done
+[ ${#caches[@]} -gt 0 ] && tar czf "$out/cubecl-cache.tgz" -C target "${caches[@]}" \
+  && echo "cubecl caches saved: $out/cubecl-cache.tgz ($(du -h "$out/cubecl-cache.tgz" | cut -f1); seed a later run with CUBECL_CACHE=)"
 "$py" benches/scripts/gpu_torch.py report "$log" | tee "$out/report.md"

@@ -1,8 +1,9 @@
 //! Causal self-attention in O(length) memory. The forward and the backward both go a block
-//! of queries at a time: the block's scores against the keys up to its last query (later
-//! blocks of keys are all masked and left out), an f32 softmax, products in the inputs'
-//! dtype through [`crate::matmul`] (on a GPU bf16 tensor cores, on the kernel the backend
-//! picks). Under autodiff the backward recomputes each block's probabilities from the
+//! of queries at a time: the block's scores against the keys from the first document start
+//! it sees up to its last query (the keys outside are all masked and left out; packed
+//! documents of all rows go in one call, each query masked to its own), an f32 softmax,
+//! products in the inputs' dtype through [`crate::matmul`] (on a GPU bf16 tensor cores, on
+//! the kernel the backend picks). Under autodiff the backward recomputes each block's probabilities from the
 //! saved q, k, v and output, so no len² tensor outlives a block; burn 0.21's autodiff
 //! attention keeps the len² scores and probabilities of every layer until the backward,
 //! and its forward (burn-cuda's: the unfused fallback, which autotune picked on the H200)
@@ -16,7 +17,7 @@ use crate::backend::ModelBackend;
 use crate::matmul::matmul;
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{FloatDType, TensorPrimitive};
 
 fn float<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 4> {
@@ -37,32 +38,73 @@ fn block_scores<B: ModelBackend>(qb: Tensor<B, 4>, kb: Tensor<B, 4>) -> FloatTen
     matmul(qb, kb.swap_dims(2, 3)).into_primitive().tensor()
 }
 
+/// Which keys the rows of a block of packed scores (`[batch, kv_heads, rows, keys]`) see:
+/// row i is the query at position (start + i) / group ([`pack`]), which in batch row r sees
+/// keys `first[r, position] ..= position` (its own document's, up to itself); the block's
+/// scores begin at key `key0`.
+#[derive(Clone, Debug)]
+pub struct BlockRows<B: Backend> {
+    pub start: usize,
+    pub group: usize,
+    pub key0: usize,
+    /// `[batch, len]`: each position's first visible key.
+    pub first: IntTensor<B>,
+}
+
+/// Each position's first visible key (its document's start), for every row of a call,
+/// kept on the host for the blocks' key ranges and on the device for the softmax.
+struct FirstKeys<B: Backend> {
+    host: Vec<Vec<usize>>,
+    device: IntTensor<B>,
+}
+
+impl<B: Backend> FirstKeys<B> {
+    fn new(docs: &Documents, len: usize, device: &B::Device) -> Self {
+        let host: Vec<Vec<usize>> = docs.iter().map(|lens| {
+            assert_eq!(lens.iter().sum::<usize>(), len, "documents {lens:?} do not fill a row of {len}");
+            lens.iter().scan(0, |at, &n| { *at += n; Some(std::iter::repeat_n(*at - n, n)) }).flatten().collect()
+        }).collect();
+        let flat = host.iter().flatten().map(|&k| k as i64).collect();
+        let device = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [host.len(), len]), device).into_primitive();
+        FirstKeys { host, device }
+    }
+
+    /// The block of queries `start..` (positions): its keys from the first that any of its
+    /// rows sees, rounded down to 64 (whole tiles for the products).
+    fn block(&self, start: usize, group: usize) -> BlockRows<B> {
+        let key0 = self.host.iter().map(|row| row[start]).min().unwrap_or(0) / 64 * 64;
+        BlockRows { start: start * group, group, key0, first: self.device.clone() }
+    }
+}
+
 /// softmax(s·scale) in f32 over a block of scores `s` (`[batch, heads, rows, keys]`, any
-/// dtype) of the rows `start..start + rows`, row i the query at position i / `group` ([`pack`]),
-/// its future keys masked: burn's ops ([`ModelBackend::causal_softmax`]'s default).
-pub fn causal_softmax_by_ops<B: ModelBackend>(s: Tensor<B, 4>, start: usize, group: usize, scale: f64) -> Tensor<B, 4> {
-    let [b, h, rows, keys] = s.dims();
+/// dtype), each row over the keys it sees ([`BlockRows`]), the others 0: burn's ops
+/// ([`ModelBackend::causal_softmax`]'s default).
+pub fn causal_softmax_by_ops<B: ModelBackend>(s: Tensor<B, 4>, rows: &BlockRows<B>, scale: f64) -> Tensor<B, 4> {
+    let [b, h, n, keys] = s.dims();
     let device = s.device();
-    let position = Tensor::<B, 1, Int>::arange(start as i64..(start + rows) as i64, &device).div_scalar(group as i64);
-    let key = Tensor::<B, 1, Int>::arange(0..keys as i64, &device);
-    let future = key.reshape([1, keys]).expand([rows, keys]).greater(position.reshape([rows, 1]).expand([rows, keys]));
+    let position = Tensor::<B, 1, Int>::arange(rows.start as i64..(rows.start + n) as i64, &device).div_scalar(rows.group as i64);
+    let first = Tensor::<B, 2, Int>::from_primitive(rows.first.clone()).select(1, position.clone());
+    let key = Tensor::<B, 1, Int>::arange(rows.key0 as i64..(rows.key0 + keys) as i64, &device).reshape([1, 1, keys]).expand([b, n, keys]);
+    let future = key.clone().greater(position.reshape([1, n, 1]).expand([b, n, keys]));
+    let hidden = future.bool_or(key.lower(first.reshape([b, n, 1]).expand([b, n, keys])));
     let s = s.cast(FloatDType::F32).mul_scalar(scale);
-    let s = s.mask_fill(future.unsqueeze::<4>().expand([b, h, rows, keys]), f32::NEG_INFINITY);
+    let s = s.mask_fill(hidden.unsqueeze_dim::<4>(1).expand([b, h, n, keys]), f32::NEG_INFINITY);
     Tensor::from_primitive(TensorPrimitive::Float(B::softmax_last(s.into_primitive().tensor())))
 }
 
 /// [`ModelBackend::causal_softmax_grad`] by burn's ops: p and p ∘ (dp − Δ)·scale, both in
 /// the scores' dtype, the arithmetic in f32; Δ = rowsum(dO ∘ O) over the block's rows of
 /// `out` and `d_out` (packed as the scores).
-pub fn causal_softmax_grad_by_ops<B: ModelBackend>(s: Tensor<B, 4>, dp: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>, start: usize, group: usize, scale: f64) -> [Tensor<B, 4>; 2] {
+pub fn causal_softmax_grad_by_ops<B: ModelBackend>(s: Tensor<B, 4>, dp: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>, rows: &BlockRows<B>, scale: f64) -> [Tensor<B, 4>; 2] {
     let dtype = s.dtype();
-    let [b, h, rows, _] = s.dims();
-    let block = [0..b, 0..h, start..start + rows, 0..out.dims()[3]];
+    let [b, h, n, _] = s.dims();
+    let block = [0..b, 0..h, rows.start..rows.start + n, 0..out.dims()[3]];
     // Per block, so Δ is contiguous: a slice of a whole-length Δ broadcast against the
     // block's scores would take Flex's scalar strided path (12% of a tiny SFT step).
     let wide = |x: Tensor<B, 4>| x.slice(block.clone()).cast(FloatDType::F32);
     let delta = (wide(d_out) * wide(out)).sum_dim(3);
-    let p = causal_softmax_by_ops(s, start, group, scale);
+    let p = causal_softmax_by_ops(s, rows, scale);
     let ds = (p.clone() * (dp.cast(FloatDType::F32) - delta)).mul_scalar(scale);
     [p.cast(dtype), ds.cast(dtype)]
 }
@@ -100,81 +142,28 @@ pub type Documents = [Vec<usize>];
 
 /// Causal attention within each document (`docs`) of `q` (`[batch, heads, len,
 /// head_dim]`) over `k`, `v` (`[batch, kv_heads, len, head_dim]`, the same positions; a KV
-/// head serves `heads / kv_heads` query heads) by blocks of queries ([`query_block`]): the
-/// output in the inputs' dtype; documents by [`by_documents`].
+/// head serves `heads / kv_heads` query heads) by blocks of queries ([`query_block`]), each
+/// over the keys from the first that one of its queries sees ([`BlockRows`]): one call for
+/// all rows and documents. The output in the inputs' dtype.
 pub fn forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, docs: &Documents) -> Tensor<B, 4> {
-    let [out] = by_documents([q, k, v], docs, |[q, k, v]| [causal_forward(q, k, v)]);
-    out
-}
-
-fn causal_forward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, len, d] = q.dims();
     let kv_heads = k.dims()[1];
     if len == 0 {
         return q; // as empty as the output
     }
     let group = h / kv_heads;
+    let first = FirstKeys::<B>::new(docs, len, &q.device());
     let (q, k, v) = (pack(q, group), in_order(k), in_order(v));
     let scale = 1.0 / (d as f64).sqrt();
     let block = query_block(b, h, len);
     let blocks = (0..len).step_by(block).map(|start| {
         let end = (start + block).min(len);
-        let keys = [0..b, 0..kv_heads, 0..end, 0..d];
+        let rows = first.block(start, group);
+        let keys = [0..b, 0..kv_heads, rows.key0..end, 0..d];
         let s = block_scores(q.clone().slice([0..b, 0..kv_heads, start * group..end * group, 0..d]), k.clone().slice(keys.clone()));
-        matmul(float(B::causal_softmax(s, start * group, group, scale)), v.clone().slice(keys))
+        matmul(float(B::causal_softmax(s, &rows, scale)), v.clone().slice(keys))
     });
     unpack(Tensor::cat(blocks.collect(), 2), group)
-}
-
-/// `f` (causal attention's forward or backward: tensors `[batch, _, len, _]` in and out)
-/// within each document: rows of the same lengths together, a call a document for all of
-/// them (one document a row: one call), the documents' outputs joined, the rows back in
-/// their order. For backends without kernels that take documents (on a CPU in f32 the
-/// flash kernels take them: `backend/flash.rs`).
-pub fn by_documents<B: Backend, const I: usize, const O: usize>(xs: [Tensor<B, 4>; I], docs: &Documents, mut f: impl FnMut([Tensor<B, 4>; I]) -> [Tensor<B, 4>; O]) -> [Tensor<B, 4>; O] {
-    let b = xs[0].dims()[0];
-    let mut groups: Vec<(&[usize], Vec<usize>)> = vec![];
-    for (r, lens) in docs.iter().enumerate() {
-        match groups.iter_mut().find(|(l, _)| *l == lens.as_slice()) {
-            Some((_, members)) => members.push(r),
-            None => groups.push((lens, vec![r])),
-        }
-    }
-    if let [(lens, _)] = groups.as_slice() {
-        if lens.len() == 1 {
-            return f(xs); // no slices and no cat
-        }
-    }
-    let device = xs[0].device();
-    let index = |rows: &[usize]| Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]), &device);
-    // All rows as they are, consecutive rows as a view, others gathered.
-    let pick = |x: &Tensor<B, 4>, members: &[usize]| match members.windows(2).all(|w| w[1] == w[0] + 1) {
-        true if members.len() == b => x.clone(),
-        true => x.clone().narrow(0, members[0], members.len()),
-        false => x.clone().select(0, index(members)),
-    };
-    let mut outs: [Vec<Tensor<B, 4>>; O] = std::array::from_fn(|_| vec![]);
-    for (lens, members) in &groups {
-        let rows = xs.each_ref().map(|x| pick(x, members));
-        let mut parts: [Vec<Tensor<B, 4>>; O] = std::array::from_fn(|_| vec![]);
-        let mut start = 0;
-        for &n in lens.iter() {
-            let doc = f(rows.each_ref().map(|x| x.clone().narrow(2, start, n)));
-            parts.iter_mut().zip(doc).for_each(|(p, x)| p.push(x));
-            start += n;
-        }
-        outs.iter_mut().zip(parts).for_each(|(o, p)| o.push(Tensor::cat(p, 2)));
-    }
-    // Row r sits at its place in the groups' order (in order already where no two rows
-    // apart share their lengths).
-    let order: Vec<usize> = groups.iter().flat_map(|(_, members)| members.iter().copied()).collect();
-    let mut place = vec![0; b];
-    order.iter().enumerate().for_each(|(i, &r)| place[r] = i);
-    let in_order = place.iter().enumerate().all(|(i, &p)| i == p);
-    outs.map(|o| match in_order {
-        true => Tensor::cat(o, 0),
-        false => Tensor::cat(o, 0).select(0, index(&place)),
-    })
 }
 
 /// [`ModelBackend::causal_attention`] on tensors.
@@ -218,18 +207,16 @@ pub(crate) fn autodiff<B: ModelBackend, C: CheckpointStrategy>(q: FloatTensor<Au
 /// slower) and the softmax, its gradient and the sums over blocks in f32, as FlashAttention
 /// does; transformers' eager attention keeps even dS in bf16. With GQA (`k`, `v` with
 /// fewer heads, as [`forward`]'s) the queries are packed as the forward's, so the products
-/// sum dK and dV over each KV head's query heads themselves. Documents by [`by_documents`].
+/// sum dK and dV over each KV head's query heads themselves. Documents and key ranges as
+/// [`forward`]'s.
 pub fn backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>, docs: &Documents) -> [Tensor<B, 4>; 3] {
-    by_documents([q, k, v, out, d_out], docs, |[q, k, v, out, d_out]| causal_backward(q, k, v, out, d_out))
-}
-
-fn causal_backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, out: Tensor<B, 4>, d_out: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
     let [b, h, len, d] = q.dims();
     let kv_heads = k.dims()[1];
     if len == 0 {
         return [q, k, v]; // as empty as the gradients
     }
     let group = h / kv_heads;
+    let first = FirstKeys::<B>::new(docs, len, &q.device());
     let [q, out, d_out] = [q, out, d_out].map(|x| pack(x, group));
     let (k, v) = (in_order(k), in_order(v));
     let dtype = q.dtype();
@@ -243,15 +230,17 @@ fn causal_backward<B: ModelBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
     let block = query_block(b, h, len);
     for start in (0..len).step_by(block) {
         let end = (start + block).min(len);
-        let (rows, keys) = ([0..b, 0..kv_heads, start * group..end * group, 0..d], [0..b, 0..kv_heads, 0..end, 0..d]);
+        let block_rows = first.block(start, group);
+        let key0 = block_rows.key0;
+        let (rows, keys) = ([0..b, 0..kv_heads, start * group..end * group, 0..d], [0..b, 0..kv_heads, key0..end, 0..d]);
         let (qb, ob) = (q.clone().slice(rows.clone()), d_out.clone().slice(rows));
         let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys));
         let dp = matmul(ob.clone(), vb.swap_dims(2, 3)).into_primitive().tensor();
         let (o, g) = (out.clone().into_primitive().tensor(), d_out.clone().into_primitive().tensor());
-        let [p, ds] = B::causal_softmax_grad(block_scores(qb.clone(), kb.clone()), dp, o, g, start * group, group, scale).map(float);
-        dv = add(dv, matmul(p.swap_dims(2, 3), ob), 0);
+        let [p, ds] = B::causal_softmax_grad(block_scores(qb.clone(), kb.clone()), dp, o, g, &block_rows, scale).map(float);
+        dv = add(dv, matmul(p.swap_dims(2, 3), ob), key0);
         dq = add(dq, matmul(ds.clone(), kb), start * group);
-        dk = add(dk, matmul(ds.swap_dims(2, 3), qb), 0);
+        dk = add(dk, matmul(ds.swap_dims(2, 3), qb), key0);
     }
     [unpack(float(dq).cast(dtype), group), float(dk).cast(dtype), float(dv).cast(dtype)]
 }

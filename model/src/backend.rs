@@ -5,7 +5,7 @@
 //! writes are ops too, so that a backend can do them its own way (Flex: in place, on every
 //! core).
 use crate::adamw::AdamWStep;
-use crate::attention::Documents;
+use crate::attention::{BlockRows, Documents};
 use crate::lm_head::{self, Head};
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
@@ -51,20 +51,20 @@ pub trait ModelBackend: Backend {
         Self::float_matmul(lhs, rhs)
     }
 
-    /// softmax(s·scale) of a block of attention scores `s` (`[batch, heads, rows, keys]`) of
-    /// the rows `start..start + rows` over the keys `0..keys`, row i the query at position
-    /// i / `group` (GQA packing: a KV head's `group` query heads as rows of one product),
-    /// each query's future keys masked: the probabilities in `s`'s dtype, computed in f32.
-    fn causal_softmax(s: FloatTensor<Self>, start: usize, group: usize, scale: f64) -> FloatTensor<Self> {
-        by_ops::causal_softmax::<Self>(s, start, group, scale)
+    /// softmax(s·scale) of a block of attention scores `s` (`[batch, heads, rows, keys]`),
+    /// each row over the keys it sees ([`BlockRows`]: its document's up to its position;
+    /// GQA packing puts a KV head's query heads as rows of one product), 0 at the others:
+    /// the probabilities in `s`'s dtype, computed in f32.
+    fn causal_softmax(s: FloatTensor<Self>, rows: &BlockRows<Self>, scale: f64) -> FloatTensor<Self> {
+        by_ops::causal_softmax::<Self>(s, rows, scale)
     }
 
     /// [`Self::causal_softmax`]'s p and the scores' gradient p ∘ (dp − Δ)·scale from the
     /// probabilities' gradient `dp` (as `s`), where Δ = rowsum(dO ∘ O) over the block's
-    /// rows `start..start + rows` of the attention's output `out` and its gradient `d_out`
-    /// (`[batch, heads, len · group, head_dim]`, packed as the scores): both in `s`'s dtype.
-    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, start: usize, group: usize, scale: f64) -> [FloatTensor<Self>; 2] {
-        by_ops::causal_softmax_grad::<Self>(s, dp, out, d_out, start, group, scale)
+    /// rows of the attention's output `out` and its gradient `d_out` (`[batch, heads, len ·
+    /// group, head_dim]`, packed as the scores): both in `s`'s dtype.
+    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, rows: &BlockRows<Self>, scale: f64) -> [FloatTensor<Self>; 2] {
+        by_ops::causal_softmax_grad::<Self>(s, dp, out, d_out, rows, scale)
     }
 
     /// RMSNorm of each row of `x` (`[rows, n]`, any dtype) with gain `gain` (`[n]`, f32):
@@ -181,15 +181,14 @@ pub trait ModelBackend: Backend {
 impl ModelBackend for burn::backend::Flex {
     /// f32: [`flash::forward`] (blocks of queries on every core, each over its document's
     /// keys up to itself: one call for every document, no copies of the inputs); other
-    /// dtypes: Flex's attention by blocks of queries and groups of heads
-    /// ([`flex::causal_by_blocks`]) a document at a time.
+    /// dtypes: [`crate::attention::forward`] by head groups.
     fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, docs: &Documents) -> FloatTensor<Self> {
         if let Some(out) = flash::forward(&q, &k, &v, &flash::document_spans(docs)) {
             return out;
         }
-        let (f, p) = (|x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x)), |x: Tensor<Self, 4>| x.into_primitive().tensor());
-        let [out] = crate::attention::by_documents([f(q), f(k), f(v)], docs, |[q, k, v]| [f(flex::causal_by_blocks(p(q), p(k), p(v), None))]);
-        p(out)
+        let f = |x| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
+        let [out] = flex::by_head_groups([f(q), f(k), f(v)], |[q, k, v]| [crate::attention::forward(q, k, v, docs)]);
+        out.into_primitive().tensor()
     }
 
     /// f32 with left padding (or none): [`flash::forward`] from each row's first key; else
@@ -338,15 +337,15 @@ mod by_ops {
         crate::rope::apply_rotary::<B>(f(x), f(cos), f(sin)).into_primitive().tensor()
     }
 
-    pub fn causal_softmax<B: ModelBackend>(s: FloatTensor<B>, start: usize, group: usize, scale: f64) -> FloatTensor<B> {
+    pub fn causal_softmax<B: ModelBackend>(s: FloatTensor<B>, rows: &BlockRows<B>, scale: f64) -> FloatTensor<B> {
         let s = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(s));
         let dtype = s.dtype();
-        crate::attention::causal_softmax_by_ops(s, start, group, scale).cast(dtype).into_primitive().tensor()
+        crate::attention::causal_softmax_by_ops(s, rows, scale).cast(dtype).into_primitive().tensor()
     }
 
-    pub fn causal_softmax_grad<B: ModelBackend>(s: FloatTensor<B>, dp: FloatTensor<B>, out: FloatTensor<B>, d_out: FloatTensor<B>, start: usize, group: usize, scale: f64) -> [FloatTensor<B>; 2] {
+    pub fn causal_softmax_grad<B: ModelBackend>(s: FloatTensor<B>, dp: FloatTensor<B>, out: FloatTensor<B>, d_out: FloatTensor<B>, rows: &BlockRows<B>, scale: f64) -> [FloatTensor<B>; 2] {
         let f = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-        crate::attention::causal_softmax_grad_by_ops(f(s), f(dp), f(out), f(d_out), start, group, scale).map(|x| x.into_primitive().tensor())
+        crate::attention::causal_softmax_grad_by_ops(f(s), f(dp), f(out), f(d_out), rows, scale).map(|x| x.into_primitive().tensor())
     }
 }
 
@@ -425,19 +424,19 @@ impl<R: burn_cubecl::CubeRuntime, I: burn_cubecl::IntElement, BT: burn_cubecl::B
     }
 
     /// A kernel a block ([`kernels::causal_softmax`]) rather than ten of burn's.
-    fn causal_softmax(s: FloatTensor<Self>, start: usize, group: usize, scale: f64) -> FloatTensor<Self> {
+    fn causal_softmax(s: FloatTensor<Self>, rows: &BlockRows<Self>, scale: f64) -> FloatTensor<Self> {
         match crate::own_kernels() {
-            true => kernels::causal_softmax(s, start, group, scale as f32),
-            false => by_ops::causal_softmax::<Self>(s, start, group, scale),
+            true => kernels::causal_softmax(s, rows, scale as f32),
+            false => by_ops::causal_softmax::<Self>(s, rows, scale),
         }
     }
 
     /// A kernel a block ([`kernels::causal_softmax_grad`], Δ included) rather than
     /// sixteen of burn's.
-    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, start: usize, group: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+    fn causal_softmax_grad(s: FloatTensor<Self>, dp: FloatTensor<Self>, out: FloatTensor<Self>, d_out: FloatTensor<Self>, rows: &BlockRows<Self>, scale: f64) -> [FloatTensor<Self>; 2] {
         match crate::own_kernels() && [&dp, &out, &d_out].iter().all(|t| t.dtype == s.dtype) {
-            true => kernels::causal_softmax_grad(s, dp, out, d_out, start, group, scale as f32),
-            false => by_ops::causal_softmax_grad::<Self>(s, dp, out, d_out, start, group, scale),
+            true => kernels::causal_softmax_grad(s, dp, out, d_out, rows, scale as f32),
+            false => by_ops::causal_softmax_grad::<Self>(s, dp, out, d_out, rows, scale),
         }
     }
 

@@ -707,16 +707,17 @@ fn bf16_compute_tracks_torch_autocast() {
 fn lean_attention_backward_matches_autodiff_through_burns_attention() {
     // Our causal attention (on Flex in f32 a forward by blocks of 64 queries against tiles
     // of 128 keys, the backward by blocks of 64 queries, both through gemm, each block
-    // within one document; elsewhere the backend's attention and a backward by blocks of
-    // 512 queries a document at a time, which Flex runs in other dtypes:
-    // `model::attention::backward`, checked here too) against burn's autodiff through its
+    // within one document; elsewhere both by blocks of 512 queries over the keys their
+    // documents reach, which Flex runs in other dtypes: `model::attention::forward` and
+    // `backward`, checked here too) against burn's autodiff through its
     // own attention (matmul, mask, softmax, matmul kept for the backward) over K and V
     // repeated for GQA: outputs and the gradients of q and of the KV heads, across block
     // boundaries, with q a strided view as the model's are ([batch, len, heads, dim] with
     // its middle dims swapped); 6 query heads over 6 KV heads, then over 3, then packed
-    // documents (a row of three, one of them a single token, between two whole rows: rows
-    // grouped by their lengths and put back in order), the reference masking every key
-    // outside the query's document. On 3 threads the same bits as on 1.
+    // documents (a row of three, one of them a single token, between two whole rows; then
+    // every row packed, so that the second block of queries starts its keys past 0), the
+    // reference masking every key outside the query's document. On 3 threads the same bits
+    // as on 1.
     type A = burn::backend::Autodiff<B>;
     let device = Default::default();
     <A as Backend>::seed(&device, 7);
@@ -728,7 +729,8 @@ fn lean_attention_backward_matches_autodiff_through_burns_attention() {
     let data = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
     let whole = vec![vec![t]; b];
     let packed = vec![vec![t], vec![250, 1, 449], vec![t]];
-    for (kv_heads, docs) in [(6, &whole), (3, &whole), (3, &packed)] {
+    let all_packed = vec![vec![300, 400], vec![100, 600], vec![250, 1, 449]];
+    for (kv_heads, docs) in [(6, &whole), (3, &whole), (3, &packed), (3, &all_packed)] {
         let (k, v) = (normal([b, kv_heads, t, 16]).require_grad(), normal([b, kv_heads, t, 16]).require_grad());
         let grads_of = |out: Tensor<A, 4>| {
             let g = (out.clone() * w.clone()).sum().backward();
@@ -1111,29 +1113,81 @@ fn chunked_lm_head_matches_autodiff_through_the_full_logits() {
     assert!(worst <= 1e-2, "split sum: max |Δ| {worst}");
 }
 
-/// Attention's softmax of a block of rows `start..start + rows` over keys `0..keys`, row
-/// i the query at position i / group (GQA packing: a KV head's query heads as rows),
-/// computed directly in f64 from `s` (`[batch·heads, rows, keys]` flat): p and the scores'
-/// gradient p ∘ (dp − Δ)·scale per row, Δ = rowsum(dO ∘ O) of the row's query from `out`,
-/// `d_out` (`[batch·heads, len, dim]` flat, `len` rows).
-#[allow(clippy::too_many_arguments)]
-fn direct_causal_softmax(s: &[f32], dp: &[f32], out: &[f32], d_out: &[f32], len: usize, rows: usize, start: usize, group: usize, scale: f64) -> (Vec<f64>, Vec<f64>) {
-    let keys = (start + rows).div_ceil(group);
-    let dim = out.len() / (s.len() / (rows * keys)) / len;
-    let (mut p, mut ds) = (vec![0.0; s.len()], vec![0.0; s.len()]);
-    for (at, row) in s.chunks(keys).enumerate() {
-        let query = (at / rows * len + start + at % rows) * dim;
-        let delta: f64 = (query..query + dim).map(|c| out[c] as f64 * d_out[c] as f64).sum();
-        let seen = &row[..(start + at % rows) / group + 1];
-        let max = seen.iter().map(|&x| x as f64 * scale).fold(f64::MIN, f64::max);
-        let sum: f64 = seen.iter().map(|&x| (x as f64 * scale - max).exp()).sum();
-        for (i, &x) in seen.iter().enumerate() {
-            let j = at * keys + i;
-            p[j] = (x as f64 * scale - max).exp() / sum;
-            ds[j] = p[j] * (dp[j] as f64 - delta) * scale;
-        }
+/// A block of attention scores as the softmax ops take them: packed rows `start..start +
+/// rows` (row i the query at position i / group: GQA packing, a KV head's query heads as
+/// rows), keys from `key0` up to the block's last position, each batch row's documents
+/// (`docs`, filling `len` positions each).
+struct ScoreBlock {
+    h: usize,
+    rows: usize,
+    start: usize,
+    group: usize,
+    key0: usize,
+    len: usize,
+    docs: Vec<Vec<usize>>,
+}
+
+impl ScoreBlock {
+    fn keys(&self) -> usize {
+        (self.start + self.rows).div_ceil(self.group) - self.key0
     }
-    (p, ds)
+
+    /// Each batch row's position's document start.
+    fn first(&self) -> Vec<Vec<usize>> {
+        self.docs.iter().map(|lens| (0..self.len).map(|i| {
+            let mut at = 0;
+            lens.iter().map(|&n| { at += n; at - n }).take_while(|&s| s <= i).last().unwrap()
+        }).collect()).collect()
+    }
+
+    fn rows_of<Bk: Backend>(&self, device: &Bk::Device) -> model::attention::BlockRows<Bk> {
+        let flat = self.first().concat().iter().map(|&k| k as i64).collect();
+        let first = Tensor::<Bk, 2, Int>::from_data(TensorData::new(flat, [self.docs.len(), self.len]), device).into_primitive();
+        model::attention::BlockRows { start: self.start, group: self.group, key0: self.key0, first }
+    }
+
+    /// The softmax written out in f64 from `s` (`[batch·heads, rows, keys]` flat): p and
+    /// the scores' gradient p ∘ (dp − Δ)·scale per row over the keys from its document's
+    /// start to its position, Δ = rowsum(dO ∘ O) of the row's query from `out`, `d_out`
+    /// (`[batch·heads, len · group, dim]` flat).
+    fn direct(&self, s: &[f32], dp: &[f32], out: &[f32], d_out: &[f32], scale: f64) -> (Vec<f64>, Vec<f64>) {
+        let (keys, first) = (self.keys(), self.first());
+        let dim = out.len() / (s.len() / (self.rows * keys)) / (self.len * self.group);
+        let (mut p, mut ds) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+        for (at, row) in s.chunks(keys).enumerate() {
+            let (bh, i) = (at / self.rows, self.start + at % self.rows);
+            let position = i / self.group;
+            let query = (bh * self.len * self.group + i) * dim;
+            let delta: f64 = (query..query + dim).map(|c| out[c] as f64 * d_out[c] as f64).sum();
+            let seen = first[bh / self.h][position] - self.key0..position + 1 - self.key0;
+            let max = row[seen.clone()].iter().map(|&x| x as f64 * scale).fold(f64::MIN, f64::max);
+            let sum: f64 = row[seen.clone()].iter().map(|&x| (x as f64 * scale - max).exp()).sum();
+            for j in seen {
+                let j = at * keys + j;
+                p[j] = (s[j] as f64 * scale - max).exp() / sum;
+                ds[j] = p[j] * (dp[j] as f64 - delta) * scale;
+            }
+        }
+        (p, ds)
+    }
+}
+
+/// Blocks for the softmax tests: rows shorter and longer than a cube's 128 threads, blocks
+/// that start at 0 and past it, a query a row and two to four (GQA packing), head dims
+/// under and over 128, and packed documents, the block's keys from 0 or from past the
+/// start (64 and 128: only what its rows see).
+fn score_blocks() -> Vec<(ScoreBlock, usize)> {
+    let block = |h, rows, start, group, key0, len, docs: Vec<Vec<usize>>| ScoreBlock { h, rows, start, group, key0, len, docs };
+    vec![
+        (block(3, 37, 45, 1, 0, 90, vec![vec![90]; 2]), 8),
+        (block(2, 5, 300, 1, 0, 305, vec![vec![305]]), 200),
+        (block(1, 130, 0, 1, 0, 130, vec![vec![130]]), 64),
+        (block(3, 74, 90, 2, 0, 90, vec![vec![90], vec![20, 25, 45]]), 8),
+        (block(2, 520, 0, 4, 0, 130, vec![vec![130]]), 32),
+        (block(3, 111, 135, 3, 0, 90, vec![vec![40, 1, 49], vec![90]]), 16),
+        (block(2, 100, 300, 1, 128, 400, vec![vec![130, 270], vec![200, 200]]), 8),
+        (block(1, 300, 600, 3, 64, 300, vec![vec![64, 136, 100], vec![150, 150]]), 130),
+    ]
 }
 
 /// The attention output and its gradient as the softmax ops get them: `[batch, heads, len,
@@ -1147,24 +1201,24 @@ fn attention_outputs<Bk: Backend>(b: usize, h: usize, len: usize, dim: usize, de
 #[test]
 fn attention_softmax_by_ops_matches_a_direct_softmax() {
     // The default of the attention softmax op (burn's ops: cast, scale, mask, softmax),
-    // which CPU backends run and a GPU kernel replaces, against the softmax written out:
-    // a row a query, and rows packed two or three a position (GQA).
+    // which CPU backends run and a GPU kernel replaces, against the softmax written out
+    // (`score_blocks`: GQA packing, packed documents, keys from past 0).
     let device = Default::default();
     B::seed(&device, 3);
-    for (rows, start, group, len) in [(37, 45, 1, 90), (74, 90, 2, 180), (111, 135, 3, 270)] {
-        let (b, h, scale, dim) = (2, 3, 0.37, 8);
-        let keys = (start + rows) / group;
+    for (block, dim) in score_blocks() {
+        let (b, h, keys, scale) = (block.docs.len(), block.h, block.keys(), 0.37);
         let normal = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 3.0), &device);
-        let (s, dp) = (normal([b, h, rows, keys]), normal([b, h, rows, keys]));
-        let [out, d_out] = attention_outputs::<B>(b, h, len, dim, &device);
+        let (s, dp) = (normal([b, h, block.rows, keys]), normal([b, h, block.rows, keys]));
+        let [out, d_out] = attention_outputs::<B>(b, h, block.len * block.group, dim, &device);
         let data = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
-        let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(out.clone()), &data(d_out.clone()), len, rows, start, group, scale);
-        let p = model::attention::causal_softmax_by_ops(s.clone(), start, group, scale);
-        let [p2, ds] = model::attention::causal_softmax_grad_by_ops(s, dp, out, d_out, start, group, scale);
+        let (p_want, ds_want) = block.direct(&data(s.clone()), &data(dp.clone()), &data(out.clone()), &data(d_out.clone()), scale);
+        let rows = block.rows_of::<B>(&device);
+        let p = model::attention::causal_softmax_by_ops(s.clone(), &rows, scale);
+        let [p2, ds] = model::attention::causal_softmax_grad_by_ops(s, dp, out, d_out, &rows, scale);
         let worst = |got: Vec<f32>, want: &[f64]| got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
         for (name, got, want) in [("p", data(p), &p_want), ("p (grad)", data(p2), &p_want), ("ds", data(ds), &ds_want)] {
             let err = worst(got, want);
-            assert!(err <= 1e-5, "{name}, {group} rows a position: max |Δ| {err}");
+            assert!(err <= 1e-5, "{name}, block {} x {keys} from {}: max |Δ| {err}", block.rows, block.start);
         }
     }
 }
@@ -1190,24 +1244,24 @@ fn softmax_kernels_in(dtype: burn::tensor::FloatDType, tolerance: f64) {
     use model::backend::kernels;
     let device = cubecl::wgpu::WgpuDevice::default();
     W::seed(&device, 9);
-    let cases = [(2, 3, 37, 45, 90, 8, 1), (1, 2, 5, 300, 305, 200, 1), (1, 1, 130, 0, 130, 64, 1), (2, 3, 74, 90, 180, 8, 2), (1, 2, 520, 0, 520, 32, 4)];
-    for (b, h, rows, start, len, dim, group) in cases {
-        let (keys, scale) = ((start + rows) / group, 0.37);
+    for (block, dim) in score_blocks() {
+        let (b, h, keys, scale) = (block.docs.len(), block.h, block.keys(), 0.37);
         let normal = |shape: [usize; 4]| Tensor::<W, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 3.0), &device).cast(dtype);
-        let (s, dp) = (normal([b, h, rows, keys]), normal([b, h, rows, keys]));
-        let [out, d_out] = attention_outputs::<W>(b, h, len, dim, &device).map(|t| t.cast(dtype));
+        let (s, dp) = (normal([b, h, block.rows, keys]), normal([b, h, block.rows, keys]));
+        let [out, d_out] = attention_outputs::<W>(b, h, block.len * block.group, dim, &device).map(|t| t.cast(dtype));
         let data = |t: Tensor<W, 4>| t.cast(burn::tensor::FloatDType::F32).into_data().to_vec::<f32>().unwrap();
-        let (p_want, ds_want) = direct_causal_softmax(&data(s.clone()), &data(dp.clone()), &data(out.clone()), &data(d_out.clone()), len, rows, start, group, scale);
+        let (p_want, ds_want) = block.direct(&data(s.clone()), &data(dp.clone()), &data(out.clone()), &data(d_out.clone()), scale);
         let prim = |t: Tensor<W, 4>| t.into_primitive().tensor();
         let tensor = |x| data(Tensor::<W, 4>::from_primitive(TensorPrimitive::Float(x)));
-        let p = tensor(kernels::causal_softmax(prim(s.clone()), start, group, scale as f32));
-        let [p2, ds] = kernels::causal_softmax_grad(prim(s), prim(dp), prim(out), prim(d_out), start, group, scale as f32).map(tensor);
+        let rows = block.rows_of::<W>(&device);
+        let p = tensor(kernels::causal_softmax(prim(s.clone()), &rows, scale as f32));
+        let [p2, ds] = kernels::causal_softmax_grad(prim(s), prim(dp), prim(out), prim(d_out), &rows, scale as f32).map(tensor);
         for (name, got, want) in [("p", &p, &p_want), ("p (grad)", &p2, &p_want), ("ds", &ds, &ds_want)] {
             let scale = want.iter().fold(1f64, |m, w| m.max(w.abs()));
             let err = got.iter().zip(want.iter()).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
-            assert!(err <= tolerance * scale, "{name}, block {rows} x {keys} from {start}, {group} rows a position: max |Δ| {err} (max |want| {scale})");
-            let future = got.iter().zip(want.iter()).filter(|(_, &w)| w == 0.0).all(|(&g, _)| g == 0.0);
-            assert!(future, "{name}: a future key is not 0");
+            assert!(err <= tolerance * scale, "{name}, block {} x {keys} from {}, {} rows a position: max |Δ| {err} (max |want| {scale})", block.rows, block.start, block.group);
+            let unseen = got.iter().zip(want.iter()).filter(|(_, &w)| w == 0.0).all(|(&g, _)| g == 0.0);
+            assert!(unseen, "{name}: a key the row does not see is not 0");
         }
     }
 }
