@@ -21,18 +21,24 @@ pub struct AdamWStep {
     /// The bias corrections 1 − β₁ᵗ and 1 − β₂ᵗ of step `t` (from 1).
     pub bias_1: f32,
     pub bias_2: f32,
+    /// What the gradient is multiplied by first: the clip's coefficient (as
+    /// `clip_grad_norm_` scales the gradients in place before the step), 1 when unclipped.
+    /// Here rather than a pass of its own over every gradient.
+    pub grad_scale: f32,
 }
 
 impl AdamWStep {
-    pub fn new(lr: f64, beta_1: f32, beta_2: f32, eps: f32, weight_decay: f32, t: usize) -> Self {
+    pub fn new(lr: f64, beta_1: f32, beta_2: f32, eps: f32, weight_decay: f32, t: usize, grad_scale: f32) -> Self {
         let t = t as i32;
-        Self { lr: lr as f32, beta_1, beta_2, eps, keep: (1.0 - lr * weight_decay as f64) as f32, bias_1: 1.0 - beta_1.powi(t), bias_2: 1.0 - beta_2.powi(t) }
+        Self { lr: lr as f32, beta_1, beta_2, eps, keep: (1.0 - lr * weight_decay as f64) as f32, bias_1: 1.0 - beta_1.powi(t), bias_2: 1.0 - beta_2.powi(t), grad_scale }
     }
 
     /// One element: the new (weight, m, v) from the weight `p`, gradient `g` and moments.
-    /// The order of every operation is burn's, so that the results are its bits.
+    /// The order of every operation is burn's, so that the results are its bits (those of
+    /// burn's step on the gradient scaled first, when `grad_scale` is not 1: g·1 is g).
     #[inline(always)]
     pub fn apply(&self, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+        let g = g * self.grad_scale;
         let m = m * self.beta_1 + g * (1.0 - self.beta_1);
         let v = v * self.beta_2 + g * g * (1.0 - self.beta_2);
         let delta = (m / self.bias_1) / ((v / self.bias_2).sqrt() + self.eps);
@@ -42,6 +48,7 @@ impl AdamWStep {
 
 /// The step by burn's tensor ops ([`ModelBackend::adamw`]'s default): weight, m, v.
 pub fn step_by_ops<B: Backend, const D: usize>(p: Tensor<B, D>, g: Tensor<B, D>, m: Tensor<B, D>, v: Tensor<B, D>, s: AdamWStep) -> [Tensor<B, D>; 3] {
+    let g = if s.grad_scale == 1.0 { g } else { g.mul_scalar(s.grad_scale) };
     let m = m.mul_scalar(s.beta_1).add(g.clone().mul_scalar(1.0 - s.beta_1));
     let v = v.mul_scalar(s.beta_2).add(g.square().mul_scalar(1.0 - s.beta_2));
     let delta = m.clone().div_scalar(s.bias_1).div(v.clone().div_scalar(s.bias_2).sqrt().add_scalar(s.eps));

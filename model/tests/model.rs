@@ -1429,8 +1429,8 @@ fn adamw_kernel_matches_the_ops_it_replaces() {
     // The CUDA build's AdamW step (`backend/kernels/adamw.rs`), run on wgpu (lavapipe),
     // against burn's AdamW arithmetic as tensor ops (`model::adamw::step_by_ops`, which the
     // trainer's tests hold to burn's AdamW bit for bit) on Flex from the same values: three
-    // steps, with and without weight decay, a weight of more elements than a grid dimension
-    // holds cubes. Within f32 rounding (a GPU may fuse a product and a sum).
+    // steps (the second with its gradient clipped), with and without weight decay, a weight
+    // of more elements than a grid dimension holds cubes. Within f32 rounding (a GPU may fuse a product and a sum).
     use burn::tensor::TensorPrimitive;
     use model::adamw::{step_by_ops, AdamWStep};
     use model::backend::kernels;
@@ -1446,7 +1446,8 @@ fn adamw_kernel_matches_the_ops_it_replaces() {
         let (mut gpu_state, mut cpu_state) = ([p.clone(), p.zeros_like(), p.zeros_like()], [on_cpu(&p), Tensor::zeros([n], &cpu), Tensor::zeros([n], &cpu)]);
         for t in 1..=3 {
             let g = Tensor::<W, 1>::random([n], burn::tensor::Distribution::Normal(0.0, 10f64.powi(1 - t as i32)), &gpu);
-            let s = AdamWStep::new(1e-3 * t as f64, 0.9, 0.95, 1e-8, wd, t);
+            let clip = if t == 2 { 0.37 } else { 1.0 }; // the gradient clipped on step 2
+            let s = AdamWStep::new(1e-3 * t as f64, 0.9, 0.95, 1e-8, wd, t, clip);
             let [p, m, v] = gpu_state;
             gpu_state = kernels::adamw(prim(p), prim(g.clone()), prim(m), prim(v), s).map(tensor);
             let [p, m, v] = cpu_state;

@@ -153,7 +153,7 @@ pub struct NonFinite {
 
 impl<B: TrainingBackend> Optim<B> {
     pub fn new(o: &OptimSpec) -> Self {
-        let adamw = |wd: f64| OptimizerAdaptor::from(AdamW { beta_1: o.betas[0] as f32, beta_2: o.betas[1] as f32, eps: o.eps as f32, weight_decay: wd as f32 });
+        let adamw = |wd: f64| OptimizerAdaptor::from(AdamW::new(o.betas[0] as f32, o.betas[1] as f32, o.eps as f32, wd as f32));
         let no_decay_wd = if o.decay_norms { o.weight_decay } else { 0.0 };
         Self { decay: adamw(o.weight_decay), no_decay: adamw(no_decay_wd), clip: o.clip, decay_norms: o.decay_norms }
     }
@@ -179,9 +179,13 @@ impl<B: TrainingBackend> Optim<B> {
     /// Clips `grads` by global norm and takes the AdamW step; returns the norm before
     /// clipping (the model is unchanged when it is not finite).
     pub fn apply(&mut self, model: Qwen3<B>, mut grads: GradientsParams, lr: f64) -> (Qwen3<B>, Result<f64, NonFinite>) {
-        let grad_norm = clip_global_norm(&model, &mut grads, self.clip);
+        let (grad_norm, clip) = clip_coefficient(&model, &grads, self.clip);
         if !grad_norm.is_finite() {
             return (model, Err(NonFinite { micro_batch: None, what: "gradient norm", value: grad_norm }));
+        }
+        // The clip is applied by AdamW as it reads each gradient (no pass of its own).
+        for o in [&self.decay, &self.no_decay] {
+            o.optim().scale_gradients(clip as f32);
         }
         let mut norms = GradientsParams::new();
         model.visit(&mut MoveVectors { from: &mut grads, to: &mut norms, only_vectors: !self.decay_norms });
@@ -239,10 +243,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for MoveVectors<'_> {
     }
 }
 
-/// Scales all gradients so their global L2 norm is at most `max` (as
-/// `torch.nn.utils.clip_grad_norm_`: coefficient max / (norm + 1e-6), capped at 1);
-/// returns the norm before clipping.
-pub fn clip_global_norm<B: TrainingBackend>(model: &Qwen3<B>, grads: &mut GradientsParams, max: Option<f64>) -> f64 {
+/// The global L2 norm of all gradients, and the coefficient that scales them to a norm of
+/// at most `max` (as `torch.nn.utils.clip_grad_norm_`: max / (norm + 1e-6), capped at 1;
+/// 1 without `max`).
+pub fn clip_coefficient<B: TrainingBackend>(model: &Qwen3<B>, grads: &GradientsParams, max: Option<f64>) -> (f64, f64) {
     struct Ids(Vec<(ParamId, usize)>);
     impl<B: AutodiffBackend> ModuleVisitor<B> for Ids {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
@@ -253,11 +257,6 @@ pub fn clip_global_norm<B: TrainingBackend>(model: &Qwen3<B>, grads: &mut Gradie
     model.visit(&mut ids);
     fn sq<B: ModelBackend, const D: usize>(g: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
         g.get::<B, D>(id).map(|t| Tensor::from_primitive(TensorPrimitive::Float(B::sum_of_squares(t.into_primitive().tensor()))))
-    }
-    fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, c: f64) {
-        if let Some(t) = g.remove::<B, D>(id) {
-            g.register::<B, D>(id, t.mul_scalar(c));
-        }
     }
     type I<B> = <B as AutodiffBackend>::InnerBackend;
     // Each parameter's sum of squares stays on its gradient's device; one read per device
@@ -288,18 +287,7 @@ pub fn clip_global_norm<B: TrainingBackend>(model: &Qwen3<B>, grads: &mut Gradie
         }
     }
     let total = values.iter().sum::<f64>().sqrt();
-    if let Some(max) = max {
-        let c = max / (total + 1e-6);
-        if c < 1.0 {
-            for &(id, d) in &ids.0 {
-                match d {
-                    1 => scale::<I<B>, 1>(grads, id, c),
-                    _ => scale::<I<B>, 2>(grads, id, c),
-                }
-            }
-        }
-    }
-    total
+    (total, max.map_or(1.0, |max| (max / (total + 1e-6)).min(1.0)))
 }
 
 /// Held-out loss: mean NLL per trained token over `seqs`, `micro_batch` at a time, on the

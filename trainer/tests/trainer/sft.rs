@@ -214,9 +214,10 @@ fn owners_add_gradients_in_micro_batch_order_whatever_order_they_arrive_in() {
 fn one_pass_adamw_gives_burns_adamw_bits_and_resumes_from_its_state() {
     // trainer::adamw::AdamW (one pass a parameter: on Flex a kernel on every core, in place
     // or on a copy when the weight is shared; the tensor-op default elsewhere, here through
-    // Autodiff<Flex>) against burn's own AdamW from the same weights and gradients: the same
-    // bits for the weight and both moments, step after step, with and without weight decay
-    // (burn's operations in burn's order). Then the optimizer state of a model trained with
+    // Autodiff<Flex>) against burn's own AdamW from the same weights and gradients (scaled
+    // first where ours applies a clip's coefficient): the same bits for the weight and both
+    // moments, step after step, with and without weight decay (burn's operations in burn's
+    // order). Then the optimizer state of a model trained with
     // burn's AdamW (what checkpoints of earlier builds hold) saved, loaded into ours and
     // stepped again: the same weights as burn's going on.
     use burn::optim::{AdamWConfig, AdamWState, SimpleOptimizer};
@@ -225,7 +226,7 @@ fn one_pass_adamw_gives_burns_adamw_bits_and_resumes_from_its_state() {
         let device = Default::default();
         B::seed(&device, 5);
         let burns = AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.95).with_epsilon(1e-8).with_weight_decay(wd).build();
-        let ours = trainer::adamw::AdamW { beta_1: 0.9, beta_2: 0.95, eps: 1e-8, weight_decay: wd };
+        let ours = trainer::adamw::AdamW::new(0.9, 0.95, 1e-8, wd);
         let normal = |s: f64| Tensor::<B, 2>::random([37, 1000], burn::tensor::Distribution::Normal(0.0, s), &device);
         let (mut p_burn, mut p_ours) = (normal(1.0), None::<Tensor<B, 2>>);
         let (mut s_burn, mut s_ours): (Option<AdamWState<B, 2>>, Option<AdamWState<B, 2>>) = (None, None);
@@ -233,10 +234,15 @@ fn one_pass_adamw_gives_burns_adamw_bits_and_resumes_from_its_state() {
         for step in 0..4 {
             let g = normal(10f64.powi(-step));
             let lr = 1e-3 * (step + 1) as f64;
+            // Steps 1 and 2 clipped: ours scales the gradient as it reads it, burn's AdamW
+            // gets it scaled first (as the trainer did before the clip moved into AdamW).
+            let clip = [1.0, 0.37, 0.0123, 1.0][step as usize];
+            ours.scale_gradients(clip);
             // The first step from a weight burn's side holds too: our kernel's copy path.
             let p = p_ours.take().unwrap_or_else(|| p_burn.clone());
             let (p, s) = SimpleOptimizer::<B>::step(&ours, lr, p, g.clone(), s_ours.take());
             (p_ours, s_ours) = (Some(p), s);
+            let g = if clip == 1.0 { g } else { g.mul_scalar(clip as f64) };
             let (p, s) = SimpleOptimizer::<B>::step(&burns, lr, p_burn, g, s_burn.take());
             (p_burn, s_burn) = (p, s);
             let (a, b) = (s_ours.as_ref().unwrap(), s_burn.as_ref().unwrap());
@@ -265,7 +271,7 @@ fn one_pass_adamw_gives_burns_adamw_bits_and_resumes_from_its_state() {
     let saved = tempfile::tempdir().unwrap();
     let rec = BinFileRecorder::<FullPrecisionSettings>::new();
     rec.record(burns.to_record(), saved.path().join("optimizer")).unwrap();
-    let ours: Adaptor<trainer::adamw::AdamW> = OptimizerAdaptor::from(trainer::adamw::AdamW { beta_1: 0.9, beta_2: 0.999, eps: 1e-5, weight_decay: 0.1 });
+    let ours: Adaptor<trainer::adamw::AdamW> = OptimizerAdaptor::from(trainer::adamw::AdamW::new(0.9, 0.999, 1e-5, 0.1));
     let mut ours = ours.load_record(rec.load(saved.path().join("optimizer"), &device).unwrap());
     let (by_burn, by_ours) = (burns.step(2e-3, model.clone(), grads(&model, 1)), ours.step(2e-3, model.clone(), grads(&model, 1)));
     let bits = |t: Tensor<TrainBackend, 2>| t.into_data().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
