@@ -27,7 +27,7 @@ fn inverse_rms<F: Float>(x: &Tensor<F>, base: usize, n: usize, eps: f32, shared:
 #[cube(launch)]
 fn rms_norm_kernel<F: Float>(x: &Tensor<F>, gain: &Tensor<f32>, y: &mut Tensor<f32>, eps: f32, #[define(F)] _dtype: StorageType) {
     let (rows, n) = (x.shape(0), x.shape(1));
-    let row = CUBE_POS as usize;
+    let row = CUBE_POS;
     if row >= rows {
         terminate!();
     }
@@ -46,7 +46,7 @@ fn rms_norm_kernel<F: Float>(x: &Tensor<F>, gain: &Tensor<f32>, y: &mut Tensor<f
 #[cube(launch)]
 fn rms_norm_grad_kernel<F: Float>(x: &Tensor<F>, gain: &Tensor<f32>, dy: &Tensor<f32>, dx: &mut Tensor<F>, dy_xhat: &mut Tensor<f32>, eps: f32, #[define(F)] _dtype: StorageType) {
     let (rows, n) = (x.shape(0), x.shape(1));
-    let row = CUBE_POS as usize;
+    let row = CUBE_POS;
     if row >= rows {
         terminate!();
     }
@@ -74,7 +74,7 @@ fn rms_norm_grad_kernel<F: Float>(x: &Tensor<F>, gain: &Tensor<f32>, dy: &Tensor
 #[cube(launch)]
 fn column_sums_kernel(t: &Tensor<f32>, out: &mut Tensor<f32>) {
     let (rows, n) = (t.shape(0), t.shape(1));
-    let chunk = CUBE_POS as usize;
+    let chunk = CUBE_POS;
     let start = chunk * CHUNK;
     if start >= rows {
         terminate!();
